@@ -1,0 +1,82 @@
+"""Attention mode of the backbone: how a decoder is made bidirectional, and when it cannot be.
+
+transformers >= 5.2 builds every decoder's attention mask through ``masking_utils``; with
+``config.is_causal = False`` those helpers return bidirectional (padding-only) masks, including
+the sliding-window variant. That alone is not enough: when a batch has no padding the helpers
+return ``None`` and the SDPA / flash kernels fall back to the attention module's own
+``is_causal`` attribute, which defaults to ``True``; the model then silently stays causal (the
+trap that broke LLM2Vec and others). :func:`make_bidirectional` therefore also switches every
+attention module's ``is_causal`` flag, and refuses backbones whose modeling code bypasses
+``masking_utils`` (they would keep their hard-coded causal masks).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from torch import nn
+from transformers import PreTrainedConfig
+
+# Names a modeling module imports from ``transformers.masking_utils`` when its masks go through it.
+MASK_BUILDERS = (
+    "create_causal_mask",
+    "create_sliding_window_causal_mask",
+    "create_masks_for_generate",
+    "create_bidirectional_mask",
+)
+
+
+def backbone_model_class(backbone_config: PreTrainedConfig) -> type:
+    """The class ``AutoModel.from_config`` builds for this backbone config."""
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    try:
+        return MODEL_MAPPING[type(backbone_config)]
+    except KeyError as err:
+        raise ValueError(
+            f"backbone model_type {backbone_config.model_type!r} has no AutoModel class in this transformers "
+            "version; use a decoder that transformers ships (llama, mistral, qwen2, qwen3, gemma, phi3, gpt2, ...)."
+        ) from err
+
+
+def uses_masking_utils(model_class: type) -> bool:
+    """Whether the backbone's modeling module builds its masks with ``transformers.masking_utils``."""
+    module = sys.modules.get(model_class.__module__)
+    return module is not None and any(hasattr(module, name) for name in MASK_BUILDERS)
+
+
+def check_bidirectional_support(backbone_config: PreTrainedConfig) -> None:
+    """Raise ``ValueError`` when bidirectional attention cannot be applied to this backbone."""
+    model_class = backbone_model_class(backbone_config)
+    if not uses_masking_utils(model_class):
+        raise ValueError(
+            f"attention='bidirectional' cannot be applied to backbone model_type {backbone_config.model_type!r}: "
+            f"{model_class.__name__} does not build its attention masks with transformers.masking_utils, so it "
+            "would silently stay causal. Use attention='causal' with this backbone, or a backbone such as "
+            "llama, mistral, qwen2, qwen3, gemma, phi3 or gpt2."
+        )
+
+
+def make_bidirectional(backbone: nn.Module) -> int:
+    """Switch a built backbone to bidirectional attention; returns the number of attention modules switched.
+
+    Sets ``config.is_causal = False`` (read by ``masking_utils``) and ``is_causal = False`` on every
+    attention module (read by the SDPA / flash / flex integrations when no mask is materialised).
+    """
+    if not uses_masking_utils(type(backbone)):
+        raise ValueError(
+            f"attention='bidirectional' cannot be applied to {type(backbone).__name__}: it does not build its "
+            "attention masks with transformers.masking_utils. Use attention='causal'."
+        )
+    backbone.config.is_causal = False
+    switched = 0
+    for module in backbone.modules():
+        if module is not backbone and isinstance(getattr(module, "is_causal", None), bool):
+            module.is_causal = False
+            switched += 1
+    if switched == 0:
+        raise ValueError(
+            f"attention='bidirectional': found no attention module with an `is_causal` flag in "
+            f"{type(backbone).__name__}, so kernels could still run causally. Use attention='causal'."
+        )
+    return switched

@@ -1,0 +1,181 @@
+"""LLMEmbeddingConfig: one decoder backbone config, nested, plus every design choice of the embedder.
+
+The design space of Tang & Yang (2024) is two plain values, ``attention`` and ``pooling``; the
+pooling head's sizes, the prompts, the maximum length and the normalisation sit beside them. All
+values are checked when the config is built, so a bad design fails at once with a message that
+names the bad value and the valid ones, not later inside a forward pass.
+"""
+
+from __future__ import annotations
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from .bidirectional import check_bidirectional_support
+from .pooling import LAYER_REDUCTIONS, POOLING_HEADS
+
+ATTENTION_MODES = ("causal", "bidirectional")
+PADDING_SIDES = ("left", "right")
+
+# E5-Mistral style instruction, as used for the paper's training data; documents get none.
+DEFAULT_PROMPTS = {
+    "query": "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery: ",
+    "document": "",
+}
+
+
+def _positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+class LLMEmbeddingConfig(PreTrainedConfig):
+    r"""
+    Configuration of an [`LLMEmbeddingModel`]: a decoder backbone turned into a text embedder.
+
+    Args:
+        backbone_config (`dict` or `PreTrainedConfig`):
+            Config of the decoder backbone (any model_type transformers ships: llama, mistral, qwen2, ...).
+            Stored nested with its `model_type` and restored through `AutoConfig`.
+        attention (`str`, defaults to `"bidirectional"`): `"causal"` keeps the backbone as trained;
+            `"bidirectional"` lets every token attend to every other (padding excluded).
+        pooling (`str`, defaults to `"multi_layer"`): a name in `POOLING_HEADS`: `last_token`, `mean`,
+            `weighted_mean`, `latent_attention` (last-layer trainable pooling) or `multi_layer`
+            (multi-layers trainable pooling).
+        layer_reduction (`str`, *optional*): how `multi_layer` reduces each layer's tokens, `"mean"` or
+            `"last_token"`. Defaults to the paper's choice: mean with bidirectional attention, last token
+            with causal attention.
+        pooling_layers (`list[int]`, *optional*): layers `multi_layer` pools, numbered 1..L like
+            `hidden_states[1:]` (negative numbers count from the end). Defaults to all layers.
+        num_latents (`int`, defaults to 16): trainable latent queries of the trainable heads.
+        pooling_heads (`int`, defaults to 8), pooling_head_dim (`int`, defaults to 64): cross-attention shape.
+        pooling_ff_mult (`float`, defaults to 1.0): feed-forward width as a multiple of the hidden size.
+        output_dim (`int`, *optional*): add a linear projection to this many dimensions.
+        normalize (`bool`, defaults to `True`): L2-normalise embeddings (cosine = dot product).
+        prompts (`dict[str, str]`): named instruction prefixes; `query` and `document` by default.
+        default_prompt_name (`str`, *optional*): prompt used by `encode` when none is given.
+        max_length (`int`, defaults to 512): token budget of one text, EOS included.
+        append_eos (`bool`, defaults to `True`): append the EOS token to every text (the paper does; the
+            `last_token` head then pools the EOS state).
+        padding_side (`str`, defaults to `"right"`): padding side `encode` uses; results do not depend on it.
+        initializer_range (`float`, defaults to 0.02): std of the pooling head's initial weights.
+    """
+
+    model_type = "llm_embedding"
+    sub_configs_defaults = {"backbone_config": SubConfigSpec(config_class=AutoConfig, model_type="llama")}
+
+    backbone_config: dict | PreTrainedConfig | None = None
+    attention: str = "bidirectional"
+    pooling: str = "multi_layer"
+    layer_reduction: str | None = None
+    pooling_layers: list[int] | None = None
+    num_latents: int = 16
+    pooling_heads: int = 8
+    pooling_head_dim: int = 64
+    pooling_ff_mult: float = 1.0
+    output_dim: int | None = None
+    normalize: bool = True
+    prompts: dict[str, str] | None = None
+    default_prompt_name: str | None = None
+    max_length: int = 512
+    append_eos: bool = True
+    padding_side: str = "right"
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        if isinstance(self.backbone_config, dict):
+            model_type = self.backbone_config.get("model_type")
+            from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+            if model_type not in CONFIG_MAPPING:
+                raise ValueError(
+                    f"backbone_config must carry a model_type that transformers knows, got {model_type!r}; "
+                    "pass e.g. AutoConfig.from_pretrained(path) or a dict from config.to_dict()."
+                )
+        super().__post_init__(**kwargs)
+        if self.prompts is None:
+            self.prompts = dict(DEFAULT_PROMPTS)
+        if self.layer_reduction is None:
+            self.layer_reduction = "mean" if self.attention == "bidirectional" else "last_token"
+        self.validate_design()
+
+    # ------------------------------------------------------------------ derived values
+
+    @property
+    def backbone_hidden_size(self) -> int:
+        return self.backbone_config.hidden_size
+
+    @property
+    def backbone_num_layers(self) -> int:
+        return self.backbone_config.num_hidden_layers
+
+    @property
+    def embedding_dim(self) -> int:
+        """Size of the vectors the model returns."""
+        return self.output_dim or self.backbone_hidden_size
+
+    @property
+    def resolved_pooling_layers(self) -> list[int]:
+        """Layers (1..L) multi-layer pooling reads, negatives resolved, in order."""
+        num_layers = self.backbone_num_layers
+        if self.pooling_layers is None:
+            return list(range(1, num_layers + 1))
+        return [layer if layer > 0 else num_layers + 1 + layer for layer in self.pooling_layers]
+
+    def get_text_config(self, decoder=None, encoder=None) -> PreTrainedConfig:
+        """The backbone's config: what transformers' utilities (device maps, DeepSpeed sizes, peft) need."""
+        return self.backbone_config.get_text_config(decoder=decoder, encoder=encoder)
+
+    # ------------------------------------------------------------------ validation
+
+    def validate_design(self) -> None:
+        if self.attention not in ATTENTION_MODES:
+            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
+        if self.pooling not in POOLING_HEADS:
+            raise ValueError(f"pooling must be one of {tuple(POOLING_HEADS)}, got {self.pooling!r}")
+        if self.layer_reduction not in LAYER_REDUCTIONS:
+            raise ValueError(f"layer_reduction must be one of {tuple(LAYER_REDUCTIONS)}, got {self.layer_reduction!r}")
+        if self.padding_side not in PADDING_SIDES:
+            raise ValueError(f"padding_side must be one of {PADDING_SIDES}, got {self.padding_side!r}")
+        for name in ("num_latents", "pooling_heads", "pooling_head_dim", "max_length"):
+            _positive_int(name, getattr(self, name))
+        if self.output_dim is not None:
+            _positive_int("output_dim", self.output_dim)
+        if not (isinstance(self.pooling_ff_mult, (int, float)) and self.pooling_ff_mult > 0):
+            raise ValueError(f"pooling_ff_mult must be a positive number, got {self.pooling_ff_mult!r}")
+        for name in ("hidden_size", "num_hidden_layers"):
+            if not isinstance(getattr(self.backbone_config, name, None), int):
+                raise ValueError(
+                    f"backbone_config ({self.backbone_config.model_type}) has no integer {name}; "
+                    "llm_embed needs a decoder config with hidden_size and num_hidden_layers."
+                )
+        num_layers = self.backbone_num_layers
+        if self.pooling_layers is not None:
+            if not self.pooling_layers:
+                raise ValueError("pooling_layers must name at least one layer, or be None for all layers")
+            bad = [l for l in self.pooling_layers if isinstance(l, bool) or not isinstance(l, int) or l == 0 or abs(l) > num_layers]
+            if bad:
+                raise ValueError(
+                    f"pooling_layers {bad} are out of range: valid layers are 1..{num_layers} or -1..-{num_layers}"
+                )
+            resolved = self.resolved_pooling_layers
+            if len(set(resolved)) != len(resolved):
+                raise ValueError(f"pooling_layers {self.pooling_layers} name a layer twice")
+        max_positions = getattr(self.backbone_config, "max_position_embeddings", None)
+        if isinstance(max_positions, int) and self.max_length > max_positions:
+            raise ValueError(
+                f"max_length={self.max_length} exceeds the backbone's max_position_embeddings={max_positions}"
+            )
+        if not isinstance(self.prompts, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.prompts.items()
+        ):
+            raise ValueError(f"prompts must be a dict of name -> prefix string, got {self.prompts!r}")
+        if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
+            raise ValueError(
+                f"default_prompt_name={self.default_prompt_name!r} is not in prompts {sorted(self.prompts)}"
+            )
+        if self.attention == "bidirectional":
+            check_bidirectional_support(self.backbone_config)
+
+
+__all__ = ["LLMEmbeddingConfig"]

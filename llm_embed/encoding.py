@@ -1,0 +1,166 @@
+"""``encode``: texts in, embeddings out, the sentence-transformers way.
+
+Texts are tokenized once, sorted by token length so that each batch carries little padding,
+run through the model batch by batch, and put back in the caller's order. The prompt prefix,
+EOS and truncation to ``max_length`` are applied here, so that every caller (search, training
+evaluation, mteb) embeds a text the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+
+def check_texts(sentences) -> tuple[list[str], bool]:
+    """Validate ``encode``'s input; returns (texts, whether a single string was given)."""
+    if isinstance(sentences, str):
+        return [sentences], True
+    if sentences is None or not isinstance(sentences, Sequence):
+        raise TypeError(
+            f"encode() takes a string or a list of strings, got {type(sentences).__name__}; "
+            "wrap a single text as model.encode('text') or model.encode(['text'])."
+        )
+    texts = list(sentences)
+    if not texts:
+        raise ValueError("encode() got an empty list of texts; pass at least one string.")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"encode(): item {index} is {type(text).__name__}, not str: {text!r:.80}")
+    return texts, False
+
+
+def resolve_prompt(prompts: dict[str, str], default_prompt_name: str | None, prompt_name, prompt) -> str:
+    """The prefix to put before every text."""
+    if prompt is not None and prompt_name is not None:
+        raise ValueError("encode(): pass either prompt_name or prompt, not both.")
+    if prompt is not None:
+        if not isinstance(prompt, str):
+            raise TypeError(f"encode(): prompt must be a string, got {type(prompt).__name__}")
+        return prompt
+    name = prompt_name if prompt_name is not None else default_prompt_name
+    if name is None:
+        return ""
+    if name not in prompts:
+        raise ValueError(f"encode(): unknown prompt_name {name!r}; this model's prompts are {sorted(prompts)}")
+    return prompts[name]
+
+
+def tokenize_texts(tokenizer, texts: list[str], max_length: int, append_eos: bool) -> list[list[int]]:
+    """Token ids per text, truncated to ``max_length`` (EOS included), with one warning if any was cut."""
+    eos_id = tokenizer.eos_token_id
+    if append_eos and eos_id is None:
+        raise ValueError(
+            "append_eos=True but the tokenizer has no eos_token; set tokenizer.eos_token or "
+            "build the model with append_eos=False."
+        )
+    ids = tokenizer(texts, add_special_tokens=True, truncation=False, return_attention_mask=False)["input_ids"]
+    budget = max_length - 1 if append_eos else max_length
+    truncated = 0
+    for i, row in enumerate(ids):
+        if append_eos and row and row[-1] == eos_id:
+            row = row[:-1]  # the tokenizer added EOS itself: place ours after truncation instead
+        if len(row) > budget:
+            truncated += 1
+            row = row[:budget]
+        ids[i] = row + [eos_id] if append_eos else row
+        if not ids[i]:
+            raise ValueError(
+                f"encode(): text {i} {texts[i]!r:.80} produced no tokens; embed non-empty text or use append_eos=True."
+            )
+    if truncated:
+        warnings.warn(
+            f"{truncated} of {len(texts)} texts were longer than max_length={max_length} tokens and were truncated.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return ids
+
+
+def pad_batch(rows: list[list[int]], pad_id: int, padding_side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad token id lists to a (B, T) id tensor and attention mask."""
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(0, len(row)) if padding_side == "right" else slice(width - len(row), width)
+        input_ids[i, span] = torch.tensor(row, dtype=torch.long)
+        attention_mask[i, span] = 1
+    return input_ids, attention_mask
+
+
+class EncodeMixin:
+    """Adds ``encode`` to :class:`LLMEmbeddingModel` (needs ``tokenizer``, ``config``, ``device``, ``forward``)."""
+
+    def encode(
+        self,
+        sentences: str | Sequence[str],
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        batch_size: int = 32,
+        normalize: bool | None = None,
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+        show_progress_bar: bool | None = None,
+    ) -> np.ndarray | torch.Tensor:
+        """Embed texts.
+
+        Args:
+            sentences: one string (returns one vector) or a list of strings (returns a matrix).
+            prompt_name: a key of ``config.prompts`` (``"query"``, ``"document"``), or
+            prompt: a literal prefix; at most one of the two. Default: ``config.default_prompt_name``.
+            batch_size: texts per forward pass (texts are sorted by length first).
+            normalize: L2-normalise; defaults to ``config.normalize``.
+            convert_to_numpy / convert_to_tensor: numpy float32 array (default) or a torch tensor on the
+                model's device, in the model's dtype (``convert_to_tensor`` wins, as in sentence-transformers).
+            show_progress_bar: defaults to showing it when logging is at INFO or more verbose.
+        """
+        texts, single = check_texts(sentences)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"encode(): batch_size must be a positive integer, got {batch_size!r}")
+        config = self.config
+        prefix = resolve_prompt(config.prompts, config.default_prompt_name, prompt_name, prompt)
+        tokenizer = self.tokenizer
+        ids = tokenize_texts(tokenizer, [prefix + t for t in texts], config.max_length, config.append_eos)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if pad_id is None:
+            raise ValueError("the tokenizer has neither a pad_token nor an eos_token; set tokenizer.pad_token.")
+        if show_progress_bar is None:
+            show_progress_bar = logger.getEffectiveLevel() <= logging.INFO
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        device = self.device
+        chunks = []
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                starts = range(0, len(order), batch_size)
+                for start in tqdm(starts, desc="Batches", disable=not show_progress_bar):
+                    batch_rows = [ids[i] for i in order[start : start + batch_size]]
+                    input_ids, attention_mask = pad_batch(batch_rows, pad_id, config.padding_side)
+                    output = self(
+                        input_ids=input_ids.to(device),
+                        attention_mask=attention_mask.to(device),
+                        normalize=normalize,
+                    )
+                    chunks.append(output.embeddings)
+        finally:
+            self.train(was_training)
+        sorted_embeddings = torch.cat(chunks)
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        embeddings = sorted_embeddings[inverse.to(sorted_embeddings.device)]
+        if single:
+            embeddings = embeddings[0]
+        if convert_to_tensor:
+            return embeddings
+        if convert_to_numpy:
+            return embeddings.float().cpu().numpy()
+        return embeddings

@@ -1,0 +1,262 @@
+"""LLMEmbeddingModel: any decoder backbone + a pooling head, loadable through ``AutoModel``.
+
+Data flow of ``forward``: ids + mask -> position ids from the mask (so left and right padding give
+the same positions) -> backbone (causal, or bidirectional via ``bidirectional.make_bidirectional``)
+-> for ``multi_layer``, per-layer vectors reduced during the pass (``layer_states``) -> pooling head
+-> optional projection -> optional L2 normalisation -> ``LLMEmbeddingOutput.embeddings``.
+
+This file, ``configuration_llm_embed.py`` and the modules they import relatively are copied next
+to saved weights, so a checkpoint loads with ``trust_remote_code=True`` where llm_embed is absent.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .bidirectional import make_bidirectional
+from .configuration_llm_embed import LLMEmbeddingConfig
+from .encoding import EncodeMixin
+from .layer_states import LayerStateCollector, find_decoder_layers
+from .pooling import LAYER_REDUCTIONS, POOLING_HEADS, LatentCrossAttentionPooling, MultiLayerPooling
+
+# from_pretrained arguments that also locate the tokenizer saved beside the weights.
+_TOKENIZER_HUB_KWARGS = ("cache_dir", "revision", "token", "local_files_only", "subfolder", "force_download")
+
+
+@dataclass
+class LLMEmbeddingOutput(ModelOutput):
+    """Output of :class:`LLMEmbeddingModel`.
+
+    Args:
+        loss: training loss, when the batch carries what a loss needs (see the training module).
+        embeddings: (batch, embedding_dim) text embeddings, normalised when ``config.normalize``.
+    """
+
+    loss: torch.FloatTensor | None = None
+    embeddings: torch.FloatTensor | None = None
+
+
+class LLMEmbeddingPreTrainedModel(PreTrainedModel):
+    config_class = LLMEmbeddingConfig
+    base_model_prefix = "llm_embed"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _no_split_modules = []  # the backbone's own are gathered by post_init
+
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, LatentCrossAttentionPooling):
+            init.normal_(module.latents, mean=0.0, std=std)
+        if isinstance(module, MultiLayerPooling):
+            init.normal_(module.layer_embedding, mean=0.0, std=std)
+        if isinstance(module, (nn.Linear, nn.LayerNorm)):
+            super()._init_weights(module)
+
+
+class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
+    """A decoder LLM turned into a text-embedding model (Tang & Yang 2024 design space).
+
+    Build a new one from pretrained backbone weights with :meth:`from_backbone`, load a saved one
+    with ``AutoModel.from_pretrained``, embed with :meth:`encode` or call it like any model.
+    """
+
+    def __init__(self, config: LLMEmbeddingConfig, backbone: PreTrainedModel | None = None):
+        super().__init__(config)
+        if backbone is None:
+            backbone = AutoModel.from_config(config.backbone_config)
+        elif backbone.config.model_type != config.backbone_config.model_type:
+            raise ValueError(
+                f"backbone is a {backbone.config.model_type} model but config.backbone_config is "
+                f"{config.backbone_config.model_type}"
+            )
+        self.backbone = backbone
+        if config.attention == "bidirectional":
+            make_bidirectional(self.backbone)
+        self.pooler = POOLING_HEADS[config.pooling](config)
+        self.projection = (
+            nn.Linear(config.backbone_hidden_size, config.output_dim) if config.output_dim is not None else None
+        )
+        self._layer_collector = None
+        if self.pooler.needs_layer_states:
+            layers = find_decoder_layers(self.backbone, config.backbone_num_layers)
+            self._layer_collector = LayerStateCollector(
+                layers, config.resolved_pooling_layers, LAYER_REDUCTIONS[config.layer_reduction]
+            )
+        self._tokenizer = None
+        self._tokenizer_source: tuple[str, dict] | None = None
+        self.post_init()
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        normalize: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> LLMEmbeddingOutput | tuple:
+        """Embed a tokenized batch. ``normalize`` overrides ``config.normalize`` for this call."""
+        reference = input_ids if input_ids is not None else inputs_embeds
+        if reference is None:
+            raise ValueError("forward() needs input_ids or inputs_embeds")
+        if attention_mask is None:
+            attention_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
+        if position_ids is None:
+            # Count real tokens only: identical positions whatever the padding side and amount.
+            position_ids = (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+        collector = self._layer_collector
+        with collector.collect(attention_mask) if collector is not None else nullcontext():
+            backbone_output = self.backbone(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                inputs_embeds=inputs_embeds,
+                use_cache=False,
+                return_dict=True,
+                **kwargs,
+            )
+        token_states = backbone_output.last_hidden_state
+        layer_states = collector.stack(token_states, attention_mask) if collector is not None else None
+        embeddings = self.pooler(token_states, attention_mask, layer_states)
+        if self.projection is not None:
+            embeddings = self.projection(embeddings)
+        if self.config.normalize if normalize is None else normalize:
+            embeddings = F.normalize(embeddings, p=2, dim=-1)
+        output = LLMEmbeddingOutput(embeddings=embeddings)
+        return output if return_dict is not False else output.to_tuple()
+
+    # ------------------------------------------------------------------ training support
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
+        """As in transformers, but non-reentrant by default: the reentrant variant runs layers under
+        ``no_grad``, which would cut the gradient of multi-layer pooling's per-layer vectors."""
+        kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
+        super().gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.backbone.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.backbone.set_input_embeddings(value)
+
+    # ------------------------------------------------------------------ tokenizer
+
+    @property
+    def tokenizer(self):
+        """The tokenizer ``encode`` uses: set by ``from_backbone``, loaded from the checkpoint folder
+        on first use after ``from_pretrained``, or assigned by the user."""
+        if self._tokenizer is None:
+            if self._tokenizer_source is None:
+                raise ValueError(
+                    "this model has no tokenizer: build it with LLMEmbeddingModel.from_backbone, load it with "
+                    "from_pretrained from a folder that holds one, or assign model.tokenizer = AutoTokenizer..."
+                )
+            path, kwargs = self._tokenizer_source
+            self.tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, tokenizer) -> None:
+        if tokenizer is not None:
+            if tokenizer.pad_token is None:
+                if tokenizer.eos_token is None:
+                    raise ValueError("the tokenizer has neither a pad_token nor an eos_token; set tokenizer.pad_token")
+                tokenizer.pad_token = tokenizer.eos_token
+            tokenizer.padding_side = self.config.padding_side
+            tokenizer.model_max_length = self.config.max_length
+        self._tokenizer = tokenizer
+
+    # ------------------------------------------------------------------ loading and saving
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """``PreTrainedModel.from_pretrained``, but a checkpoint whose weights do not match the
+        model (missing, unexpected or mismatched keys, e.g. a head saved with other sizes) is an
+        error instead of a warning followed by randomly initialised weights."""
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+        )
+        problems = {key: sorted(info.get(key) or []) for key in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+        problems = {key: value for key, value in problems.items() if value}
+        if problems:
+            details = "; ".join(f"{key}: {value[:8]}{' ...' if len(value) > 8 else ''}" for key, value in problems.items())
+            raise ValueError(
+                f"checkpoint {pretrained_model_name_or_path} does not match {cls.__name__} "
+                f"(pooling={model.config.pooling!r}): {details}. Its weights were saved for another design or are "
+                "incomplete; refusing to fill them with random values."
+            )
+        tokenizer_kwargs = {key: kwargs[key] for key in _TOKENIZER_HUB_KWARGS if key in kwargs}
+        model._tokenizer_source = (str(pretrained_model_name_or_path), tokenizer_kwargs)
+        return (model, info) if want_info else model
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
+        """Save config (with ``auto_map``), safetensors weights, code files and the tokenizer."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if self._tokenizer is not None or self._tokenizer_source is not None:
+            self.tokenizer.save_pretrained(save_directory)
+
+    @classmethod
+    def from_backbone(
+        cls,
+        name_or_path: str | os.PathLike,
+        attention: str = "bidirectional",
+        pooling: str = "multi_layer",
+        *,
+        gguf_file: str | None = None,
+        dtype: torch.dtype | str | None = None,
+        attn_implementation: str | None = None,
+        device_map=None,
+        tokenizer=None,
+        **config_kwargs,
+    ) -> LLMEmbeddingModel:
+        """A new embedding model on pretrained decoder weights (a folder, a Hub id, or a GGUF file).
+
+        The backbone keeps its pretrained weights; the pooling head (if trainable) is freshly
+        initialised. The backbone's tokenizer is attached (and saved with the model).
+        ``config_kwargs`` are any other :class:`LLMEmbeddingConfig` values (``num_latents=...``).
+        """
+        load_kwargs = {
+            key: value
+            for key, value in dict(
+                gguf_file=gguf_file, dtype=dtype, attn_implementation=attn_implementation, device_map=device_map
+            ).items()
+            if value is not None
+        }
+        backbone = AutoModel.from_pretrained(name_or_path, **load_kwargs)
+        if gguf_file is not None:
+            # GGUF weights are dequantized to floats on load; the quantizer flag only blocks saving.
+            backbone.hf_quantizer = None
+            backbone.is_quantized = False
+        backbone_config = backbone.config.to_dict()
+        config = LLMEmbeddingConfig(backbone_config=backbone_config, attention=attention, pooling=pooling, **config_kwargs)
+        config._attn_implementation = backbone.config._attn_implementation
+        model = cls(config, backbone=backbone)
+        parameter = next(backbone.parameters())
+        for name, module in model.named_children():
+            if name != "backbone":
+                module.to(device=parameter.device, dtype=parameter.dtype)
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path, **({"gguf_file": gguf_file} if gguf_file else {}))
+        model.tokenizer = tokenizer
+        model.config.name_or_path = str(name_or_path)
+        return model
+
+
+__all__ = ["LLMEmbeddingModel", "LLMEmbeddingOutput", "LLMEmbeddingPreTrainedModel"]

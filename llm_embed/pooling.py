@@ -1,0 +1,203 @@
+"""Pooling heads: turn token states (and, for multi-layer pooling, per-layer vectors) into one vector.
+
+Every head is one small ``nn.Module`` registered under a name with :func:`register_pooling_head`;
+the model looks the configured name up in :data:`POOLING_HEADS` (no if-chains). Every head masks
+padding and works with left or right padding, so a text's embedding does not depend on what
+else shares its batch.
+
+The trainable heads follow Tang & Yang (2024) with the reference code's defects fixed:
+the cross-attention masks padding, sizes come from the config, and the latents enter only as
+queries (no residual from the input-independent latents, which would add the same constant to
+every embedding).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+if TYPE_CHECKING:  # the config imports this registry to validate names
+    from .configuration_llm_embed import LLMEmbeddingConfig
+
+POOLING_HEADS: dict[str, type[PoolingHead]] = {}
+
+
+def register_pooling_head(name: str):
+    """Class decorator: make a head available as ``LLMEmbeddingConfig(pooling=name)``."""
+
+    def wrap(cls: type[PoolingHead]) -> type[PoolingHead]:
+        if name in POOLING_HEADS:
+            raise ValueError(f"a pooling head named {name!r} is already registered ({POOLING_HEADS[name].__name__})")
+        cls.name = name
+        POOLING_HEADS[name] = cls
+        return cls
+
+    return wrap
+
+
+# ----------------------------------------------------------------------------- reductions over tokens
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of each row's last real token; correct for left and right padding."""
+    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+    return (positions * attention_mask.bool()).argmax(dim=-1)
+
+
+def last_token(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, H) -> (B, H): the state of each row's last real token (EOS when it is appended)."""
+    rows = torch.arange(states.shape[0], device=states.device)
+    return states[rows, last_token_index(attention_mask)]
+
+
+def masked_mean(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, H) -> (B, H): mean over real tokens. ``where`` rather than a product, so that a
+    non-finite state at a padded position (fully masked query rows) cannot leak in."""
+    mask = attention_mask.bool().unsqueeze(-1)
+    summed = torch.where(mask, states, 0).sum(dim=1)
+    return summed / mask.sum(dim=1).to(states.dtype)
+
+
+def position_weighted_mean(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, H) -> (B, H): SGPT's weighted mean, weight i for the i-th real token (counted from
+    the first real token, so left padding does not shift the weights)."""
+    mask = attention_mask.bool()
+    weights = (mask.cumsum(dim=-1) * mask).to(states.dtype).unsqueeze(-1)
+    summed = torch.where(mask.unsqueeze(-1), states * weights, 0).sum(dim=1)
+    return summed / weights.sum(dim=1)
+
+
+LAYER_REDUCTIONS = {"mean": masked_mean, "last_token": last_token}
+
+
+# ----------------------------------------------------------------------------- heads
+
+
+class PoolingHead(nn.Module):
+    """Base class. ``forward(token_states, attention_mask, layer_states)`` returns (B, H)."""
+
+    name: ClassVar[str] = ""
+    # The head reads one reduced vector per transformer layer (the model then collects them).
+    needs_layer_states: ClassVar[bool] = False
+
+    def __init__(self, config: LLMEmbeddingConfig):
+        super().__init__()
+
+    def forward(
+        self, token_states: torch.Tensor, attention_mask: torch.Tensor, layer_states: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@register_pooling_head("last_token")
+class LastTokenPooling(PoolingHead):
+    """The last real token's state (EOS pooling): the paper's model 1 with causal attention."""
+
+    def forward(self, token_states, attention_mask, layer_states=None):
+        return last_token(token_states, attention_mask)
+
+
+@register_pooling_head("mean")
+class MeanPooling(PoolingHead):
+    """Mean over real tokens."""
+
+    def forward(self, token_states, attention_mask, layer_states=None):
+        return masked_mean(token_states, attention_mask)
+
+
+@register_pooling_head("weighted_mean")
+class WeightedMeanPooling(PoolingHead):
+    """Position-weighted mean (SGPT): later tokens, which saw more context causally, weigh more."""
+
+    def forward(self, token_states, attention_mask, layer_states=None):
+        return position_weighted_mean(token_states, attention_mask)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head cross-attention, pre-LayerNorm on queries and context, with a context padding mask."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int):
+        super().__init__()
+        self.heads = heads
+        inner = heads * head_dim
+        self.norm_queries = nn.LayerNorm(dim)
+        self.norm_context = nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_kv = nn.Linear(dim, 2 * inner, bias=False)
+        self.to_out = nn.Linear(inner, dim, bias=False)
+
+    def forward(self, queries: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None):
+        batch = context.shape[0]
+        q = self.to_q(self.norm_queries(queries))
+        k, v = self.to_kv(self.norm_context(context)).chunk(2, dim=-1)
+        q, k, v = (t.reshape(batch, t.shape[1], self.heads, -1).transpose(1, 2) for t in (q, k, v))
+        mask = None if context_mask is None else context_mask.bool()[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.to_out(out.transpose(1, 2).reshape(batch, out.shape[2], -1))
+
+
+class GEGLUFeedForward(nn.Module):
+    """Pre-LayerNorm GEGLU feed-forward (as in the paper's pooling block)."""
+
+    def __init__(self, dim: int, mult: float):
+        super().__init__()
+        inner = max(1, int(dim * mult))
+        self.norm = nn.LayerNorm(dim)
+        self.proj_in = nn.Linear(dim, 2 * inner)
+        self.proj_out = nn.Linear(inner, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        value, gate = self.proj_in(self.norm(x)).chunk(2, dim=-1)
+        return self.proj_out(value * F.gelu(gate))
+
+
+class LatentCrossAttentionPooling(PoolingHead):
+    """Trainable latents cross-attend to a context; GEGLU feed-forward with residual; mean over latents.
+
+    Subclasses choose the context: the last layer's token states, or one vector per layer.
+    """
+
+    def __init__(self, config: LLMEmbeddingConfig):
+        super().__init__(config)
+        dim = config.backbone_hidden_size
+        self.latents = nn.Parameter(torch.empty(config.num_latents, dim))
+        self.cross_attention = CrossAttention(dim, config.pooling_heads, config.pooling_head_dim)
+        self.feed_forward = GEGLUFeedForward(dim, config.pooling_ff_mult)
+
+    def attend(self, context: torch.Tensor, context_mask: torch.Tensor | None) -> torch.Tensor:
+        queries = self.latents.to(context.dtype).unsqueeze(0).expand(context.shape[0], -1, -1)
+        x = self.cross_attention(queries, context, context_mask)
+        x = x + self.feed_forward(x)
+        return x.mean(dim=1)
+
+
+@register_pooling_head("latent_attention")
+class LatentAttentionPooling(LatentCrossAttentionPooling):
+    """Last-layer trainable pooling (paper's models 2 and 4): latents attend over the last layer's tokens."""
+
+    def forward(self, token_states, attention_mask, layer_states=None):
+        return self.attend(token_states, attention_mask)
+
+
+@register_pooling_head("multi_layer")
+class MultiLayerPooling(LatentCrossAttentionPooling):
+    """Multi-layers trainable pooling (paper's models 3 and 5).
+
+    Each selected layer is reduced to one vector (masked mean or last token, done by the model as
+    the layer runs), a trainable per-layer embedding is added, and the latents cross-attend over
+    the resulting (B, L, H) stack. No padding exists across layers, so no mask is needed here.
+    """
+
+    needs_layer_states = True
+
+    def __init__(self, config: LLMEmbeddingConfig):
+        super().__init__(config)
+        self.layer_embedding = nn.Parameter(torch.empty(len(config.resolved_pooling_layers), config.backbone_hidden_size))
+
+    def forward(self, token_states, attention_mask, layer_states=None):
+        if layer_states is None:
+            raise ValueError("multi_layer pooling needs layer_states (B, L, H); the model collects them during forward")
+        return self.attend(layer_states + self.layer_embedding.to(layer_states.dtype), None)
