@@ -11,6 +11,7 @@ to saved weights, so a checkpoint loads with ``trust_remote_code=True`` where ll
 
 from __future__ import annotations
 
+import copy
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -76,7 +77,9 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
     def __init__(self, config: LLMEmbeddingConfig, backbone: PreTrainedModel | None = None):
         super().__init__(config)
         if backbone is None:
-            backbone = AutoModel.from_config(config.backbone_config)
+            # A copy: the attention mode is applied to the built backbone's config, never to the
+            # nested config that is saved (``attention`` stays the single source of truth).
+            backbone = AutoModel.from_config(copy.deepcopy(config.backbone_config))
         elif backbone.config.model_type != config.backbone_config.model_type:
             raise ValueError(
                 f"backbone is a {backbone.config.model_type} model but config.backbone_config is "
@@ -85,6 +88,10 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
         self.backbone = backbone
         if config.attention == "bidirectional":
             make_bidirectional(self.backbone)
+        elif getattr(self.backbone.config, "is_causal", True) is not True:
+            raise ValueError(
+                "attention='causal' but the backbone's config has is_causal=False; remove it from backbone_config"
+            )
         self.pooler = POOLING_HEADS[config.pooling](config)
         self.projection = (
             nn.Linear(config.backbone_hidden_size, config.output_dim) if config.output_dim is not None else None
@@ -143,11 +150,18 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
 
     # ------------------------------------------------------------------ training support
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
-        """As in transformers, but non-reentrant by default: the reentrant variant runs layers under
-        ``no_grad``, which would cut the gradient of multi-layer pooling's per-layer vectors."""
-        kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
-        super().gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs=None, every_n_layers: int = 1, offload: bool = False
+    ):
+        """As in transformers (non-reentrant by default). Reentrant checkpointing runs layers under
+        ``no_grad``, which would silently cut the gradient of multi-layer pooling's per-layer vectors,
+        so it is refused for that head."""
+        if self._layer_collector is not None and (activation_checkpointing_kwargs or {}).get("use_reentrant"):
+            raise ValueError(
+                "multi_layer pooling needs non-reentrant activation checkpointing: use_reentrant=True runs layers "
+                "under no_grad and would cut the gradient of the per-layer vectors; drop use_reentrant=True."
+            )
+        super().activation_checkpointing_enable(activation_checkpointing_kwargs, every_n_layers, offload)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.backbone.get_input_embeddings()
@@ -190,10 +204,16 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
         model (missing, unexpected or mismatched keys, e.g. a head saved with other sizes) is an
         error instead of a warning followed by randomly initialised weights."""
         want_info = kwargs.pop("output_loading_info", False)
+        # Let transformers report size mismatches instead of raising its generic error, so that the
+        # error below names the offending keys; they are refused all the same.
+        kwargs.setdefault("ignore_mismatched_sizes", True)
         model, info = super().from_pretrained(
             pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
         )
-        problems = {key: sorted(info.get(key) or []) for key in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+        problems = {
+            key: sorted(str(item[0]) if isinstance(item, tuple) else str(item) for item in info.get(key) or [])
+            for key in ("missing_keys", "unexpected_keys", "mismatched_keys")
+        }
         problems = {key: value for key, value in problems.items() if value}
         if problems:
             details = "; ".join(f"{key}: {value[:8]}{' ...' if len(value) > 8 else ''}" for key, value in problems.items())

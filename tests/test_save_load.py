@@ -1,0 +1,134 @@
+"""Save / load round trips for every design, both AutoModel ways, and strict head loading."""
+
+import json
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel
+
+from llm_embed import LLMEmbeddingModel
+from llm_embed.encoding import pad_batch
+
+from .conftest import ATTENTIONS, POOLINGS, run_without_llm_embed, tiny_model
+
+DESIGNS = [(a, p) for a in ATTENTIONS for p in POOLINGS]
+
+
+def batch():
+    generator = torch.Generator().manual_seed(0)
+    rows = [torch.randint(5, 1000, (n,), generator=generator).tolist() for n in (9, 4, 13)]
+    return pad_batch(rows, pad_id=0, padding_side="right")
+
+
+def embed(model):
+    input_ids, attention_mask = batch()
+    with torch.no_grad():
+        return model(input_ids=input_ids, attention_mask=attention_mask).embeddings
+
+
+@pytest.fixture(scope="module")
+def saved_designs(tmp_path_factory):
+    """Every design saved once (non-trivial head weights), with its embeddings of the test batch."""
+    root = tmp_path_factory.mktemp("designs")
+    saved = {}
+    for attention, pooling in DESIGNS:
+        model = tiny_model("llama", attention, pooling, output_dim=16 if pooling == "weighted_mean" else None)
+        with torch.no_grad():  # move head weights away from their initial values
+            for name, param in model.named_parameters():
+                if not name.startswith("backbone."):
+                    param.add_(0.01 * torch.randn_like(param))
+        folder = root / f"{attention}-{pooling}"
+        model.save_pretrained(folder)
+        saved[(attention, pooling)] = (folder, embed(model))
+    return saved
+
+
+@pytest.mark.parametrize("attention, pooling", DESIGNS)
+def test_round_trip_through_automodel(saved_designs, attention, pooling):
+    folder, expected = saved_designs[(attention, pooling)]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_llm_embed.LLMEmbeddingConfig",
+        "AutoModel": "modeling_llm_embed.LLMEmbeddingModel",
+    }
+    assert (folder / "model.safetensors").is_file() and not list(folder.glob("*.bin"))
+    model = AutoModel.from_pretrained(folder)
+    assert isinstance(model, LLMEmbeddingModel)
+    assert (model.config.attention, model.config.pooling) == (attention, pooling)
+    assert torch.equal(embed(model), expected)
+
+
+def test_remote_code_loading_without_llm_embed(saved_designs, no_llm_embed_env, tmp_path):
+    """In a fresh process where ``import llm_embed`` fails, every design loads with
+    trust_remote_code=True and gives identical embeddings."""
+    cases = {f"{a}-{p}": str(folder) for (a, p), (folder, _) in saved_designs.items()}
+    input_ids, attention_mask = batch()
+    script = textwrap.dedent(f"""
+        import json, sys, torch
+        from transformers import AutoModel
+        ids = torch.tensor({input_ids.tolist()}); mask = torch.tensor({attention_mask.tolist()})
+        out = {{}}
+        for name, folder in {cases!r}.items():
+            model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+            assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+            with torch.no_grad():
+                out[name] = model(input_ids=ids, attention_mask=mask).embeddings.tolist()
+        print(json.dumps(out))
+    """)
+    stdout = run_without_llm_embed(script, no_llm_embed_env, cwd=tmp_path)
+    remote = json.loads(stdout.strip().splitlines()[-1])
+    for (attention, pooling), (_, expected) in saved_designs.items():
+        assert torch.equal(torch.tensor(remote[f"{attention}-{pooling}"]), expected), (attention, pooling)
+
+
+def test_missing_head_weights_are_an_error(saved_designs, tmp_path):
+    folder, _ = saved_designs[("bidirectional", "multi_layer")]
+    for name in ("config.json", "configuration_llm_embed.py", "modeling_llm_embed.py"):
+        (tmp_path / name).write_bytes((folder / name).read_bytes())
+    state = load_file(folder / "model.safetensors")
+    del state["pooler.latents"]
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"missing_keys: \['pooler.latents'\]"):
+        AutoModel.from_pretrained(tmp_path)
+
+
+def test_head_saved_for_another_design_is_an_error(saved_designs, tmp_path):
+    """Weights of a mean-pooling model under a config that asks for latent attention."""
+    folder, _ = saved_designs[("bidirectional", "mean")]
+    (tmp_path / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+    config = json.loads((folder / "config.json").read_text())
+    config["pooling"] = "latent_attention"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="refusing to fill them with random values"):
+        AutoModel.from_pretrained(tmp_path)
+
+
+def test_mismatched_head_sizes_are_an_error(saved_designs, tmp_path):
+    folder, _ = saved_designs[("causal", "latent_attention")]
+    (tmp_path / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+    config = json.loads((folder / "config.json").read_text())
+    config["num_latents"] = 5
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"mismatched_keys: \['pooler.latents'\]"):
+        AutoModel.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="pooler.latents"):  # asking to ignore it does not make it silent
+        AutoModel.from_pretrained(tmp_path, ignore_mismatched_sizes=True)
+
+
+def test_dtype_device_map_and_attn_implementation_pass_through(saved_designs):
+    folder, expected = saved_designs[("bidirectional", "multi_layer")]
+    model = AutoModel.from_pretrained(folder, dtype=torch.bfloat16, attn_implementation="eager", device_map="auto")
+    assert model.backbone.config._attn_implementation == "eager"
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert model.backbone.layers[0].self_attn.is_causal is False
+    out = embed(model).float()
+    assert torch.nn.functional.cosine_similarity(out, expected).min() > 0.99
+
+
+def test_output_loading_info_still_available(saved_designs):
+    folder, _ = saved_designs[("causal", "mean")]
+    model, info = LLMEmbeddingModel.from_pretrained(folder, output_loading_info=True)
+    assert isinstance(model, LLMEmbeddingModel)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
