@@ -8,6 +8,8 @@ names the bad value and the valid ones, not later inside a forward pass.
 
 from __future__ import annotations
 
+import difflib
+
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
@@ -27,6 +29,15 @@ DEFAULT_PROMPTS = {
 def _positive_int(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_for_misspelled_options(extra_kwargs: dict) -> None:
+    """transformers configs keep unknown keyword arguments as attributes (for old checkpoints); a
+    near-miss of one of our options (``num_latent=8``) would then be ignored without a word."""
+    for key in extra_kwargs:
+        close = difflib.get_close_matches(key, LLM_EMBEDDING_OPTIONS, n=1, cutoff=0.8)
+        if close:
+            raise ValueError(f"LLMEmbeddingConfig got an unknown option {key!r}; did you mean {close[0]!r}?")
 
 
 class LLMEmbeddingConfig(PreTrainedConfig):
@@ -83,6 +94,7 @@ class LLMEmbeddingConfig(PreTrainedConfig):
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
+        check_for_misspelled_options(kwargs)
         if isinstance(self.backbone_config, dict):
             model_type = self.backbone_config.get("model_type")
             from transformers.models.auto.configuration_auto import CONFIG_MAPPING
@@ -141,7 +153,9 @@ class LLMEmbeddingConfig(PreTrainedConfig):
             _positive_int(name, getattr(self, name))
         if self.output_dim is not None:
             _positive_int("output_dim", self.output_dim)
-        if not (isinstance(self.pooling_ff_mult, (int, float)) and self.pooling_ff_mult > 0):
+        if isinstance(self.pooling_ff_mult, bool) or not (
+            isinstance(self.pooling_ff_mult, (int, float)) and self.pooling_ff_mult > 0
+        ):
             raise ValueError(f"pooling_ff_mult must be a positive number, got {self.pooling_ff_mult!r}")
         for name in ("hidden_size", "num_hidden_layers"):
             if not isinstance(getattr(self.backbone_config, name, None), int):
@@ -177,5 +191,9 @@ class LLMEmbeddingConfig(PreTrainedConfig):
         if self.attention == "bidirectional":
             check_bidirectional_support(self.backbone_config)
 
+
+LLM_EMBEDDING_OPTIONS = tuple(
+    name for name in LLMEmbeddingConfig.__annotations__ if name not in PreTrainedConfig.__annotations__
+)
 
 __all__ = ["LLMEmbeddingConfig"]

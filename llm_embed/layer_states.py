@@ -59,9 +59,9 @@ class LayerStateCollector:
             mask = self._attention_mask
             if mask is None or hidden.shape[:2] != mask.shape:  # the backbone runs on its own
                 return
-            # The mask stays set after the forward pass: under gradient checkpointing the layer (and so
-            # this hook) is re-run during backward and must redo the same operations. Keyed by layer,
-            # so such a recompute overwrites rather than duplicates.
+            # The mask stays set after the forward pass: where activation checkpointing wraps a layer's
+            # __call__ (older transformers 5.x), the hook is re-run with the layer during backward and must
+            # redo the same operations. Keyed by layer, so such a recompute overwrites, not duplicates.
             self._reduced[number] = self.reduce(hidden, mask)
 
         return hook

@@ -30,7 +30,7 @@ from .layer_states import LayerStateCollector, find_decoder_layers
 from .pooling import LAYER_REDUCTIONS, POOLING_HEADS, LatentCrossAttentionPooling, MultiLayerPooling
 
 # from_pretrained arguments that also locate the tokenizer saved beside the weights.
-_TOKENIZER_HUB_KWARGS = ("cache_dir", "revision", "token", "local_files_only", "subfolder", "force_download")
+_HUB_KWARGS = ("cache_dir", "revision", "token", "local_files_only", "subfolder", "force_download", "trust_remote_code")
 
 
 @dataclass
@@ -38,12 +38,27 @@ class LLMEmbeddingOutput(ModelOutput):
     """Output of :class:`LLMEmbeddingModel`.
 
     Args:
-        loss: training loss, when the batch carries what a loss needs (see the training module).
+        loss: training loss; set only when the model is called with what a loss needs (training).
         embeddings: (batch, embedding_dim) text embeddings, normalised when ``config.normalize``.
     """
 
     loss: torch.FloatTensor | None = None
     embeddings: torch.FloatTensor | None = None
+
+
+def has_tokenizer_files(name_or_path, hub_kwargs: dict) -> bool:
+    """Whether a local folder or Hub repo holds a saved tokenizer (``tokenizer_config.json``)."""
+    from transformers.utils import cached_file
+
+    kwargs = {key: value for key, value in hub_kwargs.items() if key != "trust_remote_code"}
+    found = cached_file(
+        name_or_path,
+        "tokenizer_config.json",
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+        **kwargs,
+    )
+    return found is not None
 
 
 class LLMEmbeddingPreTrainedModel(PreTrainedModel):
@@ -153,9 +168,11 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
     def activation_checkpointing_enable(
         self, activation_checkpointing_kwargs=None, every_n_layers: int = 1, offload: bool = False
     ):
-        """As in transformers (non-reentrant by default). Reentrant checkpointing runs layers under
-        ``no_grad``, which would silently cut the gradient of multi-layer pooling's per-layer vectors,
-        so it is refused for that head."""
+        """As in transformers (non-reentrant by default). Reentrant checkpointing runs the checkpointed
+        region under ``no_grad``; in transformers versions whose checkpointing wraps a layer's
+        ``__call__`` (rather than ``forward``, as 5.24 does) the per-layer hooks run inside that region
+        and multi-layer pooling's gradient into earlier layers would be cut silently, so reentrant
+        checkpointing is refused for that head."""
         if self._layer_collector is not None and (activation_checkpointing_kwargs or {}).get("use_reentrant"):
             raise ValueError(
                 "multi_layer pooling needs non-reentrant activation checkpointing: use_reentrant=True runs layers "
@@ -222,8 +239,9 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
                 f"(pooling={model.config.pooling!r}): {details}. Its weights were saved for another design or are "
                 "incomplete; refusing to fill them with random values."
             )
-        tokenizer_kwargs = {key: kwargs[key] for key in _TOKENIZER_HUB_KWARGS if key in kwargs}
-        model._tokenizer_source = (str(pretrained_model_name_or_path), tokenizer_kwargs)
+        tokenizer_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+        if has_tokenizer_files(pretrained_model_name_or_path, tokenizer_kwargs):
+            model._tokenizer_source = (str(pretrained_model_name_or_path), tokenizer_kwargs)
         return (model, info) if want_info else model
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
@@ -244,22 +262,27 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
         attn_implementation: str | None = None,
         device_map=None,
         tokenizer=None,
+        backbone_kwargs: dict | None = None,
         **config_kwargs,
     ) -> LLMEmbeddingModel:
         """A new embedding model on pretrained decoder weights (a folder, a Hub id, or a GGUF file).
 
         The backbone keeps its pretrained weights; the pooling head (if trainable) is freshly
         initialised. The backbone's tokenizer is attached (and saved with the model).
-        ``config_kwargs`` are any other :class:`LLMEmbeddingConfig` values (``num_latents=...``).
+        Hub arguments (``revision``, ``token``, ``cache_dir``, ``local_files_only``, ``subfolder``,
+        ``trust_remote_code``) reach both the backbone and tokenizer loads; ``backbone_kwargs`` go to
+        the backbone's ``from_pretrained`` only. The remaining ``config_kwargs`` are
+        :class:`LLMEmbeddingConfig` values (``num_latents=...``, ``max_length=...``).
         """
+        hub_kwargs = {key: config_kwargs.pop(key) for key in _HUB_KWARGS if key in config_kwargs}
+        if gguf_file is not None:
+            hub_kwargs["gguf_file"] = gguf_file
         load_kwargs = {
             key: value
-            for key, value in dict(
-                gguf_file=gguf_file, dtype=dtype, attn_implementation=attn_implementation, device_map=device_map
-            ).items()
+            for key, value in dict(dtype=dtype, attn_implementation=attn_implementation, device_map=device_map).items()
             if value is not None
         }
-        backbone = AutoModel.from_pretrained(name_or_path, **load_kwargs)
+        backbone = AutoModel.from_pretrained(name_or_path, **hub_kwargs, **load_kwargs, **(backbone_kwargs or {}))
         if gguf_file is not None:
             # GGUF weights are dequantized to floats on load; the quantizer flag only blocks saving.
             backbone.hf_quantizer = None
@@ -273,7 +296,7 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
             if name != "backbone":
                 module.to(device=parameter.device, dtype=parameter.dtype)
         if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(name_or_path, **({"gguf_file": gguf_file} if gguf_file else {}))
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path, **hub_kwargs)
         model.tokenizer = tokenizer
         model.config.name_or_path = str(name_or_path)
         return model

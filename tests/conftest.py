@@ -94,6 +94,7 @@ def run_without_llm_embed(script: str, env: dict, cwd) -> str:
     guard = "try:\n    import llm_embed\n    raise SystemExit('llm_embed must not be importable here')\nexcept ImportError:\n    pass\n"
     # -P: do not put the working directory (a checkout holding llm_embed/) on sys.path
     result = subprocess.run([sys.executable, "-P", "-c", guard + script], env=env, cwd=cwd, capture_output=True,
+                            stdin=subprocess.DEVNULL,
                             text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     return result.stdout

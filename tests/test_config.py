@@ -54,6 +54,9 @@ def test_defaults_follow_the_paper():
         (dict(pooling_layers=[3, -1]), "twice"),
         (dict(default_prompt_name="passage"), "not in prompts"),
         (dict(prompts={"query": 3}), "prompts must be a dict"),
+        (dict(pooling_ff_mult=True), "pooling_ff_mult must be a positive number"),
+        (dict(num_latent=8), "unknown option 'num_latent'; did you mean 'num_latents'"),
+        (dict(atention="causal"), "did you mean 'attention'"),
     ],
 )
 def test_bad_values_raise_clear_errors(kwargs, message):

@@ -132,3 +132,12 @@ def test_output_loading_info_still_available(saved_designs):
     model, info = LLMEmbeddingModel.from_pretrained(folder, output_loading_info=True)
     assert isinstance(model, LLMEmbeddingModel)
     assert not info["missing_keys"] and not info["unexpected_keys"]
+
+
+def test_checkpoint_without_tokenizer_loads_saves_and_says_why_it_cannot_encode(saved_designs, tmp_path):
+    folder, expected = saved_designs[("causal", "mean")]
+    model = AutoModel.from_pretrained(folder)  # saved from a config-built model: no tokenizer files
+    model.save_pretrained(tmp_path)
+    assert torch.equal(embed(AutoModel.from_pretrained(tmp_path)), expected)
+    with pytest.raises(ValueError, match="no tokenizer"):
+        model.encode("hello")
