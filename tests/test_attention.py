@@ -12,7 +12,7 @@ from .conftest import ARCHS, tiny_backbone_config, tiny_model
 SEQ = 12
 
 
-def first_token_moves(model, batch_size: int, padded: bool) -> bool:
+def first_token_moves(model, batch_size: int, padded: bool, device: str = "cpu") -> bool:
     """Does the first token's state of row 0 change when row 0's last real token changes?"""
     generator = torch.Generator().manual_seed(1)
     ids = torch.randint(5, 1000, (batch_size, SEQ), generator=generator)
@@ -24,9 +24,10 @@ def first_token_moves(model, batch_size: int, padded: bool) -> bool:
     last = int(mask[0].nonzero().max())
     changed = ids.clone()
     changed[0, last] = ids[0, last] + 7
+    ids, changed, mask = ids.to(device), changed.to(device), mask.to(device)
     with torch.no_grad():
         states = [
-            model.backbone(input_ids=x, attention_mask=mask if padded else None).last_hidden_state[0, 0]
+            model.backbone(input_ids=x, attention_mask=mask if padded else None).last_hidden_state[0, 0].float()
             for x in (ids, changed)
         ]
     return not torch.allclose(states[0], states[1], atol=1e-6)

@@ -1,0 +1,59 @@
+"""The same behavioural checks on a CUDA device, where SDPA dispatches to flash / memory-efficient
+kernels that take ``is_causal`` from the module when no mask is built, and flex attention compiles
+block masks. Skipped without CUDA; run on a lent GPU with ``pytest tests/test_gpu.py``."""
+
+import pytest
+import torch
+
+from llm_embed.encoding import pad_batch
+
+from .conftest import ATTENTIONS, POOLINGS, tiny_model
+from .test_attention import first_token_moves
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+IMPLEMENTATIONS = ["eager", "sdpa", "flex_attention"]
+
+
+def on_cuda(model, dtype=torch.float32):
+    return model.to(device="cuda", dtype=dtype)
+
+
+@pytest.fixture(autouse=True)
+def exact_fp32_matmuls():
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen3", "gemma3", "gpt2"])
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch_size, padded", [(1, False), (3, False), (3, True)])
+def test_bidirectional_on_cuda(arch, impl, dtype, batch_size, padded):
+    if arch == "gpt2" and impl == "flex_attention":
+        pytest.skip("GPT-2 does not support flex attention in transformers")
+    bidirectional = on_cuda(tiny_model(arch, "bidirectional", attn_implementation=impl), dtype)
+    causal = on_cuda(tiny_model(arch, "causal", attn_implementation=impl), dtype)
+    assert first_token_moves(bidirectional, batch_size, padded, device="cuda")
+    assert not first_token_moves(causal, batch_size, padded, device="cuda")
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+@pytest.mark.parametrize("pooling", POOLINGS)
+@pytest.mark.parametrize("impl", ["sdpa", "flex_attention"])
+def test_batch_invariance_on_cuda(impl, pooling, attention):
+    model = on_cuda(tiny_model("llama", attention, pooling, attn_implementation=impl))
+    generator = torch.Generator().manual_seed(0)
+    rows = [torch.randint(5, 1000, (n,), generator=generator).tolist() for n in (5, 40, 3, 57)]
+
+    def embed(batch_rows, side):
+        ids, mask = pad_batch(batch_rows, pad_id=0, padding_side=side)
+        with torch.no_grad():
+            return model(input_ids=ids.cuda(), attention_mask=mask.cuda()).embeddings
+
+    alone = embed(rows[:1], "right")[0]
+    for side in ("left", "right"):
+        in_batch = embed([rows[1], rows[0], rows[2], rows[3]], side)[1]
+        assert (alone - in_batch).abs().max() <= 1e-5, (side, float((alone - in_batch).abs().max()))
