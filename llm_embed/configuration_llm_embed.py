@@ -9,9 +9,9 @@ names the bad value and the valid ones, not later inside a forward pass.
 from __future__ import annotations
 
 import difflib
+import inspect
 
 from transformers import AutoConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
 
 from .bidirectional import check_bidirectional_support
 from .pooling import LAYER_REDUCTIONS, POOLING_HEADS
@@ -29,6 +29,26 @@ DEFAULT_PROMPTS = {
 def _positive_int(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def build_backbone_config(backbone_config) -> PreTrainedConfig:
+    """The nested backbone config as a config object (restored from its ``model_type`` when a dict)."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if backbone_config is None:
+        return CONFIG_MAPPING["llama"]()
+    if isinstance(backbone_config, PreTrainedConfig):
+        return backbone_config
+    if isinstance(backbone_config, dict):
+        model_type = backbone_config.get("model_type")
+        if model_type not in CONFIG_MAPPING:
+            raise ValueError(
+                f"backbone_config must carry a model_type that transformers knows, got {model_type!r}; "
+                "pass e.g. AutoConfig.from_pretrained(path) or a dict from config.to_dict()."
+            )
+        fields = {key: value for key, value in backbone_config.items() if key != "model_type"}
+        return CONFIG_MAPPING[model_type](**fields)
+    raise TypeError(f"backbone_config must be a dict or a PreTrainedConfig, got {type(backbone_config).__name__}")
 
 
 def check_for_misspelled_options(extra_kwargs: dict) -> None:
@@ -65,7 +85,7 @@ class LLMEmbeddingConfig(PreTrainedConfig):
         normalize (`bool`, defaults to `True`): L2-normalise embeddings (cosine = dot product).
         prompts (`dict[str, str]`): named instruction prefixes; `query` and `document` by default.
         default_prompt_name (`str`, *optional*): prompt used by `encode` when none is given.
-        max_length (`int`, defaults to 512): token budget of one text, EOS included.
+        max_seq_length (`int`, defaults to 512): token budget of one text, EOS included.
         append_eos (`bool`, defaults to `True`): append the EOS token to every text (the paper does; the
             `last_token` head then pools the EOS state).
         padding_side (`str`, defaults to `"right"`): padding side `encode` uses; results do not depend on it.
@@ -73,42 +93,50 @@ class LLMEmbeddingConfig(PreTrainedConfig):
     """
 
     model_type = "llm_embedding"
-    sub_configs_defaults = {"backbone_config": SubConfigSpec(config_class=AutoConfig, model_type="llama")}
+    sub_configs = {"backbone_config": AutoConfig}
 
-    backbone_config: dict | PreTrainedConfig | None = None
-    attention: str = "bidirectional"
-    pooling: str = "multi_layer"
-    layer_reduction: str | None = None
-    pooling_layers: list[int] | None = None
-    num_latents: int = 16
-    pooling_heads: int = 8
-    pooling_head_dim: int = 64
-    pooling_ff_mult: float = 1.0
-    output_dim: int | None = None
-    normalize: bool = True
-    prompts: dict[str, str] | None = None
-    default_prompt_name: str | None = None
-    max_length: int = 512
-    append_eos: bool = True
-    padding_side: str = "right"
-    initializer_range: float = 0.02
-
-    def __post_init__(self, **kwargs):
+    # An explicit __init__ (not dataclass fields) so that one file works on every transformers >= 5.2:
+    # configs became dataclasses in later 5.x releases, which still accept a custom __init__.
+    def __init__(
+        self,
+        backbone_config: dict | PreTrainedConfig | None = None,
+        attention: str = "bidirectional",
+        pooling: str = "multi_layer",
+        layer_reduction: str | None = None,
+        pooling_layers: list[int] | None = None,
+        num_latents: int = 16,
+        pooling_heads: int = 8,
+        pooling_head_dim: int = 64,
+        pooling_ff_mult: float = 1.0,
+        output_dim: int | None = None,
+        normalize: bool = True,
+        prompts: dict[str, str] | None = None,
+        default_prompt_name: str | None = None,
+        max_seq_length: int = 512,
+        append_eos: bool = True,
+        padding_side: str = "right",
+        initializer_range: float = 0.02,
+        **kwargs,
+    ):
         check_for_misspelled_options(kwargs)
-        if isinstance(self.backbone_config, dict):
-            model_type = self.backbone_config.get("model_type")
-            from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
-            if model_type not in CONFIG_MAPPING:
-                raise ValueError(
-                    f"backbone_config must carry a model_type that transformers knows, got {model_type!r}; "
-                    "pass e.g. AutoConfig.from_pretrained(path) or a dict from config.to_dict()."
-                )
-        super().__post_init__(**kwargs)
-        if self.prompts is None:
-            self.prompts = dict(DEFAULT_PROMPTS)
-        if self.layer_reduction is None:
-            self.layer_reduction = "mean" if self.attention == "bidirectional" else "last_token"
+        self.backbone_config = build_backbone_config(backbone_config)
+        self.attention = attention
+        self.pooling = pooling
+        self.layer_reduction = layer_reduction or ("mean" if attention == "bidirectional" else "last_token")
+        self.pooling_layers = list(pooling_layers) if pooling_layers is not None else None
+        self.num_latents = num_latents
+        self.pooling_heads = pooling_heads
+        self.pooling_head_dim = pooling_head_dim
+        self.pooling_ff_mult = pooling_ff_mult
+        self.output_dim = output_dim
+        self.normalize = normalize
+        self.prompts = dict(DEFAULT_PROMPTS) if prompts is None else prompts
+        self.default_prompt_name = default_prompt_name
+        self.max_seq_length = max_seq_length
+        self.append_eos = append_eos
+        self.padding_side = padding_side
+        self.initializer_range = initializer_range
+        super().__init__(**kwargs)
         self.validate_design()
 
     # ------------------------------------------------------------------ derived values
@@ -149,7 +177,7 @@ class LLMEmbeddingConfig(PreTrainedConfig):
             raise ValueError(f"layer_reduction must be one of {tuple(LAYER_REDUCTIONS)}, got {self.layer_reduction!r}")
         if self.padding_side not in PADDING_SIDES:
             raise ValueError(f"padding_side must be one of {PADDING_SIDES}, got {self.padding_side!r}")
-        for name in ("num_latents", "pooling_heads", "pooling_head_dim", "max_length"):
+        for name in ("num_latents", "pooling_heads", "pooling_head_dim", "max_seq_length"):
             _positive_int(name, getattr(self, name))
         if self.output_dim is not None:
             _positive_int("output_dim", self.output_dim)
@@ -176,9 +204,9 @@ class LLMEmbeddingConfig(PreTrainedConfig):
             if len(set(resolved)) != len(resolved):
                 raise ValueError(f"pooling_layers {self.pooling_layers} name a layer twice")
         max_positions = getattr(self.backbone_config, "max_position_embeddings", None)
-        if isinstance(max_positions, int) and self.max_length > max_positions:
+        if isinstance(max_positions, int) and self.max_seq_length > max_positions:
             raise ValueError(
-                f"max_length={self.max_length} exceeds the backbone's max_position_embeddings={max_positions}"
+                f"max_seq_length={self.max_seq_length} exceeds the backbone's max_position_embeddings={max_positions}"
             )
         if not isinstance(self.prompts, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in self.prompts.items()
@@ -192,8 +220,6 @@ class LLMEmbeddingConfig(PreTrainedConfig):
             check_bidirectional_support(self.backbone_config)
 
 
-LLM_EMBEDDING_OPTIONS = tuple(
-    name for name in LLMEmbeddingConfig.__annotations__ if name not in PreTrainedConfig.__annotations__
-)
+LLM_EMBEDDING_OPTIONS = tuple(inspect.signature(LLMEmbeddingConfig.__init__).parameters)[1:-1]
 
 __all__ = ["LLMEmbeddingConfig"]

@@ -2,7 +2,7 @@
 
 Texts are tokenized once, sorted by token length so that each batch carries little padding,
 run through the model batch by batch, and put back in the caller's order. The prompt prefix,
-EOS and truncation to ``max_length`` are applied here, so that every caller (search, training
+EOS and truncation to ``max_seq_length`` are applied here, so that every caller (search, training
 evaluation, mteb) embeds a text the same way.
 """
 
@@ -53,8 +53,8 @@ def resolve_prompt(prompts: dict[str, str], default_prompt_name: str | None, pro
     return prompts[name]
 
 
-def tokenize_texts(tokenizer, texts: list[str], max_length: int, append_eos: bool) -> list[list[int]]:
-    """Token ids per text, truncated to ``max_length`` (EOS included), with one warning if any was cut."""
+def tokenize_texts(tokenizer, texts: list[str], max_seq_length: int, append_eos: bool) -> list[list[int]]:
+    """Token ids per text, truncated to ``max_seq_length`` (EOS included), with one warning if any was cut."""
     eos_id = tokenizer.eos_token_id
     if append_eos and eos_id is None:
         raise ValueError(
@@ -62,7 +62,7 @@ def tokenize_texts(tokenizer, texts: list[str], max_length: int, append_eos: boo
             "build the model with append_eos=False."
         )
     ids = tokenizer(texts, add_special_tokens=True, truncation=False, return_attention_mask=False)["input_ids"]
-    budget = max_length - 1 if append_eos else max_length
+    budget = max_seq_length - 1 if append_eos else max_seq_length
     truncated = 0
     for i, row in enumerate(ids):
         if append_eos and row and row[-1] == eos_id:
@@ -77,7 +77,7 @@ def tokenize_texts(tokenizer, texts: list[str], max_length: int, append_eos: boo
             )
     if truncated:
         warnings.warn(
-            f"{truncated} of {len(texts)} texts were longer than max_length={max_length} tokens and were truncated.",
+            f"{truncated} of {len(texts)} texts were longer than max_seq_length={max_seq_length} tokens and were truncated.",
             UserWarning,
             stacklevel=3,
         )
@@ -128,7 +128,7 @@ class EncodeMixin:
         config = self.config
         prefix = resolve_prompt(config.prompts, config.default_prompt_name, prompt_name, prompt)
         tokenizer = self.tokenizer
-        ids = tokenize_texts(tokenizer, [prefix + t for t in texts], config.max_length, config.append_eos)
+        ids = tokenize_texts(tokenizer, [prefix + t for t in texts], config.max_seq_length, config.append_eos)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad_id is None:
             raise ValueError("the tokenizer has neither a pad_token nor an eos_token; set tokenizer.pad_token.")

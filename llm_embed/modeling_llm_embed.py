@@ -165,20 +165,21 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
 
     # ------------------------------------------------------------------ training support
 
-    def activation_checkpointing_enable(
-        self, activation_checkpointing_kwargs=None, every_n_layers: int = 1, offload: bool = False
-    ):
-        """As in transformers (non-reentrant by default). Reentrant checkpointing runs the checkpointed
-        region under ``no_grad``; in transformers versions whose checkpointing wraps a layer's
-        ``__call__`` (rather than ``forward``, as 5.24 does) the per-layer hooks run inside that region
-        and multi-layer pooling's gradient into earlier layers would be cut silently, so reentrant
-        checkpointing is refused for that head."""
-        if self._layer_collector is not None and (activation_checkpointing_kwargs or {}).get("use_reentrant"):
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, **kwargs):
+        """Guard of ``activation_checkpointing_enable`` / ``gradient_checkpointing_enable`` (both
+        non-reentrant by default). Reentrant checkpointing runs the checkpointed region under
+        ``no_grad``; where checkpointing wraps a layer's ``__call__`` (transformers up to about 5.2x;
+        5.24 wraps ``forward``) the per-layer hooks run inside it and multi-layer pooling's gradient
+        into earlier layers would be cut silently, so reentrant checkpointing is refused for that head."""
+        keywords = getattr(gradient_checkpointing_func, "keywords", None) or {}
+        if enable and self._layer_collector is not None and keywords.get("use_reentrant"):
             raise ValueError(
                 "multi_layer pooling needs non-reentrant activation checkpointing: use_reentrant=True runs layers "
                 "under no_grad and would cut the gradient of the per-layer vectors; drop use_reentrant=True."
             )
-        super().activation_checkpointing_enable(activation_checkpointing_kwargs, every_n_layers, offload)
+        if gradient_checkpointing_func is not None:
+            kwargs["gradient_checkpointing_func"] = gradient_checkpointing_func
+        super()._set_gradient_checkpointing(enable=enable, **kwargs)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.backbone.get_input_embeddings()
@@ -210,7 +211,7 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
                     raise ValueError("the tokenizer has neither a pad_token nor an eos_token; set tokenizer.pad_token")
                 tokenizer.pad_token = tokenizer.eos_token
             tokenizer.padding_side = self.config.padding_side
-            tokenizer.model_max_length = self.config.max_length
+            tokenizer.model_max_length = self.config.max_seq_length
         self._tokenizer = tokenizer
 
     # ------------------------------------------------------------------ loading and saving
@@ -272,7 +273,7 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
         Hub arguments (``revision``, ``token``, ``cache_dir``, ``local_files_only``, ``subfolder``,
         ``trust_remote_code``) reach both the backbone and tokenizer loads; ``backbone_kwargs`` go to
         the backbone's ``from_pretrained`` only. The remaining ``config_kwargs`` are
-        :class:`LLMEmbeddingConfig` values (``num_latents=...``, ``max_length=...``).
+        :class:`LLMEmbeddingConfig` values (``num_latents=...``, ``max_seq_length=...``).
         """
         hub_kwargs = {key: config_kwargs.pop(key) for key in _HUB_KWARGS if key in config_kwargs}
         if gguf_file is not None:

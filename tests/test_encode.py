@@ -87,11 +87,11 @@ def test_single_string_tensor_and_normalize(model):
 
 
 def test_truncation_warns_once(model, tokenizer):
-    model.config.max_length = 8
+    model.config.max_seq_length = 8
     long_texts = ["word " * 50, "another " * 40, "short"]
-    with pytest.warns(UserWarning, match="2 of 3 texts were longer than max_length=8") as record:
+    with pytest.warns(UserWarning, match="2 of 3 texts were longer than max_seq_length=8") as record:
         out = model.encode(long_texts)
-    assert len([w for w in record if "max_length" in str(w.message)]) == 1
+    assert len([w for w in record if "max_seq_length" in str(w.message)]) == 1
     # the truncated text is embedded as its first 7 tokens + EOS
     first_seven = tokenizer.decode(tokenizer("word " * 50)["input_ids"][:7])
     with warnings.catch_warnings():

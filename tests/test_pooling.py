@@ -11,6 +11,12 @@ from .conftest import ATTENTIONS, POOLINGS, tiny_model
 TOLERANCE = 1e-5
 
 
+def enable_checkpointing(model, kwargs=None):
+    """``activation_checkpointing_enable`` (transformers >= 5.2x) or its older name."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable(kwargs)
+
+
 def embed(model, rows, padding_side):
     input_ids, attention_mask = pad_batch(rows, pad_id=0, padding_side=padding_side)
     with torch.no_grad():
@@ -125,7 +131,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(pooling):
     for checkpointing in (False, True):
         model = tiny_model("llama", "bidirectional", pooling).train()
         if checkpointing:
-            model.activation_checkpointing_enable()
+            enable_checkpointing(model)
             assert model.backbone.layers[0].gradient_checkpointing
         input_ids, attention_mask = pad_batch(random_rows([6, 9]), pad_id=0, padding_side="right")
         model(input_ids=input_ids, attention_mask=attention_mask).embeddings.sum().backward()
@@ -139,4 +145,4 @@ def test_gradient_checkpointing_gives_the_same_gradients(pooling):
 def test_reentrant_checkpointing_is_refused_for_multi_layer():
     model = tiny_model("llama", "bidirectional", "multi_layer")
     with pytest.raises(ValueError, match="non-reentrant"):
-        model.activation_checkpointing_enable({"use_reentrant": True})
+        enable_checkpointing(model, {"use_reentrant": True})
