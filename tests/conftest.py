@@ -25,12 +25,14 @@ from llm_embed import LLMEmbeddingConfig, LLMEmbeddingModel
 VOCAB = 49152  # SmolLM2's tokenizer, so encode() works on the tiny models too
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
-_COMMON = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+_BASE = dict(num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
                intermediate_size=64, vocab_size=VOCAB, max_position_embeddings=1024)
 
 
-def tiny_backbone_config(arch: str):
-    """A tiny random decoder config; sliding-window ones get a window of 4 so that it matters."""
+def tiny_backbone_config(arch: str, head_dim: int = 8):
+    """A tiny random decoder config; sliding-window ones get a window of 4 so that it matters.
+    ``head_dim=16`` gives hidden size 64 (flex attention on CUDA needs head dims of at least 16)."""
+    _COMMON = dict(_BASE, hidden_size=4 * head_dim)
     if arch == "llama":
         return LlamaConfig(**_COMMON)
     if arch == "mistral":
@@ -38,16 +40,16 @@ def tiny_backbone_config(arch: str):
     if arch == "qwen2":
         return Qwen2Config(**_COMMON)
     if arch == "qwen3":
-        return Qwen3Config(**_COMMON, head_dim=8)
+        return Qwen3Config(**_COMMON, head_dim=head_dim)
     if arch == "phi3":
         return Phi3Config(**_COMMON, pad_token_id=0)
     if arch == "gemma":
-        return GemmaConfig(**_COMMON, head_dim=8)
+        return GemmaConfig(**_COMMON, head_dim=head_dim)
     if arch == "gemma3":
-        return Gemma3TextConfig(**_COMMON, head_dim=8, sliding_window=4,
+        return Gemma3TextConfig(**_COMMON, head_dim=head_dim, sliding_window=4,
                                 layer_types=["sliding_attention", "full_attention", "sliding_attention"])
     if arch == "gpt2":
-        return GPT2Config(n_embd=32, n_layer=3, n_head=4, vocab_size=VOCAB, n_positions=1024)
+        return GPT2Config(n_embd=4 * head_dim, n_layer=3, n_head=4, vocab_size=VOCAB, n_positions=1024)
     raise ValueError(arch)
 
 
@@ -57,9 +59,9 @@ ATTENTIONS = ["causal", "bidirectional"]
 
 
 def tiny_model(arch="llama", attention="bidirectional", pooling="mean", seed=0, attn_implementation="sdpa",
-               **kwargs) -> LLMEmbeddingModel:
+               head_dim=8, **kwargs) -> LLMEmbeddingModel:
     torch.manual_seed(seed)
-    config = LLMEmbeddingConfig(backbone_config=tiny_backbone_config(arch), attention=attention, pooling=pooling,
+    config = LLMEmbeddingConfig(backbone_config=tiny_backbone_config(arch, head_dim), attention=attention, pooling=pooling,
                                 attn_implementation=attn_implementation, **kwargs)
     return LLMEmbeddingModel(config).eval()
 

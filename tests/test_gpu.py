@@ -34,8 +34,8 @@ def exact_fp32_matmuls():
 def test_bidirectional_on_cuda(arch, impl, dtype, batch_size, padded):
     if arch == "gpt2" and impl == "flex_attention":
         pytest.skip("GPT-2 does not support flex attention in transformers")
-    bidirectional = on_cuda(tiny_model(arch, "bidirectional", attn_implementation=impl), dtype)
-    causal = on_cuda(tiny_model(arch, "causal", attn_implementation=impl), dtype)
+    bidirectional = on_cuda(tiny_model(arch, "bidirectional", attn_implementation=impl, head_dim=16), dtype)
+    causal = on_cuda(tiny_model(arch, "causal", attn_implementation=impl, head_dim=16), dtype)
     assert first_token_moves(bidirectional, batch_size, padded, device="cuda")
     assert not first_token_moves(causal, batch_size, padded, device="cuda")
 
@@ -44,7 +44,7 @@ def test_bidirectional_on_cuda(arch, impl, dtype, batch_size, padded):
 @pytest.mark.parametrize("pooling", POOLINGS)
 @pytest.mark.parametrize("impl", ["sdpa", "flex_attention"])
 def test_batch_invariance_on_cuda(impl, pooling, attention):
-    model = on_cuda(tiny_model("llama", attention, pooling, attn_implementation=impl))
+    model = on_cuda(tiny_model("llama", attention, pooling, attn_implementation=impl, head_dim=16))
     generator = torch.Generator().manual_seed(0)
     rows = [torch.randint(5, 1000, (n,), generator=generator).tolist() for n in (5, 40, 3, 57)]
 
