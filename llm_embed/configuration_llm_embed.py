@@ -90,6 +90,12 @@ class LLMEmbeddingConfig(PreTrainedConfig):
             `last_token` head then pools the EOS state).
         padding_side (`str`, defaults to `"right"`): padding side `encode` uses; results do not depend on it.
         initializer_range (`float`, defaults to 0.02): std of the pooling head's initial weights.
+        loss_temperature (`float`, defaults to 0.05): InfoNCE temperature of the training loss (paper: 0.05).
+        loss_symmetric (`bool`, defaults to `False`): add the positive -> queries InfoNCE term.
+        loss_gather_across_ranks (`bool`, defaults to `True`): under distributed training, every rank's
+            positives and negatives are candidates for every query.
+        loss_mini_batch_size (`int`, *optional*): with a value, the loss is computed with GradCache:
+            texts are embedded this many at a time, so the contrastive batch is not bounded by memory.
     """
 
     model_type = "llm_embedding"
@@ -116,6 +122,10 @@ class LLMEmbeddingConfig(PreTrainedConfig):
         append_eos: bool = True,
         padding_side: str = "right",
         initializer_range: float = 0.02,
+        loss_temperature: float = 0.05,
+        loss_symmetric: bool = False,
+        loss_gather_across_ranks: bool = True,
+        loss_mini_batch_size: int | None = None,
         **kwargs,
     ):
         check_for_misspelled_options(kwargs)
@@ -136,6 +146,10 @@ class LLMEmbeddingConfig(PreTrainedConfig):
         self.append_eos = append_eos
         self.padding_side = padding_side
         self.initializer_range = initializer_range
+        self.loss_temperature = loss_temperature
+        self.loss_symmetric = loss_symmetric
+        self.loss_gather_across_ranks = loss_gather_across_ranks
+        self.loss_mini_batch_size = loss_mini_batch_size
         super().__init__(**kwargs)
         self.validate_design()
 
@@ -181,6 +195,12 @@ class LLMEmbeddingConfig(PreTrainedConfig):
             _positive_int(name, getattr(self, name))
         if self.output_dim is not None:
             _positive_int("output_dim", self.output_dim)
+        if self.loss_mini_batch_size is not None:
+            _positive_int("loss_mini_batch_size", self.loss_mini_batch_size)
+        if isinstance(self.loss_temperature, bool) or not (
+            isinstance(self.loss_temperature, (int, float)) and self.loss_temperature > 0
+        ):
+            raise ValueError(f"loss_temperature must be a positive number, got {self.loss_temperature!r}")
         if isinstance(self.pooling_ff_mult, bool) or not (
             isinstance(self.pooling_ff_mult, (int, float)) and self.pooling_ff_mult > 0
         ):

@@ -25,6 +25,7 @@ from transformers.utils import ModelOutput
 
 from .bidirectional import make_bidirectional
 from .configuration_llm_embed import LLMEmbeddingConfig
+from .contrastive import InfoNCELoss, cached_contrastive_loss, distributed_world
 from .encoding import EncodeMixin
 from .layer_states import LayerStateCollector, find_decoder_layers
 from .pooling import LAYER_REDUCTIONS, POOLING_HEADS, LatentCrossAttentionPooling, MultiLayerPooling
@@ -71,6 +72,9 @@ class LLMEmbeddingPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _no_split_modules = []  # the backbone's own are gathered by post_init
+    # The loss is a mean over this batch's queries: the Trainer must scale it for gradient
+    # accumulation itself, not pass `num_items_in_batch` (which **kwargs would otherwise suggest).
+    accepts_loss_kwargs = False
 
     def _init_weights(self, module):
         std = self.config.initializer_range
@@ -130,10 +134,41 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         normalize: bool | None = None,
+        query_input_ids: torch.LongTensor | None = None,
+        query_attention_mask: torch.Tensor | None = None,
+        document_input_ids: torch.LongTensor | None = None,
+        document_attention_mask: torch.Tensor | None = None,
+        return_loss: bool = True,
         return_dict: bool | None = None,
         **kwargs,
     ) -> LLMEmbeddingOutput | tuple:
-        """Embed a tokenized batch. ``normalize`` overrides ``config.normalize`` for this call."""
+        """Embed a tokenized batch (``input_ids``), or, given a contrastive batch (``query_*`` and
+        ``document_*`` from :class:`~llm_embed.data.ContrastiveDataCollator`: B queries; B positives
+        then K hard negatives per query), return the InfoNCE ``loss`` and the query embeddings.
+        ``normalize`` overrides ``config.normalize`` for this call."""
+        if query_input_ids is not None:
+            if document_input_ids is None:
+                raise ValueError("a contrastive batch needs document_input_ids (positives, then hard negatives)")
+            loss, embeddings = self._contrastive_loss(
+                (query_input_ids, query_attention_mask), (document_input_ids, document_attention_mask)
+            )
+            output = LLMEmbeddingOutput(loss=loss if return_loss else None, embeddings=embeddings)
+            return output if return_dict is not False else output.to_tuple()
+        embeddings = self.embed(input_ids, attention_mask, position_ids, inputs_embeds, **kwargs)
+        if self.config.normalize if normalize is None else normalize:
+            embeddings = F.normalize(embeddings, p=2, dim=-1)
+        output = LLMEmbeddingOutput(embeddings=embeddings)
+        return output if return_dict is not False else output.to_tuple()
+
+    def embed(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """Unnormalised embeddings of a tokenized batch: backbone, pooling head, projection."""
         reference = input_ids if input_ids is not None else inputs_embeds
         if reference is None:
             raise ValueError("forward() needs input_ids or inputs_embeds")
@@ -158,10 +193,27 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
         embeddings = self.pooler(token_states, attention_mask, layer_states)
         if self.projection is not None:
             embeddings = self.projection(embeddings)
-        if self.config.normalize if normalize is None else normalize:
-            embeddings = F.normalize(embeddings, p=2, dim=-1)
-        output = LLMEmbeddingOutput(embeddings=embeddings)
-        return output if return_dict is not False else output.to_tuple()
+        return embeddings
+
+    def _contrastive_loss(self, query_inputs, document_inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        config = self.config
+        loss_fn = InfoNCELoss(config.loss_temperature, config.loss_symmetric, config.loss_gather_across_ranks)
+        mini_batch = config.loss_mini_batch_size
+        if mini_batch is not None and torch.is_grad_enabled():
+            world, _ = distributed_world()
+            if world > 1:
+                raise ValueError(
+                    "loss_mini_batch_size (GradCache) is not supported under distributed training yet: its "
+                    "mini-batch backward passes would each trigger DDP's gradient reduction. Use it on one "
+                    "process, or drop it and use gradient accumulation / more ranks for a large batch."
+                )
+            loss, queries = cached_contrastive_loss(
+                lambda ids, mask: self.embed(ids, mask), loss_fn, query_inputs, document_inputs, mini_batch
+            )
+            return loss, F.normalize(queries, p=2, dim=-1)
+        queries = self.embed(*query_inputs)
+        documents = self.embed(*document_inputs)
+        return loss_fn(queries, documents), F.normalize(queries.detach(), p=2, dim=-1)
 
     # ------------------------------------------------------------------ training support
 

@@ -1,0 +1,161 @@
+"""Contrastive training objective: InfoNCE with in-batch and hard negatives, gathered across ranks,
+and GradCache (cached contrastive loss) to decouple the contrastive batch from memory.
+
+Shipped with checkpoints (the model's ``forward`` returns this loss), so it imports only torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def distributed_world() -> tuple[int, int]:
+    """(world size, rank) of the default process group, (1, 0) outside distributed training."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
+
+
+def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's ``tensor`` along dim 0, keeping the gradient path to each rank's part
+    (its backward sums the gradients from all ranks, a reduce-scatter)."""
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(tensor), dim=0)
+
+
+def check_equal_batch_sizes(batch_size: int, device: torch.device) -> None:
+    """Gathering needs the same number of queries on every rank (e.g. a short last batch breaks it)."""
+    world, _ = distributed_world()
+    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world)]
+    torch.distributed.all_gather(sizes, torch.tensor([batch_size], device=device))
+    sizes = [int(s) for s in sizes]
+    if len(set(sizes)) > 1:
+        raise ValueError(
+            f"contrastive loss across ranks needs equal per-rank batches, got {sizes}; "
+            "set TrainingArguments(dataloader_drop_last=True)"
+        )
+
+
+class InfoNCELoss(nn.Module):
+    """InfoNCE over cosine similarities: each query against its positive, every other query's
+    positive (in-batch negatives) and all hard negatives, at ``temperature`` (paper: 0.05, i.e.
+    scale 20). Under distributed training every rank's positives and negatives are candidates
+    for every query (gathered with gradient). ``symmetric`` adds the positive -> queries term.
+
+    ``documents`` holds the B positives first, then the hard negatives (K per query, query-major).
+    The loss is the mean over this rank's queries; averaging gradients over ranks (DDP) then gives
+    the gradient of the mean over all queries.
+    """
+
+    def __init__(self, temperature: float = 0.05, symmetric: bool = False, gather_across_ranks: bool = True):
+        super().__init__()
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+            raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+        self.temperature = float(temperature)
+        self.symmetric = symmetric
+        self.gather_across_ranks = gather_across_ranks
+
+    def forward(self, queries: torch.Tensor, documents: torch.Tensor) -> torch.Tensor:
+        batch = queries.shape[0]
+        if batch == 0 or documents.shape[0] % batch:
+            raise ValueError(
+                f"documents must hold the {batch} positives then the same number of hard negatives per query; "
+                f"got {documents.shape[0]} documents for {batch} queries"
+            )
+        queries = F.normalize(queries.float(), dim=-1)
+        documents = F.normalize(documents.float(), dim=-1)
+        positives, negatives = documents[:batch], documents[batch:]
+        world, rank = distributed_world() if self.gather_across_ranks else (1, 0)
+        all_queries = queries
+        if world > 1:
+            check_equal_batch_sizes(batch, queries.device)
+            all_queries = all_gather_with_grad(queries)
+            positives_all = all_gather_with_grad(positives)
+            negatives = all_gather_with_grad(negatives)
+        else:
+            positives_all = positives
+        candidates = torch.cat([positives_all, negatives])
+        if candidates.shape[0] < 2:
+            raise ValueError(
+                "the contrastive loss needs at least two candidates per query: a batch of one query with no hard "
+                "negative has nothing to contrast with; use a larger batch or add negatives"
+            )
+        labels = torch.arange(batch, device=queries.device) + rank * batch
+        loss = F.cross_entropy(queries @ candidates.T / self.temperature, labels)
+        if self.symmetric:
+            loss = (loss + F.cross_entropy(positives @ all_queries.T / self.temperature, labels)) / 2
+        return loss
+
+
+class RandomState:
+    """Captures the CPU and current CUDA generator states so that a mini-batch can be re-run with
+    the same dropout masks during GradCache's second pass."""
+
+    def __init__(self, device: torch.device):
+        self.cpu_state = torch.get_rng_state()
+        self.cuda_state = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+        self.device = device
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu_state)
+        if self.cuda_state is not None:
+            torch.cuda.set_rng_state(self.cuda_state, self.device)
+
+
+def cached_contrastive_loss(
+    embed: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    loss_fn: nn.Module,
+    query_inputs: tuple[torch.Tensor, torch.Tensor],
+    document_inputs: tuple[torch.Tensor, torch.Tensor],
+    mini_batch_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GradCache (Gao et al. 2021): the loss of the full contrastive batch with the memory of one
+    mini-batch.
+
+    1. Embed every mini-batch without a graph, remembering its random state.
+    2. Compute the loss over all embeddings and its gradient with respect to the embeddings only.
+    3. Return the loss as a leaf whose backward hook re-embeds each mini-batch with a graph (same
+       random state, so the same dropout) and back-propagates the cached embedding gradient, scaled
+       by the incoming gradient (loss scaling, gradient accumulation).
+    Loss and parameter gradients equal the uncached ones up to floating-point summation order.
+    Returns the loss and the (graph-free) query embeddings.
+    """
+    chunks = []  # (kind, input_ids, attention_mask, random state)
+    cached = {"query": [], "document": []}
+    with torch.no_grad():
+        for kind, (input_ids, attention_mask) in (("query", query_inputs), ("document", document_inputs)):
+            for start in range(0, input_ids.shape[0], mini_batch_size):
+                ids = input_ids[start : start + mini_batch_size]
+                mask = attention_mask[start : start + mini_batch_size]
+                state = RandomState(ids.device)
+                cached[kind].append(embed(ids, mask))
+                chunks.append((kind, ids, mask, state))
+    queries = torch.cat(cached["query"]).detach().requires_grad_(True)
+    documents = torch.cat(cached["document"]).detach().requires_grad_(True)
+    with torch.enable_grad():
+        loss = loss_fn(queries, documents)
+        query_grad, document_grad = torch.autograd.grad(loss, [queries, documents])
+    grads = {"query": query_grad.split(mini_batch_size), "document": document_grad.split(mini_batch_size)}
+    position = {"query": 0, "document": 0}
+    plan = []
+    for kind, ids, mask, state in chunks:
+        plan.append((ids, mask, state, grads[kind][position[kind]]))
+        position[kind] += 1
+
+    def replay(grad_output: torch.Tensor) -> None:
+        current = RandomState(plan[0][0].device)
+        with torch.enable_grad():
+            for ids, mask, state, grad in plan:
+                state.restore()
+                embeddings = embed(ids, mask)
+                torch.autograd.backward(embeddings, grad.to(embeddings.dtype) * grad_output.to(embeddings.dtype))
+        current.restore()
+
+    result = loss.detach().requires_grad_(True)
+    result.register_hook(replay)
+    return result, queries.detach()

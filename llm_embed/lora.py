@@ -1,0 +1,70 @@
+"""LoRA through peft (optional extra ``pip install llm-embed[peft]``): adapters on the backbone's
+linear layers, the pooling head (and projection) trained in full.
+
+The paper's recipe: r=16, alpha=32, dropout 0.1 on q, k, v, o, gate, up, down. By default the
+targets are every linear layer inside the decoder blocks (for GPT-2 its Conv1D layers), found by
+looking at the model rather than by a per-architecture table.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+
+from torch import nn
+
+from .layer_states import find_decoder_layers
+
+
+def require_peft():
+    try:
+        return importlib.import_module("peft")
+    except ImportError as err:
+        raise ImportError("LoRA needs peft: pip install 'llm-embed[peft]' (or pip install peft)") from err
+
+
+def default_lora_targets(model) -> str:
+    """A regex over module names: every linear (or GPT-2 Conv1D) layer inside the decoder blocks."""
+    layers = find_decoder_layers(model.backbone, model.config.backbone_num_layers)
+    names = set()
+    for name, module in layers.named_modules():
+        if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
+            names.add(name.rsplit(".", 1)[-1])
+    if not names:
+        raise ValueError("found no linear layers in the decoder blocks to put LoRA adapters on")
+    return r"backbone\..*\.(" + "|".join(sorted(map(re.escape, names))) + r")$"
+
+
+def trained_head_modules(model) -> list[str]:
+    return ["pooler"] + (["projection"] if model.projection is not None else [])
+
+
+def apply_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.1, target_modules=None):
+    """Wrap ``model`` in a ``peft.PeftModel``: adapters on the backbone, head fully trainable."""
+    peft = require_peft()
+    config = peft.LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules or default_lora_targets(model),
+        modules_to_save=trained_head_modules(model),
+    )
+    return peft.get_peft_model(model, config)
+
+
+def load_lora(model, adapter_path: str, is_trainable: bool = False):
+    """Put adapters (and the trained head) saved by ``peft_model.save_pretrained`` on a base model
+    built the same way as for training (``LLMEmbeddingModel.from_backbone`` with the same design)."""
+    peft = require_peft()
+    return peft.PeftModel.from_pretrained(model, adapter_path, is_trainable=is_trainable)
+
+
+def merge_lora(peft_model):
+    """A plain :class:`LLMEmbeddingModel` with the adapters merged into the backbone weights and the
+    trained head in place: ``save_pretrained`` it and it loads through ``AutoModel``."""
+    base = peft_model.base_model.model
+    tokenizer = base._tokenizer
+    source = base._tokenizer_source
+    merged = peft_model.merge_and_unload()
+    merged._tokenizer, merged._tokenizer_source = tokenizer, source
+    return merged
