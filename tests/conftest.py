@@ -100,3 +100,31 @@ def run_without_llm_embed(script: str, env: dict, cwd) -> str:
                             text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     return result.stdout
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone_dir(tmp_path_factory, tokenizer):
+    """A tiny random Llama saved like a pretrained decoder (weights + tokenizer), for from_backbone."""
+    from transformers import AutoModel
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    AutoModel.from_config(tiny_backbone_config("llama")).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def triplet_rows(n: int, negatives: int = 1, offset: int = 0) -> list[dict]:
+    """Small synthetic (query, positive, negative) rows with learnable structure."""
+    topics = ["cat", "car", "tree", "bank", "moon", "song", "rain", "bread", "river", "phone", "chess", "coffee"]
+    rows = []
+    for i in range(offset, offset + n):
+        topic = topics[i % len(topics)]
+        others = [topics[(i + j + 1) % len(topics)] for j in range(negatives)]
+        row = {"query": f"what about the {topic} {i}?", "positive": f"a text on the {topic} number {i}"}
+        if negatives == 1:
+            row["negative"] = f"a text on the {others[0]} number {i}"
+        elif negatives > 1:
+            row["negatives"] = [f"a text on the {o} number {i}" for o in others]
+        rows.append(row)
+    return rows

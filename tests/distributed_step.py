@@ -1,0 +1,76 @@
+"""Run by tests/test_distributed.py under ``torchrun --nproc_per_node 2`` (gloo, CPU).
+
+Each rank embeds its half of a global contrastive batch through DDP, with embeddings gathered
+across ranks; rank 0 compares the averaged gradients and the mean loss with one process computing
+the same loss over the whole batch, and writes the differences to the JSON file given as argv[1].
+"""
+
+import json
+import sys
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from llm_embed.encoding import pad_batch
+from tests.conftest import tiny_model
+
+GLOBAL_QUERIES, NEGATIVES = 8, 1
+
+
+def rows(generator, n, low, high):
+    return [torch.randint(5, 1000, (int(torch.randint(low, high, (1,), generator=generator)),), generator=generator).tolist()
+            for _ in range(n)]
+
+
+def global_batch():
+    generator = torch.Generator().manual_seed(0)
+    queries = rows(generator, GLOBAL_QUERIES, 3, 9)
+    positives = rows(generator, GLOBAL_QUERIES, 4, 12)
+    negatives = rows(generator, GLOBAL_QUERIES * NEGATIVES, 4, 12)
+    return queries, positives, negatives
+
+
+def tensors(queries, positives, negatives):
+    q_ids, q_mask = pad_batch(queries, 0, "right")
+    d_ids, d_mask = pad_batch(positives + negatives, 0, "right")
+    return dict(query_input_ids=q_ids, query_attention_mask=q_mask, document_input_ids=d_ids, document_attention_mask=d_mask)
+
+
+def main(out_path):
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    queries, positives, negatives = global_batch()
+    per_rank = GLOBAL_QUERIES // world
+    mine = slice(rank * per_rank, (rank + 1) * per_rank)
+    local = tensors(queries[mine], positives[mine], negatives[mine.start * NEGATIVES:mine.stop * NEGATIVES])
+
+    model = tiny_model("llama", "bidirectional", "multi_layer").train()
+    ddp = DistributedDataParallel(model)
+    loss = ddp(**local).loss
+    loss.backward()
+    losses = [torch.zeros(()) for _ in range(world)]
+    dist.all_gather(losses, loss.detach())
+
+    if rank == 0:
+        reference = tiny_model("llama", "bidirectional", "multi_layer", loss_gather_across_ranks=False).train()
+        reference_loss = reference(**tensors(queries, positives, negatives)).loss
+        reference_loss.backward()
+        grads = dict(model.named_parameters())
+        differences = {
+            name: float((grads[name].grad - param.grad).abs().max())
+            for name, param in reference.named_parameters() if param.grad is not None
+        }
+        json.dump({
+            "world": world,
+            "mean_rank_loss": float(torch.stack(losses).mean()),
+            "reference_loss": float(reference_loss),
+            "max_grad_difference": max(differences.values()),
+            "max_grad": max(float(p.grad.abs().max()) for p in reference.parameters() if p.grad is not None),
+            "parameters_compared": len(differences),
+        }, open(out_path, "w"))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
