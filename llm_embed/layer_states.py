@@ -1,9 +1,18 @@
-"""Per-layer reduction for multi-layer pooling, done while the backbone runs.
+"""Per-layer vectors for multi-layer pooling, without keeping every layer's states at inference.
 
 ``output_hidden_states=True`` keeps every layer's (B, T, H) states alive until the forward pass
-ends (NOTES: 28.4 vs 20.9 GiB on a 7B model). Instead, a forward hook on each selected decoder
-layer reduces its output to (B, H) (masked mean or last token) the moment it is produced, so
-the full states are freed as usual and only L small vectors per text are kept.
+ends (NOTES: 28.4 vs 20.9 GiB on a 7B model). A forward hook on each selected decoder layer
+catches its output instead:
+
+- without gradients (inference, ``encode``) the hook reduces it to (B, H) at once (masked mean or
+  last token), so the full states are freed as usual;
+- with gradients (training) the hook only keeps a reference and the reduction runs after the
+  backbone's forward. Autograd (or activation checkpointing, which saves each layer's input)
+  keeps these outputs alive for backward anyway, so this costs no memory, and no operation runs
+  inside a checkpointed region: transformers versions that checkpoint a layer's ``__call__``
+  re-run its hooks during backward, and a reduction there would have to match the original
+  forward tensor for tensor (it cannot when several forwards share one backward, as the
+  contrastive loss's query and document passes do).
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ def find_decoder_layers(backbone: nn.Module, num_layers: int) -> nn.ModuleList:
 
 
 class LayerStateCollector:
-    """Hooks that reduce selected layers' outputs to one vector per text during a forward pass.
+    """Hooks that collect one vector per text from selected layers during a forward pass.
 
     Layers are numbered 1..L like ``hidden_states[1:]``. Layer L is taken from the backbone's final
     output (after its final norm, the same states the single-layer heads pool), so no hook is
@@ -47,31 +56,31 @@ class LayerStateCollector:
         self.layer_numbers = list(layer_numbers)
         self.num_layers = len(layers)
         self.reduce = reduce
-        self._attention_mask: torch.Tensor | None = None
-        self._reduced: dict[int, torch.Tensor] = {}
+        self._attention_mask: torch.Tensor | None = None  # set only while collecting
+        self._caught: dict[int, torch.Tensor] = {}
         for number in self.layer_numbers:
             if number != self.num_layers:
                 layers[number - 1].register_forward_hook(self._make_hook(number))
 
     def _make_hook(self, number: int):
         def hook(module, args, output):
-            hidden = output[0] if isinstance(output, (tuple, list)) else output
             mask = self._attention_mask
-            if mask is None or hidden.shape[:2] != mask.shape:  # the backbone runs on its own
+            if mask is None:  # the backbone runs on its own, or a checkpoint recomputes this layer
                 return
-            # The mask stays set after the forward pass: where activation checkpointing wraps a layer's
-            # __call__ (older transformers 5.x), the hook is re-run with the layer during backward and must
-            # redo the same operations. Keyed by layer, so such a recompute overwrites, not duplicates.
-            self._reduced[number] = self.reduce(hidden, mask)
+            hidden = output[0] if isinstance(output, (tuple, list)) else output
+            self._caught[number] = self.reduce(hidden, mask) if not torch.is_grad_enabled() else hidden
 
         return hook
 
     @contextmanager
     def collect(self, attention_mask: torch.Tensor):
-        """Collect during the ``with`` block; read the result with :meth:`stack`."""
+        """Collect during the ``with`` block; read the result with :meth:`stack` after it."""
         self._attention_mask = attention_mask
-        self._reduced = {}
-        yield self
+        self._caught = {}
+        try:
+            yield self
+        finally:
+            self._attention_mask = None
 
     def stack(self, last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, L_selected, H), in the configured layer order."""
@@ -79,7 +88,10 @@ class LayerStateCollector:
         for number in self.layer_numbers:
             if number == self.num_layers:
                 vectors.append(self.reduce(last_hidden_state, attention_mask))
-            else:
-                vectors.append(self._reduced[number].to(last_hidden_state.device))
-        self._reduced = {}
+                continue
+            caught = self._caught[number]
+            if caught.dim() == 3:  # kept as states (gradient mode): reduce now, outside any checkpoint
+                caught = self.reduce(caught, attention_mask.to(caught.device))
+            vectors.append(caught.to(last_hidden_state.device))
+        self._caught = {}
         return torch.stack(vectors, dim=1)

@@ -109,14 +109,14 @@ def test_multi_layer_selected_layers():
 
 
 def test_multi_layer_keeps_only_reduced_vectors():
-    """During the pass the collector holds (B, H) vectors, never (B, T, H) states."""
+    """At inference the collector holds (B, H) vectors, never (B, T, H) states."""
     model = tiny_model("llama", "bidirectional", "multi_layer")
     collector = model._layer_collector
     shapes = []
     original = collector.stack
 
     def spy(last_hidden_state, attention_mask):
-        shapes.extend(tuple(v.shape) for v in collector._reduced.values())
+        shapes.extend(tuple(v.shape) for v in collector._caught.values())
         return original(last_hidden_state, attention_mask)
 
     collector.stack = spy
@@ -146,3 +146,22 @@ def test_reentrant_checkpointing_is_refused_for_multi_layer():
     model = tiny_model("llama", "bidirectional", "multi_layer")
     with pytest.raises(ValueError, match="non-reentrant"):
         enable_checkpointing(model, {"use_reentrant": True})
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_checkpointing_with_several_forwards_before_backward(attention):
+    """The contrastive loss embeds queries and documents (other shapes) before one backward; under
+    activation checkpointing every layer is recomputed then. Gradients must equal the plain ones,
+    whichever way the transformers version wraps layers (forward or __call__)."""
+    from .test_loss import contrastive_batch
+
+    batch = contrastive_batch()
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_model("llama", attention, "multi_layer").train()
+        if checkpointing:
+            enable_checkpointing(model)
+        model(**batch).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-5), name
