@@ -85,7 +85,7 @@ def measure(args, model):
         sync(args.device)
         if step >= args.warmup:
             times.append(time.perf_counter() - start)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     texts = 3 * args.queries
     step_time = sum(times) / len(times)
     return {
