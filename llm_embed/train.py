@@ -120,6 +120,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
             merge_lora(model).save_pretrained(output_dir)
         else:
             trainer.save_model(output_dir)
+        trainer.save_state()  # trainer_state.json: the log history (losses) beside the model
         logger.info("saved the trained model to %s (loads with AutoModel.from_pretrained)", output_dir)
     return output_dir
 

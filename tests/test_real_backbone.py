@@ -10,7 +10,7 @@ from transformers import AutoModel
 from llm_embed import LLMEmbeddingModel
 from llm_embed.bundled import smollm2_gguf_file
 
-from .conftest import run_without_llm_embed
+from .conftest import SHARED_DATA, run_without_llm_embed
 
 pytestmark = pytest.mark.slow
 
@@ -63,3 +63,23 @@ def test_from_backbone_reads_the_gguf_file_directly(smollm2_path, tmp_path):
     np.testing.assert_allclose(a, reference.encode(TEXTS), atol=1e-5)
     model.save_pretrained(tmp_path)  # a GGUF-loaded backbone is dequantized: saving works
     np.testing.assert_array_equal(AutoModel.from_pretrained(tmp_path).encode(TEXTS), a)
+
+
+def test_training_entry_point_on_snli_with_smollm2(tmp_path):
+    """The defaults (bundled SmolLM2, bidirectional + multi_layer) on the shared SNLI triplets, a few
+    CPU steps: the Trainer runs, the loss is finite, and the saved model loads and encodes."""
+    data = SHARED_DATA / "nli_triplets" / "snli_dev_triplets.jsonl"
+    if not data.is_file():
+        pytest.skip(f"{data} is absent")
+    from llm_embed.train import main
+
+    out = main(["--train_file", str(data), "--output_dir", str(tmp_path / "out"), "--max_steps", "2",
+                "--per_device_train_batch_size", "4", "--max_seq_length", "32", "--max_train_rows", "64",
+                "--logging_steps", "1", "--report_to", "none", "--use_cpu"])
+    model = AutoModel.from_pretrained(out)
+    assert (model.config.attention, model.config.pooling) == ("bidirectional", "multi_layer")
+    losses = [e["loss"] for e in json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
+              if "loss" in e]
+    assert len(losses) == 2 and all(np.isfinite(losses)) and all(loss > 0 for loss in losses)
+    vectors = model.encode(["A man is playing a guitar .", "Someone plays music ."])
+    assert vectors.shape == (2, 576) and np.isfinite(vectors).all()
