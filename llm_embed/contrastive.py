@@ -92,6 +92,28 @@ class InfoNCELoss(nn.Module):
         return loss
 
 
+def find_ddp_wrapper(module: nn.Module):
+    """The ``DistributedDataParallel`` object that wraps ``module`` (the Trainer and accelerate
+    create it out of sight), or None."""
+    import gc
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    for candidate in gc.get_objects():  # once per model: the caller caches the answer
+        if isinstance(candidate, DistributedDataParallel) and candidate.module is module:
+            return candidate
+    return None
+
+
+def all_reduce_gradients(parameters) -> None:
+    """Average ``.grad`` over ranks, as DDP's reducer would have."""
+    world, _ = distributed_world()
+    for parameter in parameters:
+        if parameter.grad is not None:
+            torch.distributed.all_reduce(parameter.grad)
+            parameter.grad.div_(world)
+
+
 class RandomState:
     """Captures the CPU and current CUDA generator states so that a mini-batch can be re-run with
     the same dropout masks during GradCache's second pass."""
@@ -113,6 +135,7 @@ def cached_contrastive_loss(
     query_inputs: tuple[torch.Tensor, torch.Tensor],
     document_inputs: tuple[torch.Tensor, torch.Tensor],
     mini_batch_size: int,
+    after_backward: Callable[[], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """GradCache (Gao et al. 2021): the loss of the full contrastive batch with the memory of one
     mini-batch.
@@ -123,7 +146,8 @@ def cached_contrastive_loss(
        random state, so the same dropout) and back-propagates the cached embedding gradient, scaled
        by the incoming gradient (loss scaling, gradient accumulation).
     Loss and parameter gradients equal the uncached ones up to floating-point summation order.
-    Returns the loss and the (graph-free) query embeddings.
+    ``after_backward`` runs once all mini-batches are back-propagated (gradient synchronisation
+    under DDP). Returns the loss and the (graph-free) query embeddings.
     """
     chunks = []  # (kind, input_ids, attention_mask, random state)
     cached = {"query": [], "document": []}
@@ -155,6 +179,8 @@ def cached_contrastive_loss(
                 embeddings = embed(ids, mask)
                 torch.autograd.backward(embeddings, grad.to(embeddings.dtype) * grad_output.to(embeddings.dtype))
         current.restore()
+        if after_backward is not None:
+            after_backward()
 
     result = loss.detach().requires_grad_(True)
     result.register_hook(replay)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import os
+import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -25,7 +26,13 @@ from transformers.utils import ModelOutput
 
 from .bidirectional import make_bidirectional
 from .configuration_llm_embed import LLMEmbeddingConfig
-from .contrastive import InfoNCELoss, cached_contrastive_loss, distributed_world
+from .contrastive import (
+    InfoNCELoss,
+    all_reduce_gradients,
+    cached_contrastive_loss,
+    distributed_world,
+    find_ddp_wrapper,
+)
 from .encoding import EncodeMixin
 from .layer_states import LayerStateCollector, find_decoder_layers
 from .pooling import LAYER_REDUCTIONS, POOLING_HEADS, LatentCrossAttentionPooling, MultiLayerPooling
@@ -200,15 +207,9 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
         loss_fn = InfoNCELoss(config.loss_temperature, config.loss_symmetric, config.loss_gather_across_ranks)
         mini_batch = config.loss_mini_batch_size
         if mini_batch is not None and torch.is_grad_enabled():
-            world, _ = distributed_world()
-            if world > 1:
-                raise ValueError(
-                    "loss_mini_batch_size (GradCache) is not supported under distributed training yet: its "
-                    "mini-batch backward passes would each trigger DDP's gradient reduction. Use it on one "
-                    "process, or drop it and use gradient accumulation / more ranks for a large batch."
-                )
             loss, queries = cached_contrastive_loss(
-                lambda ids, mask: self.embed(ids, mask), loss_fn, query_inputs, document_inputs, mini_batch
+                lambda ids, mask: self.embed(ids, mask), loss_fn, query_inputs, document_inputs, mini_batch,
+                after_backward=self._take_over_ddp_gradient_sync(),
             )
             return loss, F.normalize(queries, p=2, dim=-1)
         queries = self.embed(*query_inputs)
@@ -216,6 +217,34 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
         return loss_fn(queries, documents), F.normalize(queries.detach(), p=2, dim=-1)
 
     # ------------------------------------------------------------------ training support
+
+    def _take_over_ddp_gradient_sync(self):
+        """GradCache under DDP: its mini-batch backward passes would each fire DDP's reducer (which
+        expects one backward per forward). So the reducer is kept out of this step (as under
+        ``no_sync``) and the gradients are averaged over ranks once all mini-batches are done.
+        Returns that final step (None outside distributed training)."""
+        world, _ = distributed_world()
+        if world == 1:
+            return None
+        cached = self.__dict__.get("_ddp_wrapper")  # a weak reference, not a submodule
+        ddp = cached() if cached is not None else None
+        if ddp is None or ddp.module is not self:
+            ddp = find_ddp_wrapper(self)
+            if ddp is None:
+                raise ValueError(
+                    "loss_mini_batch_size (GradCache) under distributed training needs the model wrapped in "
+                    "DistributedDataParallel (as the Trainer and accelerate do)."
+                )
+            self.__dict__["_ddp_wrapper"] = weakref.ref(ddp)
+        synchronise = ddp.require_backward_grad_sync  # False inside no_sync (gradient accumulation)
+        ddp.require_backward_grad_sync = False  # read by DDP after this forward: reducer not prepared
+
+        def after_backward():
+            if synchronise:
+                all_reduce_gradients(p for p in self.parameters() if p.requires_grad)
+            ddp.require_backward_grad_sync = synchronise
+
+        return after_backward
 
     def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, **kwargs):
         """Guard of ``activation_checkpointing_enable`` / ``gradient_checkpointing_enable`` (both

@@ -37,7 +37,7 @@ def tensors(queries, positives, negatives):
     return dict(query_input_ids=q_ids, query_attention_mask=q_mask, document_input_ids=d_ids, document_attention_mask=d_mask)
 
 
-def main(out_path):
+def main(out_path, mode="plain"):
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     queries, positives, negatives = global_batch()
@@ -45,10 +45,14 @@ def main(out_path):
     mine = slice(rank * per_rank, (rank + 1) * per_rank)
     local = tensors(queries[mine], positives[mine], negatives[mine.start * NEGATIVES:mine.stop * NEGATIVES])
 
-    model = tiny_model("llama", "bidirectional", "multi_layer").train()
+    mini_batch = 2 if mode == "gradcache" else None
+    model = tiny_model("llama", "bidirectional", "multi_layer", loss_mini_batch_size=mini_batch).train()
     ddp = DistributedDataParallel(model)
-    loss = ddp(**local).loss
-    loss.backward()
+    for _ in range(2 if mode == "gradcache" else 1):  # GradCache: a second step reuses the wrapper it found
+        model.zero_grad()
+        loss = ddp(**local).loss
+        loss.backward()
+    assert ddp.require_backward_grad_sync
     losses = [torch.zeros(()) for _ in range(world)]
     dist.all_gather(losses, loss.detach())
 
@@ -68,9 +72,10 @@ def main(out_path):
             "max_grad_difference": max(differences.values()),
             "max_grad": max(float(p.grad.abs().max()) for p in reference.parameters() if p.grad is not None),
             "parameters_compared": len(differences),
+            "mode": mode,
         }, open(out_path, "w"))
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])
