@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import os
+import tempfile
 import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from .contrastive import (
 )
 from .encoding import EncodeMixin
 from .layer_states import LayerStateCollector, find_decoder_layers
+from .model_card import write_model_card
 from .pooling import LAYER_REDUCTIONS, POOLING_HEADS, LatentCrossAttentionPooling, MultiLayerPooling
 
 # from_pretrained arguments that also locate the tokenizer saved beside the weights.
@@ -326,11 +328,54 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
             model._tokenizer_source = (str(pretrained_model_name_or_path), tokenizer_kwargs)
         return (model, info) if want_info else model
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
-        """Save config (with ``auto_map``), safetensors weights, code files and the tokenizer."""
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, model_card: dict | None = None, **kwargs):
+        """Save config (with ``auto_map``), safetensors weights, code files, the tokenizer and a model
+        card (README.md; an existing README not written by llm_embed is left alone). ``model_card``:
+        keyword arguments of :func:`~llm_embed.model_card.render_model_card` (``repo_id``,
+        ``license``, ``evaluation_results``, ``tags``)."""
         super().save_pretrained(save_directory, *args, **kwargs)
         if self._tokenizer is not None or self._tokenizer_source is not None:
             self.tokenizer.save_pretrained(save_directory)
+        write_model_card(self, save_directory, **(model_card or {}))
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        max_shard_size: int | str = "5GB",
+        license: str | None = None,
+        evaluation_results: dict | None = None,
+        tags: list[str] | None = None,
+    ):
+        """Upload everything ``save_pretrained`` writes (config with ``auto_map``, safetensors weights,
+        tokenizer, code files, model card) to the Hub repo ``repo_id`` in one commit. Unlike the
+        generic transformers method, the card describes the embedding design and how to use it."""
+        from huggingface_hub import CommitOperationAdd, HfApi
+
+        api = HfApi(token=token)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        card = dict(repo_id=repo_id, license=license, evaluation_results=evaluation_results, tags=tags)
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, max_shard_size=max_shard_size, model_card=card)
+            operations = [
+                CommitOperationAdd(path_in_repo=name, path_or_fileobj=os.path.join(folder, name))
+                for name in sorted(os.listdir(folder))
+                if os.path.isfile(os.path.join(folder, name))
+            ]
+            if revision is not None and not create_pr:
+                api.create_branch(repo_id=repo_id, branch=revision, exist_ok=True)
+            return api.create_commit(
+                repo_id=repo_id,
+                operations=operations,
+                commit_message=commit_message or "Upload llm_embed model",
+                revision=revision,
+                create_pr=create_pr,
+            )
 
     @classmethod
     def from_backbone(
