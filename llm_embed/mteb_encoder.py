@@ -1,0 +1,126 @@
+"""An mteb 2.x encoder (``pip install llm-embed[mteb]``): ``mteb.evaluate(MTEBEncoder(model), tasks)``.
+
+mteb hands ``encode`` a DataLoader of ``{"text": [...]}`` batches and a ``prompt_type`` (query /
+document, or None for symmetric tasks such as STS and clustering). The model's own prompts are
+used: ``query`` for queries, ``document`` for documents, and for symmetric tasks
+``symmetric_prompt_name`` (default: the model's ``default_prompt_name``, i.e. no prompt unless
+configured). ``task_prompts`` overrides by task name or task type, as mteb's own wrappers allow.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def require_mteb():
+    try:
+        return importlib.import_module("mteb")
+    except ImportError as err:
+        raise ImportError("the mteb encoder needs mteb: pip install 'llm-embed[mteb]' (or pip install mteb)") from err
+
+
+class MTEBEncoder:
+    """Wraps an :class:`~llm_embed.LLMEmbeddingModel` (or a path / Hub id to load) for mteb."""
+
+    def __init__(
+        self,
+        model,
+        revision: str | None = None,
+        *,
+        device: str | None = None,
+        batch_size: int = 32,
+        task_prompts: dict[str, str] | None = None,
+        symmetric_prompt_name: str | None = None,
+        **load_kwargs: Any,
+    ):
+        require_mteb()
+        if isinstance(model, str):
+            from transformers import AutoModel
+
+            model = AutoModel.from_pretrained(model, revision=revision, **load_kwargs)
+        if device is not None:
+            model = model.to(device)
+        self.model = model
+        self.revision = revision
+        self.batch_size = batch_size
+        self.task_prompts = dict(task_prompts or {})
+        self.symmetric_prompt_name = symmetric_prompt_name
+
+    def prompt_for(self, task_metadata, prompt_type) -> str:
+        """The literal prefix for this task and side."""
+        kind = getattr(prompt_type, "value", prompt_type)
+        for key in (f"{task_metadata.name}-{kind}", task_metadata.name, f"{task_metadata.type}-{kind}", task_metadata.type):
+            if key in self.task_prompts:
+                return self.task_prompts[key]
+        config = self.model.config
+        if kind == "query":
+            name = "query"
+        elif kind == "document":
+            name = "document"
+        else:
+            name = self.symmetric_prompt_name or config.default_prompt_name
+        if name is None:
+            return ""
+        if name not in config.prompts:
+            raise ValueError(f"the model has no prompt named {name!r}; its prompts are {sorted(config.prompts)}")
+        return config.prompts[name]
+
+    def encode(self, inputs, *, task_metadata, hf_split: str, hf_subset: str, prompt_type=None, **kwargs) -> np.ndarray:
+        texts = [text for batch in inputs for text in batch["text"]]
+        batch_size = kwargs.get("batch_size", self.batch_size)
+        return self.model.encode(
+            texts,
+            prompt=self.prompt_for(task_metadata, prompt_type),
+            batch_size=batch_size,
+            convert_to_numpy=True,
+            show_progress_bar=kwargs.get("show_progress_bar", False),
+        )
+
+    @staticmethod
+    def _as_tensor(x) -> torch.Tensor:
+        tensor = torch.as_tensor(x, dtype=torch.float32)
+        return tensor.unsqueeze(0) if tensor.ndim == 1 else tensor
+
+    def similarity(self, embeddings1, embeddings2) -> torch.Tensor:
+        a = torch.nn.functional.normalize(self._as_tensor(embeddings1), dim=-1)
+        b = torch.nn.functional.normalize(self._as_tensor(embeddings2), dim=-1)
+        return a @ b.T
+
+    def similarity_pairwise(self, embeddings1, embeddings2) -> torch.Tensor:
+        a = torch.nn.functional.normalize(self._as_tensor(embeddings1), dim=-1)
+        b = torch.nn.functional.normalize(self._as_tensor(embeddings2), dim=-1)
+        return (a * b).sum(dim=-1)
+
+    @property
+    def mteb_model_meta(self):
+        from mteb.models.model_meta import ModelMeta
+
+        config = self.model.config
+        name = config.name_or_path or "llm_embed/unnamed"
+        if name.count("/") != 1 or name.startswith(("/", ".")):
+            name = f"llm_embed/{name.rstrip('/').rsplit('/', 1)[-1] or 'unnamed'}"
+        parameters = sum(p.numel() for p in self.model.parameters())
+        return ModelMeta(
+            loader=None,
+            name=name,
+            revision=self.revision,
+            release_date=None,
+            languages=None,
+            n_parameters=parameters,
+            memory_usage_mb=round(sum(p.numel() * p.element_size() for p in self.model.parameters()) / 2**20, 1),
+            max_tokens=config.max_seq_length,
+            embed_dim=config.embedding_dim,
+            license=None,
+            open_weights=True,
+            public_training_code=None,
+            public_training_data=None,
+            similarity_fn_name="cosine",
+            framework=["PyTorch"],
+            reference=None,
+            use_instructions=any(config.prompts.values()),
+            training_datasets=None,
+        )
