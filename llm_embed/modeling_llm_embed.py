@@ -12,6 +12,7 @@ to saved weights, so a checkpoint loads with ``trust_remote_code=True`` where ll
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import tempfile
 import weakref
@@ -39,6 +40,8 @@ from .layer_states import LayerStateCollector, find_decoder_layers
 from .model_card import write_model_card
 from .pooling import LAYER_REDUCTIONS, POOLING_HEADS, LatentCrossAttentionPooling, MultiLayerPooling
 
+logger = logging.getLogger(__name__)
+
 # from_pretrained arguments that also locate the tokenizer saved beside the weights.
 _HUB_KWARGS = ("cache_dir", "revision", "token", "local_files_only", "subfolder", "force_download", "trust_remote_code")
 
@@ -54,6 +57,39 @@ class LLMEmbeddingOutput(ModelOutput):
 
     loss: torch.FloatTensor | None = None
     embeddings: torch.FloatTensor | None = None
+
+
+SENTENCE_TRANSFORMERS_MODULE = "sentence_transformers_llm_embed"
+
+
+def write_sentence_transformers_files(model, folder) -> None:
+    """``modules.json``, ``config_sentence_transformers.json`` and the module file, so the folder also
+    loads as ``SentenceTransformer(folder, trust_remote_code=True)`` (prompts and cosine similarity
+    declared). The module file sits beside this one; it imports sentence-transformers, which only
+    that loader needs."""
+    import json
+    import shutil
+
+    source = os.path.join(os.path.dirname(os.path.abspath(__file__)), SENTENCE_TRANSFORMERS_MODULE + ".py")
+    if not os.path.isfile(source):
+        # Loaded as remote code: transformers fetched only the files the model imports.
+        logger.warning(
+            "not writing the sentence-transformers files: %s is not beside this model's code; save from a "
+            "process with llm_embed installed to include them",
+            SENTENCE_TRANSFORMERS_MODULE + ".py",
+        )
+        return
+    shutil.copyfile(source, os.path.join(folder, SENTENCE_TRANSFORMERS_MODULE + ".py"))
+    modules = [{"idx": 0, "name": "0", "path": "", "type": f"{SENTENCE_TRANSFORMERS_MODULE}.LLMEmbeddingSTModule"}]
+    settings = {
+        "model_type": "SentenceTransformer",
+        "prompts": dict(model.config.prompts),
+        "default_prompt_name": model.config.default_prompt_name,
+        "similarity_fn_name": "cosine",
+    }
+    for name, content in (("modules.json", modules), ("config_sentence_transformers.json", settings)):
+        with open(os.path.join(folder, name), "w", encoding="utf-8") as handle:
+            json.dump(content, handle, indent=2)
 
 
 def has_tokenizer_files(name_or_path, hub_kwargs: dict) -> bool:
@@ -336,6 +372,7 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
         super().save_pretrained(save_directory, *args, **kwargs)
         if self._tokenizer is not None or self._tokenizer_source is not None:
             self.tokenizer.save_pretrained(save_directory)
+        write_sentence_transformers_files(self, save_directory)
         write_model_card(self, save_directory, **(model_card or {}))
 
     def push_to_hub(

@@ -99,3 +99,16 @@ def test_save_pretrained_writes_a_card_but_never_overwrites_a_users(tmp_path):
     (tmp_path / "b" / "README.md").write_text("my own card\n")
     model.save_pretrained(tmp_path / "b")
     assert (tmp_path / "b" / "README.md").read_text() == "my own card\n"
+
+
+def test_autotokenizer_from_a_saved_folder_has_the_models_settings(tokenizer, tmp_path):
+    """Padding side, pad token and length come back with AutoTokenizer; EOS is appended by encode,
+    the collator and the sentence-transformers module, not by the tokenizer (see docs/sharing.md)."""
+    from transformers import AutoTokenizer
+
+    model = tiny_model("llama", "causal", "last_token", padding_side="left", max_seq_length=128)
+    model.tokenizer = tokenizer
+    model.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert loaded.padding_side == "left" and loaded.model_max_length == 128
+    assert loaded.pad_token is not None
