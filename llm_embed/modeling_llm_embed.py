@@ -329,8 +329,12 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
                 if tokenizer.eos_token is None:
                     raise ValueError("the tokenizer has neither a pad_token nor an eos_token; set tokenizer.pad_token")
                 tokenizer.pad_token = tokenizer.eos_token
-            tokenizer.padding_side = self.config.padding_side
-            tokenizer.model_max_length = self.config.max_seq_length
+            # Set both the attribute and init_kwargs: save_pretrained writes the latter, so that
+            # AutoTokenizer.from_pretrained(saved folder) comes back with the model's settings.
+            for name, value in (("padding_side", self.config.padding_side),
+                                ("model_max_length", self.config.max_seq_length)):
+                setattr(tokenizer, name, value)
+                tokenizer.init_kwargs[name] = value
         self._tokenizer = tokenizer
 
     # ------------------------------------------------------------------ loading and saving
