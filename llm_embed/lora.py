@@ -52,11 +52,13 @@ def apply_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.1, target
     return peft.get_peft_model(model, config)
 
 
-def load_lora(model, adapter_path: str, is_trainable: bool = False):
-    """Put adapters (and the trained head) saved by ``peft_model.save_pretrained`` on a base model
-    built the same way as for training (``LLMEmbeddingModel.from_backbone`` with the same design)."""
+def load_lora(model, adapter_path: str, is_trainable: bool = False, **hub_kwargs):
+    """Put adapters (and the trained head) saved by ``peft_model.save_pretrained`` or pushed by
+    ``peft_model.push_to_hub`` (a folder or a Hub repo id; ``hub_kwargs`` such as ``revision``,
+    ``cache_dir``, ``token``) on a base model built the same way as for training
+    (``LLMEmbeddingModel.from_backbone`` with the same design)."""
     peft = require_peft()
-    return peft.PeftModel.from_pretrained(model, adapter_path, is_trainable=is_trainable)
+    return peft.PeftModel.from_pretrained(model, adapter_path, is_trainable=is_trainable, **hub_kwargs)
 
 
 def merge_lora(peft_model):

@@ -112,3 +112,29 @@ def test_autotokenizer_from_a_saved_folder_has_the_models_settings(tokenizer, tm
     loaded = AutoTokenizer.from_pretrained(tmp_path)
     assert loaded.padding_side == "left" and loaded.model_max_length == 128
     assert loaded.pad_token is not None
+
+
+def test_lora_adapters_and_head_push_and_load_by_repo_id(fake_hub, tiny_backbone_dir, monkeypatch):
+    pytest.importorskip("peft")
+    import huggingface_hub.constants
+    import torch
+
+    from llm_embed import LLMEmbeddingModel
+    from llm_embed.lora import apply_lora, load_lora
+
+    cache, uploaded = fake_hub
+    build = lambda: LLMEmbeddingModel.from_backbone(tiny_backbone_dir, attention="bidirectional",
+                                                    pooling="latent_attention")
+    torch.manual_seed(0)
+    peft_model = apply_lora(build(), r=4, alpha=8, dropout=0.0)
+    with torch.no_grad():  # stand-in for training: move adapters and head off their initial values
+        for name, param in peft_model.named_parameters():
+            if param.requires_grad:
+                param.add_(0.05 * torch.randn_like(param))
+    peft_model.push_to_hub(REPO)
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(uploaded)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    torch.manual_seed(1)
+    reloaded = load_lora(build(), REPO, cache_dir=str(cache))
+    texts = ["what about the cat?", "a text on the moon"]
+    np.testing.assert_allclose(reloaded.encode(texts), peft_model.encode(texts), atol=1e-6)
