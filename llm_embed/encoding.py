@@ -84,6 +84,38 @@ def tokenize_texts(tokenizer, texts: list[str], max_seq_length: int, append_eos:
     return ids
 
 
+def configure_eos(tokenizer) -> bool:
+    """Make a fast tokenizer append EOS itself (``tokenizer(text)`` then ends with EOS), keeping the
+    special tokens it already puts in front (BOS). Saved with the tokenizer, so that
+    ``AutoTokenizer.from_pretrained(model folder)`` gives ids the model was trained on even outside
+    ``encode``. Returns False (nothing changed) when it already does so; raises for a tokenizer
+    whose post-processing cannot be rewritten this way."""
+    eos_id, eos = tokenizer.eos_token_id, tokenizer.eos_token
+    if eos_id is None:
+        raise ValueError("append_eos=True but the tokenizer has no eos_token; set tokenizer.eos_token")
+    with_specials = tokenizer("a")["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    if with_specials and with_specials[-1] == eos_id:
+        return False
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    cut = len(with_specials) - len(plain)
+    if backend is None or cut < 0 or with_specials[cut:] != plain:
+        raise ValueError(
+            f"cannot make {type(tokenizer).__name__} append EOS (not a fast tokenizer with prefix-only special "
+            "tokens); encode() and the training collator append it anyway"
+        )
+    from tokenizers.processors import TemplateProcessing
+
+    prefix = tokenizer.convert_ids_to_tokens(with_specials[:cut])
+    specials = dict(zip(prefix, with_specials[:cut]), **{eos: eos_id})
+    backend.post_processor = TemplateProcessing(
+        single=" ".join([*prefix, "$A", eos]),
+        pair=" ".join([*prefix, "$A", eos, "$B:1", f"{eos}:1"]),
+        special_tokens=list(specials.items()),
+    )
+    return True
+
+
 def pad_batch(rows: list[list[int]], pad_id: int, padding_side: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad token id lists to a (B, T) id tensor and attention mask."""
     width = max(len(row) for row in rows)

@@ -35,7 +35,7 @@ from .contrastive import (
     distributed_world,
     find_ddp_wrapper,
 )
-from .encoding import EncodeMixin
+from .encoding import EncodeMixin, configure_eos
 from .layer_states import LayerStateCollector, find_decoder_layers
 from .model_card import write_model_card
 from .pooling import LAYER_REDUCTIONS, POOLING_HEADS, LatentCrossAttentionPooling, MultiLayerPooling
@@ -324,7 +324,10 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
 
     @tokenizer.setter
     def tokenizer(self, tokenizer) -> None:
+        """Keeps a configured copy (the caller's object is not changed): pad token, padding side,
+        maximum length, and, with ``append_eos``, a post-processor that appends EOS."""
         if tokenizer is not None:
+            tokenizer = copy.deepcopy(tokenizer)
             if tokenizer.pad_token is None:
                 if tokenizer.eos_token is None:
                     raise ValueError("the tokenizer has neither a pad_token nor an eos_token; set tokenizer.pad_token")
@@ -335,6 +338,8 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
                                 ("model_max_length", self.config.max_seq_length)):
                 setattr(tokenizer, name, value)
                 tokenizer.init_kwargs[name] = value
+            if self.config.append_eos:
+                configure_eos(tokenizer)
         self._tokenizer = tokenizer
 
     # ------------------------------------------------------------------ loading and saving

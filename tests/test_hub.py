@@ -5,6 +5,7 @@ process without llm_embed."""
 import json
 
 import numpy as np
+import torch
 import pytest
 from huggingface_hub import CommitInfo, HfApi, RepoUrl
 
@@ -102,8 +103,8 @@ def test_save_pretrained_writes_a_card_but_never_overwrites_a_users(tmp_path):
 
 
 def test_autotokenizer_from_a_saved_folder_has_the_models_settings(tokenizer, tmp_path):
-    """Padding side, pad token and length come back with AutoTokenizer; EOS is appended by encode,
-    the collator and the sentence-transformers module, not by the tokenizer (see docs/sharing.md)."""
+    """Padding side, pad token, length and the appended EOS come back with AutoTokenizer, and
+    the user's tokenizer object is left as it was."""
     from transformers import AutoTokenizer
 
     model = tiny_model("llama", "causal", "last_token", padding_side="left", max_seq_length=128)
@@ -112,6 +113,12 @@ def test_autotokenizer_from_a_saved_folder_has_the_models_settings(tokenizer, tm
     loaded = AutoTokenizer.from_pretrained(tmp_path)
     assert loaded.padding_side == "left" and loaded.model_max_length == 128
     assert loaded.pad_token is not None
+    ids = loaded("hello world")["input_ids"]
+    assert ids[-1] == loaded.eos_token_id and ids[:-1] == tokenizer("hello world")["input_ids"]
+    assert tokenizer("hello world")["input_ids"][-1] != tokenizer.eos_token_id  # caller's object untouched
+    with torch.no_grad():  # the model gives the same embedding from these ids as from encode
+        out = model(input_ids=torch.tensor([ids])).embeddings[0].numpy()
+    np.testing.assert_allclose(out, model.encode("hello world"), atol=1e-6)
 
 
 def test_lora_adapters_and_head_push_and_load_by_repo_id(fake_hub, tiny_backbone_dir, monkeypatch):
