@@ -91,6 +91,16 @@ def render_model_card(model, repo_id: str | None = None, license: str | None = N
         f'model = AutoModel.from_pretrained("{load_id}", trust_remote_code=True)',
         'embeddings = model.encode(["how do I reset my card?"], prompt_name="query")',
         "```",
+        "",
+        "With sentence-transformers:",
+        "",
+        "```python",
+        "from sentence_transformers import SentenceTransformer",
+        "",
+        f'model = SentenceTransformer("{load_id}", trust_remote_code=True)',
+        'embeddings = model.encode(["how do I reset my card?"], prompt_name="query")',
+        "similarities = model.similarity(embeddings, embeddings)  # cosine",
+        "```",
     ]
     if evaluation_results:
         lines += ["", "## Evaluation", "", "| task | score |", "|---|---|"]

@@ -60,7 +60,8 @@ def test_push_uploads_everything_and_loads_by_repo_id_without_llm_embed(fake_hub
     card = uploaded["README.md"].decode()
     for expected in ("library_name: transformers", "pipeline_tag: feature-extraction", '- "llm_embed"',
                      'license: "apache-2.0"', "| attention | bidirectional |", "| pooling | multi_layer |",
-                     f'AutoModel.from_pretrained("{REPO}", trust_remote_code=True)', "| STS-B (Spearman x100) | 12.5 |"):
+                     f'AutoModel.from_pretrained("{REPO}", trust_remote_code=True)',
+                     f'SentenceTransformer("{REPO}", trust_remote_code=True)', "| STS-B (Spearman x100) | 12.5 |"):
         assert expected in card, expected
 
     texts = ["how do I reset my card?", "Branches open at 9am."]

@@ -92,3 +92,25 @@ def test_mteb_sts_evaluator_on_local_stsb(smollm2_path):
     spearman = spearmanr(scores["cosine_scores"], [r[2] for r in rows]).statistic
     print(f"mteb AnySTSEvaluator, STS-B test[:300], SmolLM2 causal+mean untrained: Spearman {spearman:.4f}")
     assert spearman > 0.3, spearman
+
+
+def test_mteb_evaluate_end_to_end_on_local_stsb(encoder):
+    """mteb.evaluate itself, on its STSBenchmark task with the local STS-B test pairs put in place of
+    the download: its cosine Spearman equals the one computed from model.encode."""
+    import warnings
+
+    from datasets import Dataset, DatasetDict
+    from scipy.stats import spearmanr
+
+    rows = stsb_test(60)
+    task = mteb.get_task("STSBenchmark")
+    task.dataset = DatasetDict({"test": Dataset.from_dict({
+        "sentence1": [r[0] for r in rows], "sentence2": [r[1] for r in rows], "score": [r[2] for r in rows]})})
+    task.data_loaded = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "superseded by STSBenchmark.v2"
+        result = mteb.evaluate(encoder, [task], cache=None, show_progress_bar=False)
+    scores = result.task_results[0].scores["test"][0]
+    model = encoder.model
+    cosine = np.sum(model.encode([r[0] for r in rows]) * model.encode([r[1] for r in rows]), axis=1)
+    assert abs(scores["cosine_spearman"] - spearmanr(cosine, [r[2] for r in rows]).statistic) < 1e-6
