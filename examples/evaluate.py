@@ -1,0 +1,9 @@
+"""Evaluate a saved model on the local evaluation sets (same as the console command llm-embed-evaluate).
+
+    python examples/evaluate.py path/to/model --data-dir ../shared/data --tasks stsb scifact --output results.json
+"""
+
+from llm_embed.evaluation import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Run tasks on a model, print a table, write JSON with per-item scores: ``llm-embed-evaluate``.
+
+    llm-embed-evaluate path/to/model --data-dir ../shared/data --tasks stsb sick scifact --output results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from tqdm.auto import tqdm
+
+from .tasks import TaskResult, default_tasks
+
+
+def evaluate(model, tasks, batch_size: int = 32, show_progress_bar: bool = True) -> list[TaskResult]:
+    results = []
+    for task in tqdm(tasks, desc="Tasks", disable=not show_progress_bar):
+        start = time.perf_counter()
+        result = task.evaluate(model, batch_size=batch_size, show_progress_bar=show_progress_bar)
+        result.scores["seconds"] = time.perf_counter() - start
+        results.append(result)
+    return results
+
+
+def format_table(results: list[TaskResult]) -> str:
+    lines = ["| task | category | metric | score |", "|---|---|---|---|"]
+    lines += [f"| {r.task} | {r.category} | {r.main_metric} | {r.main_score:.2f} |" for r in results]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[TaskResult]:
+    parser = argparse.ArgumentParser(description="Evaluate a saved llm_embed model on local data.")
+    parser.add_argument("model", help="saved model folder or Hub id (loaded with AutoModel)")
+    parser.add_argument("--data-dir", default="../shared/data")
+    parser.add_argument("--tasks", nargs="+", default=None, help="stsb sick scifact banking77 stackoverflow (default: all)")
+    parser.add_argument("--limit", type=int, default=None, help="cap items per task for a quick run")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--output", default=None, help="JSON file for scores and per-item scores")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+
+    import llm_embed  # noqa: F401  (registers the Auto classes)
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(args.model)
+    tasks = default_tasks(args.data_dir, args.tasks, args.limit)
+    results = evaluate(model, tasks, args.batch_size, show_progress_bar=not args.no_progress)
+    print(format_table(results))
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            json.dump({"model": args.model, "limit": args.limit, "results": [r.to_dict() for r in results]}, handle)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""Evaluation tasks over plain files (the formats of ../shared/data, see its README).
+
+Each task takes file paths, embeds with ``model.encode`` and returns a :class:`TaskResult`: the
+main score (x100, as MTEB reports), secondary scores, and per-item scores (what the study's
+significance tests pair across designs). Prompts follow the paper and its peers: retrieval
+queries get the ``query`` instruction, documents the ``document`` prompt; symmetric tasks (STS,
+classification, clustering) use ``prompt_name`` (default: none, i.e. the model's default).
+scikit-learn and scipy are needed (``pip install llm-embed[evaluation]``).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def require(module: str, extra: str = "evaluation"):
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(f"this task needs {module.split('.')[0]}: pip install 'llm-embed[{extra}]'") from err
+
+
+@dataclass
+class TaskResult:
+    task: str
+    category: str
+    main_metric: str
+    main_score: float
+    scores: dict[str, float]
+    per_item: dict[str, list] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def read_stsb(path, limit: int | None = None) -> list[tuple[str, str, float]]:
+    """STS Benchmark TSV: genre, file, year, id, score, sentence1, sentence2 (extra columns ignored)."""
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for row in csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE):
+            rows.append((row[5], row[6], float(row[4])))
+            if limit is not None and len(rows) >= limit:
+                break
+    return rows
+
+
+def read_sick(path, limit: int | None = None) -> list[tuple[str, str, float]]:
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for row in csv.DictReader(handle, delimiter="\t"):
+            rows.append((row["sentence_A"], row["sentence_B"], float(row["relatedness_score"])))
+            if limit is not None and len(rows) >= limit:
+                break
+    return rows
+
+
+class STSTask:
+    """Spearman correlation (x100) of cosine similarity with the gold score."""
+
+    category = "sts"
+
+    def __init__(self, name: str, path, format: str = "stsb", limit: int | None = None, prompt_name: str | None = None):
+        readers = {"stsb": read_stsb, "sick": read_sick}
+        if format not in readers:
+            raise ValueError(f"format must be one of {sorted(readers)}, got {format!r}")
+        self.name, self.prompt_name = name, prompt_name
+        self.pairs = readers[format](path, limit)
+        if not self.pairs:
+            raise ValueError(f"{path} holds no pairs")
+
+    def evaluate(self, model, batch_size: int = 32, show_progress_bar: bool = False) -> TaskResult:
+        spearmanr = require("scipy.stats").spearmanr
+        first = model.encode([p[0] for p in self.pairs], prompt_name=self.prompt_name, batch_size=batch_size,
+                             show_progress_bar=show_progress_bar)
+        second = model.encode([p[1] for p in self.pairs], prompt_name=self.prompt_name, batch_size=batch_size,
+                              show_progress_bar=show_progress_bar)
+        cosine = cosine_pairs(first, second)
+        gold = [p[2] for p in self.pairs]
+        spearman = 100 * float(spearmanr(cosine, gold).statistic)
+        return TaskResult(self.name, self.category, "spearman", spearman, {"spearman": spearman},
+                          {"cosine": cosine.tolist(), "gold": gold})
+
+
+def cosine_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return np.sum(a * b, axis=1)
+
+
+def ndcg_at_k(ranked: list[str], relevant: dict[str, int], k: int = 10) -> float:
+    """nDCG@k with graded relevance (gain = relevance, log2 discount), as BEIR/pytrec_eval compute it."""
+    dcg = sum(relevant.get(doc, 0) / math.log2(rank + 2) for rank, doc in enumerate(ranked[:k]))
+    ideal = sorted(relevant.values(), reverse=True)[:k]
+    idcg = sum(gain / math.log2(rank + 2) for rank, gain in enumerate(ideal))
+    return dcg / idcg if idcg > 0 else 0.0
+
+
+def recall_at_k(ranked: list[str], relevant: dict[str, int], k: int = 100) -> float:
+    positives = {doc for doc, score in relevant.items() if score > 0}
+    return len(positives & set(ranked[:k])) / len(positives) if positives else 0.0
+
+
+class RetrievalTask:
+    """BEIR layout: nDCG@10 (main, x100) and recall@100 over the queries in the qrels, exact cosine
+    top-k over the whole corpus, computed in blocks of queries."""
+
+    category = "retrieval"
+
+    def __init__(self, name: str, corpus_path, queries_path, qrels_path, limit_queries: int | None = None,
+                 corpus_limit: int | None = None, query_prompt_name: str | None = "query",
+                 document_prompt_name: str | None = "document"):
+        self.name = name
+        self.query_prompt_name, self.document_prompt_name = query_prompt_name, document_prompt_name
+        self.qrels: dict[str, dict[str, int]] = {}
+        with open(qrels_path, encoding="utf-8") as handle:
+            for row in csv.DictReader(handle, delimiter="\t"):
+                self.qrels.setdefault(row["query-id"], {})[row["corpus-id"]] = int(row["score"])
+        queries = {}
+        with open(queries_path, encoding="utf-8") as handle:
+            for line in handle:
+                item = json.loads(line)
+                if item["_id"] in self.qrels:
+                    queries[item["_id"]] = item["text"]
+        self.query_ids = sorted(queries, key=lambda q: (len(q), q))[:limit_queries]
+        self.queries = [queries[q] for q in self.query_ids]
+        self.corpus_ids, self.documents = [], []
+        needed = {doc for q in self.query_ids for doc in self.qrels[q]}
+        with open(corpus_path, encoding="utf-8") as handle:
+            for line in handle:
+                item = json.loads(line)
+                if corpus_limit is not None and len(self.corpus_ids) >= corpus_limit and item["_id"] not in needed:
+                    continue
+                self.corpus_ids.append(item["_id"])
+                self.documents.append((item.get("title", "") + " " + item["text"]).strip())
+        if not self.query_ids:
+            raise ValueError(f"no query of {queries_path} appears in {qrels_path}")
+
+    def evaluate(self, model, batch_size: int = 32, show_progress_bar: bool = False, top_k: int = 100) -> TaskResult:
+        corpus = torch.from_numpy(model.encode(self.documents, prompt_name=self.document_prompt_name,
+                                               batch_size=batch_size, show_progress_bar=show_progress_bar))
+        queries = torch.from_numpy(model.encode(self.queries, prompt_name=self.query_prompt_name,
+                                                batch_size=batch_size, show_progress_bar=show_progress_bar))
+        corpus = torch.nn.functional.normalize(corpus, dim=-1)
+        queries = torch.nn.functional.normalize(queries, dim=-1)
+        ndcg, recall = [], []
+        k = min(top_k, len(self.corpus_ids))
+        for start in range(0, len(self.query_ids), 256):
+            top = (queries[start:start + 256] @ corpus.T).topk(k, dim=1).indices
+            for offset, row in enumerate(top.tolist()):
+                ranked = [self.corpus_ids[i] for i in row]
+                relevant = self.qrels[self.query_ids[start + offset]]
+                ndcg.append(ndcg_at_k(ranked, relevant, 10))
+                recall.append(recall_at_k(ranked, relevant, 100))
+        scores = {"ndcg_at_10": 100 * float(np.mean(ndcg)), "recall_at_100": 100 * float(np.mean(recall))}
+        return TaskResult(self.name, self.category, "ndcg_at_10", scores["ndcg_at_10"], scores,
+                          {"query_ids": self.query_ids, "ndcg_at_10": ndcg, "recall_at_100": recall})
+
+
+def read_labelled_csv(path, limit: int | None = None, seed: int = 0) -> tuple[list[str], list[str]]:
+    """CSV text,category. ``limit`` keeps a seeded random subset (the files are sorted by label)."""
+    with open(path, encoding="utf-8") as handle:
+        rows = [(row["text"], row["category"]) for row in csv.DictReader(handle)]
+    if limit is not None and limit < len(rows):
+        keep = sorted(np.random.default_rng(seed).permutation(len(rows))[:limit])
+        rows = [rows[i] for i in keep]
+    return [text for text, _ in rows], [label for _, label in rows]
+
+
+class ClassificationTask:
+    """Accuracy (x100) of a logistic-regression classifier trained on frozen train embeddings."""
+
+    category = "classification"
+
+    def __init__(self, name: str, train_path, test_path, limit_train: int | None = None, limit_test: int | None = None,
+                 prompt_name: str | None = None, seed: int = 0):
+        self.name, self.prompt_name, self.seed = name, prompt_name, seed
+        self.train_texts, self.train_labels = read_labelled_csv(train_path, limit_train, seed)
+        self.test_texts, self.test_labels = read_labelled_csv(test_path, limit_test, seed)
+
+    def evaluate(self, model, batch_size: int = 32, show_progress_bar: bool = False) -> TaskResult:
+        linear_model = require("sklearn.linear_model")
+        encode = lambda texts: model.encode(texts, prompt_name=self.prompt_name, batch_size=batch_size,
+                                            show_progress_bar=show_progress_bar)
+        classifier = linear_model.LogisticRegression(max_iter=1000, random_state=self.seed)
+        classifier.fit(encode(self.train_texts), self.train_labels)
+        predicted = classifier.predict(encode(self.test_texts))
+        correct = [bool(p == g) for p, g in zip(predicted, self.test_labels)]
+        accuracy = 100 * float(np.mean(correct))
+        return TaskResult(self.name, self.category, "accuracy", accuracy, {"accuracy": accuracy},
+                          {"correct": correct, "predicted": [str(p) for p in predicted]})
+
+
+class ClusteringTask:
+    """V-measure (x100) of k-means on the embeddings against the gold labels; k defaults to the
+    number of distinct gold labels (20 on the full StackOverflow set)."""
+
+    category = "clustering"
+
+    def __init__(self, name: str, texts_path, labels_path, n_clusters: int | None = None, limit: int | None = None,
+                 prompt_name: str | None = None, seed: int = 0):
+        self.name, self.prompt_name, self.seed = name, prompt_name, seed
+        self.texts = Path(texts_path).read_text(encoding="utf-8").splitlines()[:limit]
+        self.labels = Path(labels_path).read_text(encoding="utf-8").splitlines()[:limit]
+        if len(self.texts) != len(self.labels):
+            raise ValueError(f"{texts_path} and {labels_path} have {len(self.texts)} vs {len(self.labels)} lines")
+        self.n_clusters = n_clusters or len(set(self.labels))
+
+    def evaluate(self, model, batch_size: int = 32, show_progress_bar: bool = False) -> TaskResult:
+        cluster, metrics = require("sklearn.cluster"), require("sklearn.metrics")
+        embeddings = model.encode(self.texts, prompt_name=self.prompt_name, batch_size=batch_size,
+                                  show_progress_bar=show_progress_bar)
+        assigned = cluster.KMeans(n_clusters=self.n_clusters, n_init=10, random_state=self.seed).fit_predict(embeddings)
+        v_measure = 100 * float(metrics.v_measure_score(self.labels, assigned))
+        return TaskResult(self.name, self.category, "v_measure", v_measure, {"v_measure": v_measure},
+                          {"cluster": assigned.tolist()})
+
+
+def default_tasks(data_dir, names: list[str] | None = None, limit: int | None = None) -> list:
+    """The shared data sets as tasks (``limit`` caps items per task for quick runs)."""
+    data = Path(data_dir)
+    factories = {
+        "stsb": lambda: STSTask("STS-B", data / "stsb" / "sts-test.csv", "stsb", limit),
+        "sick": lambda: STSTask("SICK-R", data / "sick" / "SICK_test_annotated.txt", "sick", limit),
+        "scifact": lambda: RetrievalTask("SciFact", data / "scifact" / "corpus.jsonl", data / "scifact" / "queries.jsonl",
+                                         data / "scifact" / "qrels" / "test.tsv", limit_queries=limit,
+                                         corpus_limit=None if limit is None else 10 * limit),
+        "banking77": lambda: ClassificationTask("Banking77", data / "banking77" / "train.csv",
+                                                data / "banking77" / "test.csv", limit_train=None if limit is None else 10 * limit,
+                                                limit_test=limit),
+        "stackoverflow": lambda: ClusteringTask("StackOverflow", data / "clustering_stackoverflow" / "StackOverflow.txt",
+                                                data / "clustering_stackoverflow" / "StackOverflow_gnd.txt", None, limit),
+    }
+    names = names or list(factories)
+    unknown = [n for n in names if n not in factories]
+    if unknown:
+        raise ValueError(f"unknown tasks {unknown}; choose from {sorted(factories)}")
+    return [factories[n]() for n in names]
