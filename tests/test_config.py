@@ -1,7 +1,7 @@
 import json
 
 import pytest
-from transformers import AutoConfig, LlamaConfig, MambaConfig
+from transformers import AutoConfig, MambaConfig
 
 from llm_embed import POOLING_HEADS, LLMEmbeddingConfig
 

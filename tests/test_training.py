@@ -10,7 +10,7 @@ from transformers import AutoModel, Trainer, TrainingArguments
 from llm_embed import LLMEmbeddingModel
 from llm_embed.data import ContrastiveDataCollator, TripletDataset
 
-from .conftest import SHARED_DATA, tiny_model, triplet_rows
+from .conftest import tiny_model, triplet_rows
 
 
 @pytest.fixture()
