@@ -8,6 +8,7 @@ from .runner import evaluate, format_table, main
 from .tasks import (
     ClassificationTask,
     ClusteringTask,
+    EvaluationTask,
     RetrievalTask,
     STSTask,
     TaskResult,
@@ -19,6 +20,7 @@ from .tasks import (
 __all__ = [
     "ClassificationTask",
     "ClusteringTask",
+    "EvaluationTask",
     "RetrievalTask",
     "STSTask",
     "TaskResult",

@@ -2,7 +2,9 @@
 
 Each task takes file paths, embeds with ``model.encode`` and returns a :class:`TaskResult`: the
 main score (x100, as MTEB reports), secondary scores, and per-item scores (what the study's
-significance tests pair across designs). Prompts follow the paper and its peers: retrieval
+significance tests pair across designs). ``evaluate`` is ``score(embed(model))``: the two phases
+are separate so that a caller can embed on the GPU and score (k-means, logistic regression) on
+CPU workers while the GPU goes on with the next model; ``score`` takes only numpy arrays. Prompts follow the paper and its peers: retrieval
 queries get the ``query`` instruction, documents the ``document`` prompt; symmetric tasks (STS,
 classification, clustering) use ``prompt_name`` (default: none, i.e. the model's default).
 scikit-learn and scipy are needed (``pip install llm-embed[evaluation]``).
@@ -41,6 +43,17 @@ class TaskResult:
         return dict(self.__dict__)
 
 
+class EvaluationTask:
+    """What every task has: ``name``, ``category``, ``embed(model)`` and ``score(embeddings)``;
+    ``evaluate`` runs both."""
+
+    name: str
+    category: str
+
+    def evaluate(self, model, batch_size: int = 32, show_progress_bar: bool = False) -> TaskResult:
+        return self.score(self.embed(model, batch_size=batch_size, show_progress_bar=show_progress_bar))
+
+
 def read_stsb(path, limit: int | None = None) -> list[tuple[str, str, float]]:
     """STS Benchmark TSV: genre, file, year, id, score, sentence1, sentence2 (extra columns ignored)."""
     rows = []
@@ -62,7 +75,7 @@ def read_sick(path, limit: int | None = None) -> list[tuple[str, str, float]]:
     return rows
 
 
-class STSTask:
+class STSTask(EvaluationTask):
     """Spearman correlation (x100) of cosine similarity with the gold score."""
 
     category = "sts"
@@ -76,13 +89,14 @@ class STSTask:
         if not self.pairs:
             raise ValueError(f"{path} holds no pairs")
 
-    def evaluate(self, model, batch_size: int = 32, show_progress_bar: bool = False) -> TaskResult:
+    def embed(self, model, batch_size: int = 32, show_progress_bar: bool = False) -> dict[str, np.ndarray]:
+        encode = lambda texts: model.encode(texts, prompt_name=self.prompt_name, batch_size=batch_size,
+                                            show_progress_bar=show_progress_bar)
+        return {"first": encode([p[0] for p in self.pairs]), "second": encode([p[1] for p in self.pairs])}
+
+    def score(self, embeddings: dict[str, np.ndarray]) -> TaskResult:
         spearmanr = require("scipy.stats").spearmanr
-        first = model.encode([p[0] for p in self.pairs], prompt_name=self.prompt_name, batch_size=batch_size,
-                             show_progress_bar=show_progress_bar)
-        second = model.encode([p[1] for p in self.pairs], prompt_name=self.prompt_name, batch_size=batch_size,
-                              show_progress_bar=show_progress_bar)
-        cosine = cosine_pairs(first, second)
+        cosine = cosine_pairs(embeddings["first"], embeddings["second"])
         gold = [p[2] for p in self.pairs]
         spearman = 100 * float(spearmanr(cosine, gold).statistic)
         return TaskResult(self.name, self.category, "spearman", spearman, {"spearman": spearman},
@@ -108,7 +122,7 @@ def recall_at_k(ranked: list[str], relevant: dict[str, int], k: int = 100) -> fl
     return len(positives & set(ranked[:k])) / len(positives) if positives else 0.0
 
 
-class RetrievalTask:
+class RetrievalTask(EvaluationTask):
     """BEIR layout: nDCG@10 (main, x100) and recall@100 over the queries in the qrels, exact cosine
     top-k over the whole corpus, computed in blocks of queries."""
 
@@ -143,11 +157,17 @@ class RetrievalTask:
         if not self.query_ids:
             raise ValueError(f"no query of {queries_path} appears in {qrels_path}")
 
-    def evaluate(self, model, batch_size: int = 32, show_progress_bar: bool = False, top_k: int = 100) -> TaskResult:
-        corpus = torch.from_numpy(model.encode(self.documents, prompt_name=self.document_prompt_name,
-                                               batch_size=batch_size, show_progress_bar=show_progress_bar))
-        queries = torch.from_numpy(model.encode(self.queries, prompt_name=self.query_prompt_name,
-                                                batch_size=batch_size, show_progress_bar=show_progress_bar))
+    def embed(self, model, batch_size: int = 32, show_progress_bar: bool = False) -> dict[str, np.ndarray]:
+        return {
+            "corpus": model.encode(self.documents, prompt_name=self.document_prompt_name, batch_size=batch_size,
+                                   show_progress_bar=show_progress_bar),
+            "queries": model.encode(self.queries, prompt_name=self.query_prompt_name, batch_size=batch_size,
+                                    show_progress_bar=show_progress_bar),
+        }
+
+    def score(self, embeddings: dict[str, np.ndarray], top_k: int = 100) -> TaskResult:
+        corpus = torch.from_numpy(np.asarray(embeddings["corpus"], dtype=np.float32))
+        queries = torch.from_numpy(np.asarray(embeddings["queries"], dtype=np.float32))
         corpus = torch.nn.functional.normalize(corpus, dim=-1)
         queries = torch.nn.functional.normalize(queries, dim=-1)
         ndcg, recall = [], []
@@ -174,7 +194,7 @@ def read_labelled_csv(path, limit: int | None = None, seed: int = 0) -> tuple[li
     return [text for text, _ in rows], [label for _, label in rows]
 
 
-class ClassificationTask:
+class ClassificationTask(EvaluationTask):
     """Accuracy (x100) of a logistic-regression classifier trained on frozen train embeddings."""
 
     category = "classification"
@@ -185,20 +205,23 @@ class ClassificationTask:
         self.train_texts, self.train_labels = read_labelled_csv(train_path, limit_train, seed)
         self.test_texts, self.test_labels = read_labelled_csv(test_path, limit_test, seed)
 
-    def evaluate(self, model, batch_size: int = 32, show_progress_bar: bool = False) -> TaskResult:
-        linear_model = require("sklearn.linear_model")
+    def embed(self, model, batch_size: int = 32, show_progress_bar: bool = False) -> dict[str, np.ndarray]:
         encode = lambda texts: model.encode(texts, prompt_name=self.prompt_name, batch_size=batch_size,
                                             show_progress_bar=show_progress_bar)
+        return {"train": encode(self.train_texts), "test": encode(self.test_texts)}
+
+    def score(self, embeddings: dict[str, np.ndarray]) -> TaskResult:
+        linear_model = require("sklearn.linear_model")
         classifier = linear_model.LogisticRegression(max_iter=1000, random_state=self.seed)
-        classifier.fit(encode(self.train_texts), self.train_labels)
-        predicted = classifier.predict(encode(self.test_texts))
+        classifier.fit(embeddings["train"], self.train_labels)
+        predicted = classifier.predict(embeddings["test"])
         correct = [bool(p == g) for p, g in zip(predicted, self.test_labels)]
         accuracy = 100 * float(np.mean(correct))
         return TaskResult(self.name, self.category, "accuracy", accuracy, {"accuracy": accuracy},
                           {"correct": correct, "predicted": [str(p) for p in predicted]})
 
 
-class ClusteringTask:
+class ClusteringTask(EvaluationTask):
     """V-measure (x100) of k-means on the embeddings against the gold labels; k defaults to the
     number of distinct gold labels (20 on the full StackOverflow set)."""
 
@@ -213,14 +236,17 @@ class ClusteringTask:
             raise ValueError(f"{texts_path} and {labels_path} have {len(self.texts)} vs {len(self.labels)} lines")
         self.n_clusters = n_clusters or len(set(self.labels))
 
-    def evaluate(self, model, batch_size: int = 32, show_progress_bar: bool = False) -> TaskResult:
+    def embed(self, model, batch_size: int = 32, show_progress_bar: bool = False) -> dict[str, np.ndarray]:
+        return {"texts": model.encode(self.texts, prompt_name=self.prompt_name, batch_size=batch_size,
+                                      show_progress_bar=show_progress_bar)}
+
+    def score(self, embeddings: dict[str, np.ndarray]) -> TaskResult:
         cluster, metrics = require("sklearn.cluster"), require("sklearn.metrics")
-        embeddings = model.encode(self.texts, prompt_name=self.prompt_name, batch_size=batch_size,
-                                  show_progress_bar=show_progress_bar)
-        assigned = cluster.KMeans(n_clusters=self.n_clusters, n_init=10, random_state=self.seed).fit_predict(embeddings)
+        assigned = cluster.KMeans(n_clusters=self.n_clusters, n_init=10, random_state=self.seed).fit_predict(
+            embeddings["texts"])
         v_measure = 100 * float(metrics.v_measure_score(self.labels, assigned))
         return TaskResult(self.name, self.category, "v_measure", v_measure, {"v_measure": v_measure},
-                          {"cluster": assigned.tolist()})
+                          {"cluster": assigned.tolist(), "gold": list(self.labels)})
 
 
 def default_tasks(data_dir, names: list[str] | None = None, limit: int | None = None) -> list:
