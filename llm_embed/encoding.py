@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .packing import pack_batch, resolve_packing
+
 logger = logging.getLogger(__name__)
 
 
@@ -141,6 +143,7 @@ class EncodeMixin:
         convert_to_numpy: bool = True,
         convert_to_tensor: bool = False,
         show_progress_bar: bool | None = None,
+        packing: bool | None = None,
     ) -> np.ndarray | torch.Tensor:
         """Embed texts.
 
@@ -153,6 +156,10 @@ class EncodeMixin:
             convert_to_numpy / convert_to_tensor: numpy float32 array (default) or a torch tensor on the
                 model's device, in the model's dtype (``convert_to_tensor`` wins, as in sentence-transformers).
             show_progress_bar: defaults to showing it when logging is at INFO or more verbose.
+            packing: run each batch's texts packed end to end, without padding (``llm_embed.packing``).
+                ``None`` (default): only with ``flex_attention`` or ``flash_attention_*`` backbones;
+                ``True``: always (with SDPA / eager through a dense block-diagonal mask, slower);
+                ``False``: never. Results equal the padded ones up to floating-point rounding.
         """
         texts, single = check_texts(sentences)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -168,6 +175,9 @@ class EncodeMixin:
             show_progress_bar = logger.getEffectiveLevel() <= logging.INFO
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         device = self.device
+        packing_mode = resolve_packing(self, packing, len(ids[order[0]]))
+        is_causal = getattr(self.backbone.config, "is_causal", True) is not False
+        pin = device.type == "cuda"
         chunks = []
         was_training = self.training
         self.eval()
@@ -176,12 +186,19 @@ class EncodeMixin:
                 starts = range(0, len(order), batch_size)
                 for start in tqdm(starts, desc="Batches", disable=not show_progress_bar):
                     batch_rows = [ids[i] for i in order[start : start + batch_size]]
-                    input_ids, attention_mask = pad_batch(batch_rows, pad_id, config.padding_side)
-                    output = self(
-                        input_ids=input_ids.to(device),
-                        attention_mask=attention_mask.to(device),
-                        normalize=normalize,
-                    )
+                    if packing_mode is not None:
+                        packed = pack_batch(batch_rows, pad_id, mode=packing_mode, is_causal=is_causal,
+                                            device=device, dtype=self.dtype)
+                        output = self(packed=packed, normalize=normalize)
+                    else:
+                        input_ids, attention_mask = pad_batch(batch_rows, pad_id, config.padding_side)
+                        if pin:  # asynchronous copies: the next batch is prepared while the GPU works
+                            input_ids, attention_mask = input_ids.pin_memory(), attention_mask.pin_memory()
+                        output = self(
+                            input_ids=input_ids.to(device, non_blocking=pin),
+                            attention_mask=attention_mask.to(device, non_blocking=pin),
+                            normalize=normalize,
+                        )
                     chunks.append(output.embeddings)
         finally:
             self.train(was_training)

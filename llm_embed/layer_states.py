@@ -66,6 +66,7 @@ class LayerStateCollector:
         self.num_layers = len(layers)
         self.reduce = reduce
         self._attention_mask: torch.Tensor | None = None  # set only while collecting
+        self._unpack: Callable[[torch.Tensor], torch.Tensor] | None = None  # packed batch -> padded layout
         self._caught: dict[int, torch.Tensor] = {}
         for number in self.layer_numbers:
             if number != self.num_layers:
@@ -77,20 +78,25 @@ class LayerStateCollector:
             if mask is None:  # the backbone runs on its own, or a checkpoint recomputes this layer
                 return
             hidden = output[0] if isinstance(output, (tuple, list)) else output
+            if self._unpack is not None:
+                hidden = self._unpack(hidden)
             keep_states = torch.is_grad_enabled() and hooks_run_inside_checkpoint(module)
             self._caught[number] = hidden if keep_states else self.reduce(hidden, mask)
 
         return hook
 
     @contextmanager
-    def collect(self, attention_mask: torch.Tensor):
-        """Collect during the ``with`` block; read the result with :meth:`stack` after it."""
+    def collect(self, attention_mask: torch.Tensor, unpack: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        """Collect during the ``with`` block; read the result with :meth:`stack` after it. ``unpack``
+        maps a packed batch's layer output to the padded layout ``attention_mask`` describes."""
         self._attention_mask = attention_mask
+        self._unpack = unpack
         self._caught = {}
         try:
             yield self
         finally:
             self._attention_mask = None
+            self._unpack = None
 
     def stack(self, last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, L_selected, H), in the configured layer order."""

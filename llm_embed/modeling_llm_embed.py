@@ -38,6 +38,7 @@ from .contrastive import (
 from .encoding import EncodeMixin, configure_eos
 from .layer_states import LayerStateCollector, find_decoder_layers
 from .model_card import write_model_card
+from .packing import PackedBatch
 from .pooling import LAYER_REDUCTIONS, POOLING_HEADS, LatentCrossAttentionPooling, MultiLayerPooling
 
 logger = logging.getLogger(__name__)
@@ -211,9 +212,18 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
+        packed: PackedBatch | None = None,
         **kwargs,
     ) -> torch.Tensor:
-        """Unnormalised embeddings of a tokenized batch: backbone, pooling head, projection."""
+        """Unnormalised embeddings of a tokenized batch: backbone, pooling head, projection.
+        ``packed`` (from :func:`~llm_embed.packing.pack_batch`, used by ``encode``) replaces the
+        padded inputs: the backbone runs on packed rows and the heads see the padded layout."""
+        unpack = None
+        if packed is not None:
+            if input_ids is not None or inputs_embeds is not None or attention_mask is not None:
+                raise ValueError("pass either a packed batch or input_ids / inputs_embeds / attention_mask, not both")
+            input_ids, position_ids, backbone_mask = packed.input_ids, packed.position_ids, packed.attention_mask
+            attention_mask, unpack = packed.padded_mask, packed.unpack
         reference = input_ids if input_ids is not None else inputs_embeds
         if reference is None:
             raise ValueError("forward() needs input_ids or inputs_embeds")
@@ -222,11 +232,13 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
         if position_ids is None:
             # Count real tokens only: identical positions whatever the padding side and amount.
             position_ids = (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+        if packed is None:
+            backbone_mask = attention_mask
         collector = self._layer_collector
-        with collector.collect(attention_mask) if collector is not None else nullcontext():
+        with collector.collect(attention_mask, unpack) if collector is not None else nullcontext():
             backbone_output = self.backbone(
                 input_ids=input_ids,
-                attention_mask=attention_mask,
+                attention_mask=backbone_mask,
                 position_ids=position_ids,
                 inputs_embeds=inputs_embeds,
                 use_cache=False,
@@ -234,6 +246,8 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
                 **kwargs,
             )
         token_states = backbone_output.last_hidden_state
+        if unpack is not None:
+            token_states = unpack(token_states)
         layer_states = collector.stack(token_states, attention_mask) if collector is not None else None
         embeddings = self.pooler(token_states, attention_mask, layer_states)
         if self.projection is not None:
