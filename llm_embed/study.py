@@ -1,0 +1,496 @@
+"""The paper's five-design study on your backbone and data: ``llm-embed-study`` / ``examples/reproduce_paper.py``.
+
+    llm-embed-study --data-dir ../shared/data --output-dir study_out --seeds 0 1 --max-steps 200 --bf16
+
+Trains the five designs of Tang & Yang (2024) (table below) on the same backbone, training rows,
+seed and budget, evaluates each on every task, and writes to ``--output-dir``:
+
+- ``runs/design{N}_seed{S}.json``: one run's training log and task results with per-item scores,
+  written as soon as the run is scored (a cut-off study keeps what it finished);
+- ``results.json``: everything, plus the paired significance tests and the paper's claims checked;
+- ``results.md``: tables by task category and per task, the tests, the claims' verdicts;
+- ``designs.png``: the designs side by side per category (needs matplotlib).
+
+``--report-only`` rebuilds the three reports from ``runs/`` without training (e.g. on a machine
+with matplotlib after a GPU run made with ``--no-report``). Runs already in ``runs/`` are not
+trained again, so a cut-off study resumes where it stopped. Embedding happens on the training device; scoring (logistic
+regression, k-means, the metrics) runs in CPU worker processes while the next design trains.
+
+| design | attention | pooling |
+|---|---|---|
+| 1 | causal | last token (EOS) |
+| 2 | causal | last-layer trainable pooling (``latent_attention``) |
+| 3 | causal | multi-layers trainable pooling (``multi_layer``) |
+| 4 | bidirectional | last-layer trainable pooling |
+| 5 | bidirectional | multi-layers trainable pooling |
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from .evaluation.significance import compare, holm
+from .evaluation.tasks import TaskResult, default_tasks
+
+logger = logging.getLogger(__name__)
+
+DESIGNS = {
+    1: ("causal", "last_token"),
+    2: ("causal", "latent_attention"),
+    3: ("causal", "multi_layer"),
+    4: ("bidirectional", "latent_attention"),
+    5: ("bidirectional", "multi_layer"),
+}
+CATEGORIES = ("sts", "retrieval", "classification", "clustering")
+TASK_NAMES = ("stsb", "sick", "scifact", "banking77", "stackoverflow")
+ALPHA = 0.05
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One of the paper's findings, as design pairs that should compare a certain way on some categories.
+
+    ``expect`` is ``"better"`` (first design significantly better than the second) or
+    ``"not_worse"`` (first design not significantly worse)."""
+
+    text: str
+    categories: tuple[str, ...]
+    pairs: tuple[tuple[int, int], ...]
+    expect: str
+
+
+PAPER_CLAIMS = (
+    Claim("bidirectional attention beats causal (with the same trainable pooling) on STS and retrieval",
+          ("sts", "retrieval"), ((4, 2), (5, 3)), "better"),
+    Claim("multi-layers trainable pooling beats last-layer trainable pooling on STS and retrieval",
+          ("sts", "retrieval"), ((3, 2), (5, 4)), "better"),
+    Claim("EOS last-token pooling with causal attention is as good as the trainable designs on classification "
+          "and clustering", ("classification", "clustering"), ((1, 2), (1, 3), (1, 4), (1, 5)), "not_worse"),
+)
+
+
+def design_name(design: int) -> str:
+    attention, pooling = DESIGNS[design]
+    return f"{design}: {attention} + {pooling}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Training and evaluation
+
+
+def task_spec(args) -> dict:
+    return {"data_dir": args.data_dir, "names": list(args.tasks), "limit": args.task_limit}
+
+
+_WORKER_TASKS: dict = {}
+
+
+def _init_worker(spec: dict, threads: int) -> None:
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(threads)
+    _WORKER_TASKS.update({task.name: task for task in default_tasks(spec["data_dir"], spec["names"], spec["limit"])})
+
+
+def _score_in_worker(task_name: str, embeddings: dict) -> dict:
+    return _WORKER_TASKS[task_name].score(embeddings).to_dict()
+
+
+def read_triplets(paths: list[str], limit: int | None):
+    from .data import TripletDataset
+
+    rows = []
+    for path in paths:
+        with open(path, encoding="utf-8") as handle:
+            rows += [json.loads(line) for line in handle if line.strip()]
+    return TripletDataset(rows[:limit])
+
+
+def build_model(args, design: int, backbone_path):
+    from .modeling_llm_embed import LLMEmbeddingModel
+
+    attention, pooling = DESIGNS[design]
+    return LLMEmbeddingModel.from_backbone(
+        backbone_path, attention=attention, pooling=pooling, attn_implementation=args.attn_implementation,
+        max_seq_length=args.max_seq_length, loss_temperature=args.loss_temperature, num_latents=args.num_latents,
+        pooling_heads=args.pooling_heads, pooling_head_dim=args.pooling_head_dim,
+    )
+
+
+def train_design(args, design: int, seed: int, backbone_path, train_data):
+    """Fine-tune one design (LoRA by default, as the paper) and return the plain model plus its log."""
+    from transformers import Trainer, TrainingArguments, set_seed
+
+    from .data import ContrastiveDataCollator
+
+    set_seed(seed)
+    model = build_model(args, design, backbone_path)
+    tokenizer = model.tokenizer
+    collator = ContrastiveDataCollator(tokenizer, model.config)
+    if args.lora:
+        from .lora import apply_lora
+
+        model = apply_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout)
+    run_dir = Path(args.output_dir) / "checkpoints" / f"design{design}_seed{seed}"
+    training_args = TrainingArguments(
+        output_dir=str(run_dir), per_device_train_batch_size=args.batch_size, learning_rate=args.learning_rate,
+        max_steps=args.max_steps, warmup_steps=max(1, round(args.warmup_ratio * args.max_steps)),
+        lr_scheduler_type="linear", weight_decay=0.0, seed=seed, data_seed=seed, bf16=args.bf16,
+        logging_steps=max(1, args.max_steps // 20), save_strategy="no", report_to=[], remove_unused_columns=False,
+        dataloader_drop_last=True, disable_tqdm=True, use_cpu=args.device == "cpu",
+    )
+    trainer = Trainer(model=model, args=training_args, train_dataset=train_data, data_collator=collator,
+                      processing_class=tokenizer)
+    start = time.perf_counter()
+    trainer.train()
+    train_seconds = time.perf_counter() - start
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    if args.lora:
+        from .lora import merge_lora
+
+        model = merge_lora(model)
+    return model, {"train_seconds": train_seconds, "losses": losses}
+
+
+def embed_tasks(args, model, tasks) -> tuple[dict, float]:
+    import torch
+
+    model.eval()
+    if args.bf16:
+        model.to(torch.bfloat16)
+    start = time.perf_counter()
+    embedded = {task.name: task.embed(model, batch_size=args.eval_batch_size) for task in tasks}
+    return embedded, time.perf_counter() - start
+
+
+def run_path(output_dir, design: int, seed: int) -> Path:
+    return Path(output_dir) / "runs" / f"design{design}_seed{seed}.json"
+
+
+def run_study(args) -> dict:
+    """Train and evaluate every (seed, design) not yet in ``runs/``, then write the reports."""
+    import torch
+
+    output_dir = Path(args.output_dir)
+    (output_dir / "runs").mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    backbone_path = args.backbone
+    if backbone_path is None:
+        from .bundled import smollm2_backbone_path
+
+        backbone_path = smollm2_backbone_path()
+    train_files = args.train_files or [
+        str(Path(args.data_dir) / "nli_triplets" / f"snli_{split}_triplets.jsonl") for split in ("dev", "test")
+    ]
+    train_data = read_triplets(train_files, args.max_train_rows)
+    tasks = default_tasks(args.data_dir, list(args.tasks), args.task_limit)
+    logger.info("study: %d training rows, tasks %s, designs %s, seeds %s", len(train_data),
+                [t.name for t in tasks], args.designs, args.seeds)
+    executor = ProcessPoolExecutor(args.score_workers, mp_context=get_context("spawn"), initializer=_init_worker,
+                                   initargs=(task_spec(args), args.score_threads))
+    pending: list[tuple[dict, dict[str, Future]]] = []
+
+    def collect(block: bool) -> None:
+        for run, futures in list(pending):
+            if not block and not all(f.done() for f in futures.values()):
+                continue
+            run["results"] = [futures[task.name].result() for task in tasks]
+            run["score_wall_seconds"] = time.perf_counter() - run.pop("_scoring_started")
+            run_path(output_dir, run["design"], run["seed"]).write_text(json.dumps(run))
+            logger.info("scored design %d seed %d: %s", run["design"], run["seed"],
+                        {r["task"]: round(r["main_score"], 2) for r in run["results"]})
+            pending.remove((run, futures))
+
+    try:
+        for seed in args.seeds:
+            for design in args.designs:
+                if run_path(output_dir, design, seed).is_file():
+                    logger.info("design %d seed %d already done; skipping", design, seed)
+                    continue
+                model, log = train_design(args, design, seed, backbone_path, train_data)
+                embedded, embed_seconds = embed_tasks(args, model, tasks)
+                del model
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                attention, pooling = DESIGNS[design]
+                run = dict(design=design, attention=attention, pooling=pooling, seed=seed, embed_seconds=embed_seconds,
+                           _scoring_started=time.perf_counter(), **log)
+                logger.info("design %d seed %d: trained in %.1f s (final loss %.3f), embedded in %.1f s",
+                            design, seed, log["train_seconds"], log["losses"][-1] if log["losses"] else float("nan"),
+                            embed_seconds)
+                futures = {name: executor.submit(_score_in_worker, name, emb) for name, emb in embedded.items()}
+                pending.append((run, futures))
+                collect(block=False)
+        collect(block=True)
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+    environment = describe_environment(args)
+    environment["study_wall_seconds"] = time.perf_counter() - started
+    (output_dir / "runs" / "environment.json").write_text(json.dumps(environment))
+    if args.no_report:
+        logger.info("runs written to %s; build the reports with --report-only", output_dir / "runs")
+        return {"environment": environment}
+    return write_reports(args)
+
+
+def describe_environment(args) -> dict:
+    import torch
+    import transformers
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else (
+        platform.processor() or platform.machine())
+    return {"device": device, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Reports
+
+
+def load_runs(output_dir) -> list[dict]:
+    runs = [json.loads(path.read_text()) for path in sorted((Path(output_dir) / "runs").glob("design*_seed*.json"))]
+    if not runs:
+        raise FileNotFoundError(f"no runs in {Path(output_dir) / 'runs'}; run the study first")
+    return runs
+
+
+def results_of(run: dict) -> dict[str, TaskResult]:
+    return {r["task"]: TaskResult(**r) for r in run["results"]}
+
+
+def category_scores(run: dict) -> dict[str, float]:
+    """Mean main score per task category (the paper's table), plus their mean."""
+    by_category: dict[str, list[float]] = {}
+    for result in run["results"]:
+        by_category.setdefault(result["category"], []).append(result["main_score"])
+    scores = {c: float(np.mean(v)) for c, v in by_category.items()}
+    scores["average"] = float(np.mean([scores[c] for c in CATEGORIES if c in scores]))
+    return scores
+
+
+def pairwise_tests(runs: list[dict]) -> list[dict]:
+    """Every pair of designs on every task, per seed; p-values Holm-adjusted over the pairs of one task and seed."""
+    by_key = {(run["design"], run["seed"]): results_of(run) for run in runs}
+    designs = sorted({run["design"] for run in runs})
+    seeds = sorted({run["seed"] for run in runs})
+    rows = []
+    for seed in seeds:
+        present = [d for d in designs if (d, seed) in by_key]
+        tasks = sorted(set.intersection(*(set(by_key[(d, seed)]) for d in present))) if present else []
+        for task in tasks:
+            block = []
+            for i, a in enumerate(present):
+                for b in present[i + 1:]:
+                    comparison = compare(by_key[(a, seed)][task], by_key[(b, seed)][task], seed=seed)
+                    block.append(dict(seed=seed, a=a, b=b, category=by_key[(a, seed)][task].category,
+                                      **comparison.to_dict()))
+            for row, adjusted in zip(block, holm([row["p_value"] for row in block])):
+                row["p_holm"] = adjusted
+            rows += block
+    return rows
+
+
+def lookup(tests: list[dict], a: int, b: int, task: str, seed: int) -> tuple[float, float] | None:
+    """(difference a - b, Holm p) whichever way the pair was stored."""
+    for row in tests:
+        if row["task"] == task and row["seed"] == seed and {row["a"], row["b"]} == {a, b}:
+            sign = 1 if row["a"] == a else -1
+            return sign * row["difference"], row["p_holm"]
+    return None
+
+
+def check_claims(runs: list[dict], tests: list[dict]) -> list[dict]:
+    """Each claim, on each of its categories' tasks and design pairs, per seed: significant better,
+    significantly worse, or no significant difference; then a verdict over all of them."""
+    seeds = sorted({run["seed"] for run in runs})
+    category_of = {r["task"]: r["category"] for run in runs for r in run["results"]}
+    verdicts = []
+    for claim in PAPER_CLAIMS:
+        outcomes = []
+        for task, category in sorted(category_of.items()):
+            if category not in claim.categories:
+                continue
+            for a, b in claim.pairs:
+                for seed in seeds:
+                    found = lookup(tests, a, b, task, seed)
+                    if found is None:
+                        continue
+                    difference, p_holm = found
+                    outcome = "n.s." if p_holm >= ALPHA else ("better" if difference > 0 else "worse")
+                    outcomes.append(dict(task=task, a=a, b=b, seed=seed, difference=difference, p_holm=p_holm,
+                                         outcome=outcome))
+        if not outcomes:
+            verdict = "not tested"
+        elif claim.expect == "better":
+            hits = sum(o["outcome"] == "better" for o in outcomes)
+            verdict = "agrees" if hits == len(outcomes) else "contradicted" if all(
+                o["outcome"] == "worse" for o in outcomes) else "partly" if hits else "not reproduced"
+        else:
+            misses = sum(o["outcome"] == "worse" for o in outcomes)
+            verdict = "agrees" if misses == 0 else "contradicted" if misses == len(outcomes) else "partly"
+        verdicts.append(dict(claim=claim.text, expect=claim.expect, verdict=verdict, outcomes=outcomes))
+    return verdicts
+
+
+def summary_table(runs: list[dict]) -> dict[int, dict[str, tuple[float, float, int]]]:
+    """design -> category -> (mean over seeds, spread (max - min) over seeds, number of seeds)."""
+    table = {}
+    for design in sorted({run["design"] for run in runs}):
+        per_seed = [category_scores(run) for run in runs if run["design"] == design]
+        table[design] = {
+            key: (float(np.mean([s[key] for s in per_seed])), float(np.ptp([s[key] for s in per_seed])), len(per_seed))
+            for key in per_seed[0]
+        }
+    return table
+
+
+def format_markdown(runs: list[dict], tests: list[dict], claims: list[dict], environment: dict) -> str:
+    table = summary_table(runs)
+    columns = [c for c in (*CATEGORIES, "average") if c in next(iter(table.values()))]
+    seeds = sorted({run["seed"] for run in runs})
+    lines = [f"Designs by task category (main score x100; mean over seeds {seeds}, ± half the max-min spread):", "",
+             "| design | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for design, scores in table.items():
+        cells = [f"{scores[c][0]:.2f} ± {scores[c][1] / 2:.2f}" if scores[c][2] > 1 else f"{scores[c][0]:.2f}"
+                 for c in columns]
+        lines.append(f"| {design_name(design)} | " + " | ".join(cells) + " |")
+    tasks = sorted({(r["category"], r["task"], r["main_metric"]) for run in runs for r in run["results"]})
+    lines += ["", "Per task (mean over seeds):", "", "| design | " + " | ".join(
+        f"{task} ({metric})" for _, task, metric in tasks) + " | train s | final loss |", "|---" * (len(tasks) + 3) + "|"]
+    for design in table:
+        design_runs = [run for run in runs if run["design"] == design]
+        cells = [f"{np.mean([results_of(run)[task].main_score for run in design_runs]):.2f}" for _, task, _ in tasks]
+        train = np.mean([run["train_seconds"] for run in design_runs])
+        loss = np.mean([run["losses"][-1] for run in design_runs if run["losses"]])
+        lines.append(f"| {design_name(design)} | " + " | ".join(cells) + f" | {train:.0f} | {loss:.3f} |")
+    lines += ["", f"The paper's claims (per item paired tests, Holm-adjusted over the 10 design pairs of a task and "
+              f"seed, alpha {ALPHA}):", "", "| claim | verdict | outcomes (task, a vs b, seed: a - b, p) |", "|---|---|---|"]
+    for claim in claims:
+        outcomes = "; ".join(f"{o['task']} {o['a']} vs {o['b']} s{o['seed']}: {o['difference']:+.2f} "
+                             f"(p {o['p_holm']:.3g}, {o['outcome']})" for o in claim["outcomes"])
+        lines.append(f"| {claim['claim']} | **{claim['verdict']}** | {outcomes} |")
+    lines += ["", "All pairwise tests (a - b with 95% bootstrap CI; p raw and Holm-adjusted):", "",
+              "| seed | task | test | a | b | a - b | 95% CI | p | p (Holm) |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in tests:
+        lines.append(f"| {row['seed']} | {row['task']} | {row['test']} | {row['a']} | {row['b']} | "
+                     f"{row['difference']:+.2f} | [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}] | "
+                     f"{row['p_value']:.3g} | {row['p_holm']:.3g} |")
+    env = ", ".join(f"{k} {v}" for k, v in environment.items() if not isinstance(v, float))
+    lines += ["", f"Environment: {env}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[dict], path) -> None:
+    try:
+        import matplotlib
+    except ImportError as err:
+        raise ImportError("the plot needs matplotlib: pip install 'llm-embed[evaluation]' (or pass --no-plot)") from err
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = summary_table(runs)
+    columns = [c for c in (*CATEGORIES, "average") if c in next(iter(table.values()))]
+    width = 0.8 / len(table)
+    figure, axis = plt.subplots(figsize=(9, 4.5))
+    for offset, (design, scores) in enumerate(table.items()):
+        x = np.arange(len(columns)) + (offset - (len(table) - 1) / 2) * width
+        means = [scores[c][0] for c in columns]
+        axis.bar(x, means, width, yerr=[scores[c][1] / 2 for c in columns], capsize=2, label=design_name(design))
+    axis.set_xticks(np.arange(len(columns)), columns)
+    axis.set_ylabel("main score x100 (mean over seeds)")
+    seeds = sorted({run["seed"] for run in runs})
+    axis.set_title(f"The five designs of Tang & Yang (2024), seeds {seeds}")
+    axis.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_reports(args) -> dict:
+    output_dir = Path(args.output_dir)
+    runs = load_runs(output_dir)
+    environment_file = output_dir / "runs" / "environment.json"
+    environment = json.loads(environment_file.read_text()) if environment_file.is_file() else {}
+    tests = pairwise_tests(runs)
+    claims = check_claims(runs, tests)
+    report = {"environment": environment, "arguments": vars(args),
+              "designs": {str(d): dict(zip(("attention", "pooling"), DESIGNS[d])) for d in DESIGNS},
+              "summary": {str(d): {k: v[0] for k, v in row.items()} for d, row in summary_table(runs).items()},
+              "runs": runs, "tests": tests, "claims": claims}
+    (output_dir / "results.json").write_text(json.dumps(report, indent=1))
+    markdown = format_markdown(runs, tests, claims, environment)
+    (output_dir / "results.md").write_text(markdown)
+    if not args.no_plot:
+        plot(runs, output_dir / "designs.png")
+    print(markdown)
+    return report
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def parse_args(argv: list[str] | None = None):
+    parser = argparse.ArgumentParser(description="Train and compare the paper's five designs on one backbone.")
+    parser.add_argument("--backbone", default=None, help="decoder folder or Hub id (default: bundled SmolLM2-135M)")
+    parser.add_argument("--data-dir", default="../shared/data")
+    parser.add_argument("--train-files", nargs="+", default=None,
+                        help="triplet JSONL files (default: SNLI dev + test triplets under --data-dir)")
+    parser.add_argument("--max-train-rows", type=int, default=None)
+    parser.add_argument("--output-dir", default="study_out")
+    parser.add_argument("--designs", type=int, nargs="+", default=list(DESIGNS), choices=list(DESIGNS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--tasks", nargs="+", default=list(TASK_NAMES), choices=list(TASK_NAMES))
+    parser.add_argument("--task-limit", type=int, default=None, help="cap items per task (quick runs)")
+    parser.add_argument("--max-steps", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=64, help="queries per step (each with a positive and a negative)")
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--warmup-ratio", type=float, default=0.1)
+    parser.add_argument("--max-seq-length", type=int, default=512)
+    parser.add_argument("--loss-temperature", type=float, default=0.05)
+    parser.add_argument("--num-latents", type=int, default=16)
+    parser.add_argument("--pooling-heads", type=int, default=8)
+    parser.add_argument("--pooling-head-dim", type=int, default=64)
+    parser.add_argument("--no-lora", dest="lora", action="store_false", help="full fine-tuning instead of LoRA")
+    parser.add_argument("--lora-r", type=int, default=16)
+    parser.add_argument("--lora-alpha", type=int, default=32)
+    parser.add_argument("--lora-dropout", type=float, default=0.1)
+    parser.add_argument("--attn-implementation", default=None)
+    parser.add_argument("--bf16", action="store_true", help="bf16 mixed-precision training and bf16 embedding")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu"], help="cpu forces the CPU")
+    parser.add_argument("--eval-batch-size", type=int, default=64)
+    parser.add_argument("--score-workers", type=int, default=4, help="CPU processes that score while the GPU trains")
+    parser.add_argument("--score-threads", type=int, default=2, help="BLAS/OpenMP threads per scoring process")
+    parser.add_argument("--no-plot", action="store_true", help="skip designs.png (e.g. no matplotlib on this machine)")
+    parser.add_argument("--no-report", action="store_true", help="train and score only; build reports later")
+    parser.add_argument("--report-only", action="store_true", help="rebuild the reports from runs/ without training")
+    args = parser.parse_args(argv)
+    if args.max_steps < 1 or args.batch_size < 2:
+        parser.error("--max-steps must be >= 1 and --batch-size >= 2 (in-batch negatives need two queries)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "transformers.modeling_utils"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.report_only:
+        return write_reports(args)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return run_study(args)
+
+
+if __name__ == "__main__":
+    main()
