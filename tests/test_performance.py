@@ -1,0 +1,210 @@
+"""Packing (``llm_embed.packing``) gives the padded results, and the performance benchmark runs.
+
+Packed == padded is checked on the CPU through the dense block-diagonal mask (SDPA and eager) for
+every pooling head and both attention modes, and through flex attention's BlockMask where the CPU
+can compile it (slow: one test). ``tests/test_gpu.py``-style CUDA checks of flex attention run in
+``test_packed_equals_padded_on_cuda`` (skipped without CUDA). Timing ratios are not asserted here:
+they are the benchmark's output (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from llm_embed.packing import first_fit_decreasing, pack_batch, packing_mode, resolve_packing
+
+from .conftest import ATTENTIONS, POOLINGS, SHARED_DATA, tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXTS = [
+    "a short one",
+    "a much longer sentence about cats, dogs and the many other animals living on the old farm by the river",
+    "x",
+    "a medium length text about the weather",
+    "another text of middling size here",
+    "tiny",
+    "the quick brown fox jumps over the lazy dog, twice, and then once more for good measure",
+]
+
+
+@pytest.fixture(scope="module")
+def attach(tokenizer):
+    def attach(model):
+        model.tokenizer = tokenizer
+        return model
+
+    return attach
+
+
+def test_first_fit_decreasing_packs_rows():
+    rows = first_fit_decreasing([5, 2, 3, 1, 4], 5)
+    assert sorted(i for row in rows for i in row) == [0, 1, 2, 3, 4]
+    assert all(sum([5, 2, 3, 1, 4][i] for i in row) <= 5 for row in rows)
+    assert len(rows) == 3  # 5 | 4+1 | 3+2
+    with pytest.raises(ValueError, match="more than the packed row length"):
+        first_fit_decreasing([6], 5)
+
+
+def test_pack_batch_layout_and_mask():
+    rows = [[11, 12, 13, 14], [21, 22], [31, 32]]
+    packed = pack_batch(rows, pad_id=0, mode="dense", is_causal=False)
+    assert packed.input_ids.shape == (2, 4)  # [1st] [2nd + 3rd]
+    assert packed.input_ids.tolist() == [[11, 12, 13, 14], [21, 22, 31, 32]]
+    assert packed.position_ids.tolist() == [[0, 1, 2, 3], [0, 1, 0, 1]]
+    mask = packed.attention_mask[:, 0]
+    assert mask[1, 0, 1] and not mask[1, 0, 2] and not mask[1, 3, 1]  # texts do not see each other
+    causal = pack_batch(rows, pad_id=0, mode="dense", is_causal=True).attention_mask[:, 0]
+    assert causal[1, 1, 0] and not causal[1, 0, 1]
+    states = torch.arange(8.0).reshape(2, 4, 1)
+    assert packed.unpack(states)[..., 0].tolist() == [[0, 1, 2, 3], [4, 5, 0, 0], [6, 7, 0, 0]]
+    assert packed.padded_mask.tolist() == [[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 0, 0]]
+    flash = pack_batch(rows, pad_id=0, mode="flash", is_causal=True)
+    assert flash.input_ids.shape == (1, 8) and flash.attention_mask is None
+    assert flash.position_ids.tolist() == [[0, 1, 2, 3, 0, 1, 0, 1]]
+    with pytest.raises(ValueError, match="packing mode"):
+        pack_batch(rows, pad_id=0, mode="bogus", is_causal=True)
+    with pytest.raises(ValueError, match="at least one"):
+        pack_batch([[1], []], pad_id=0, mode="dense", is_causal=True)
+
+
+def test_packing_modes_and_defaults():
+    assert packing_mode("flex_attention") == "flex"
+    assert packing_mode("flash_attention_2") == "flash"
+    assert packing_mode("sdpa") == "dense" and packing_mode(None) == "dense"
+    model = tiny_model("llama", "causal", "mean")
+    assert resolve_packing(model, None, 10) is None  # sdpa: padded by default
+    assert resolve_packing(model, True, 10) == "dense"
+    assert resolve_packing(model, False, 10) is None
+    assert resolve_packing(tiny_model("llama", "causal", "mean", attn_implementation="eager"), True, 10) == "dense_additive"
+    with pytest.raises(TypeError, match="packing"):
+        resolve_packing(model, "yes", 10)
+    windowed = tiny_model("mistral", "causal", "mean")  # sliding window 4
+    with pytest.raises(ValueError, match="window"):
+        resolve_packing(windowed, True, 10)
+    assert resolve_packing(windowed, True, 4) == "dense"  # texts within the window: exact
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+@pytest.mark.parametrize("pooling", POOLINGS)
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_packed_equals_padded(attach, impl, pooling, attention):
+    model = attach(tiny_model("llama", attention, pooling, attn_implementation=impl))
+    padded = model.encode(TEXTS, batch_size=5, packing=False)
+    packed = model.encode(TEXTS, batch_size=5, packing=True)
+    assert abs(padded - packed).max() <= 1e-5
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+@pytest.mark.parametrize("arch", ["qwen3", "gpt2", "gemma"])
+def test_packed_equals_padded_other_architectures(attach, arch, attention):
+    model = attach(tiny_model(arch, attention, "multi_layer"))
+    padded = model.encode(TEXTS, batch_size=7, packing=False)
+    assert abs(padded - model.encode(TEXTS, batch_size=7, packing=True)).max() <= 1e-5
+
+
+def test_packing_really_packs_and_a_leaky_mask_is_caught(attach):
+    """The batch is packed into fewer rows than texts, and without the block-diagonal mask (texts
+    seeing each other) the output changes: the equality tests above can fail."""
+    model = attach(tiny_model("llama", "bidirectional", "mean"))
+    rows = model.tokenizer(TEXTS)["input_ids"]
+    packed = pack_batch(rows, model.tokenizer.pad_token_id, mode="dense", is_causal=False)
+    assert packed.input_ids.shape[0] < len(TEXTS)
+    with torch.no_grad():
+        good = model(packed=packed).embeddings
+        packed.attention_mask = torch.ones_like(packed.attention_mask)
+        leaky = model(packed=packed).embeddings
+    reference = model.encode(TEXTS, batch_size=len(TEXTS), packing=False, convert_to_tensor=True)
+    assert (good - reference).abs().max() <= 1e-5
+    assert (leaky - reference).abs().max() > 1e-3
+
+
+def test_masking_utils_packed_position_ids():
+    """Why packing builds its own mask: transformers detects packed texts from restarting position ids
+    (attention_mask=None) in causal mode only; its bidirectional mask lets packed texts see each other."""
+    first, second = [5, 6, 7, 8], [9, 10, 11]
+    ids, positions = torch.tensor([first + second]), torch.tensor([[0, 1, 2, 3, 0, 1, 2]])
+    results = {}
+    for attention in ATTENTIONS:
+        backbone = tiny_model("llama", attention, "mean").backbone
+        with torch.no_grad():
+            packed = backbone(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state[0, 4:]
+            alone = backbone(input_ids=torch.tensor([second]), use_cache=False).last_hidden_state[0]
+        results[attention] = float((packed - alone).abs().max())
+    assert results["causal"] <= 1e-5, results
+
+
+def test_packed_batch_is_exclusive_with_padded_inputs():
+    model = tiny_model("llama", "causal", "mean")
+    packed = pack_batch([[5, 6], [7]], pad_id=0, mode="dense", is_causal=True)
+    with pytest.raises(ValueError, match="packed batch"):
+        model(input_ids=packed.input_ids, packed=packed)
+
+
+def test_encode_rejects_bad_packing_argument(attach):
+    model = attach(tiny_model("llama", "causal", "mean"))
+    with pytest.raises(TypeError, match="packing"):
+        model.encode(TEXTS, packing="always")
+    windowed = attach(tiny_model("mistral", "causal", "mean"))
+    with pytest.raises(ValueError, match="window"):
+        windowed.encode(TEXTS, packing=True)
+    assert windowed.encode(TEXTS).shape[0] == len(TEXTS)  # default: falls back to padding
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_flex_packed_equals_padded_on_cpu(attach, attention):
+    """flex_attention compiles on the CPU in this torch (tens of seconds): the default packing path."""
+    model = attach(tiny_model("llama", attention, "multi_layer", attn_implementation="flex_attention", head_dim=16))
+    assert resolve_packing(model, None, 100) == "flex"
+    padded = model.encode(TEXTS, batch_size=4, packing=False)
+    assert abs(padded - model.encode(TEXTS, batch_size=4)).max() <= 1e-5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("attention", ATTENTIONS)
+@pytest.mark.parametrize("pooling", ["last_token", "mean", "latent_attention", "multi_layer"])
+def test_packed_equals_padded_on_cuda(attach, pooling, attention):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    model = attach(tiny_model("llama", attention, pooling, attn_implementation="flex_attention", head_dim=16)).cuda()
+    padded = model.encode(TEXTS, batch_size=4, packing=False)
+    assert abs(padded - model.encode(TEXTS, batch_size=4)).max() <= 1e-4
+    model.backbone.config._attn_implementation = "sdpa"
+    assert abs(padded - model.encode(TEXTS, batch_size=4, packing=True)).max() <= 1e-4
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "stsb").is_dir(), reason="needs the shared data")
+def test_benchmark_smoke(tmp_path, smollm2_path):
+    out = tmp_path / "perf.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "encode_perf.py"), "--backbone", "tiny", "--num-texts", "12",
+               "--repeats", "1", "--batch-size", "4", "--data-dir", str(SHARED_DATA), "--json", str(out)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert set(report["targets"]) == {"1", "2", "3", "4"}
+    for number in ("1", "2", "4"):
+        section = report["targets"][number]
+        assert set(section["workloads"]) == {"stsb", "scifact"}
+        assert section["min_ratio"] > 0 and section["verdict"] in ("pass", "MISS")
+        for rows in section["workloads"].values():
+            assert all(row["tokens_per_s"] > 0 for row in rows.values())
+    heads = set(report["targets"]["1"]["workloads"]["stsb"]) - {"raw_backbone"}
+    assert heads == {"last_token", "mean", "weighted_mean", "latent_attention", "multi_layer"}
+    assert report["targets"]["2"]["sanity_max_abs_difference"] <= 1e-4
+    memory = report["targets"]["3"]
+    assert all(value > 0 for value in memory["peak_bytes"].values()) and memory["ratio"] > 0
+    assert "| target |" in result.stdout
+
+
+def test_benchmark_rejects_bad_targets(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "encode_perf.py"), "--backbone", "tiny",
+                             "--targets", "1,7"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode != 0 and "unknown" in result.stderr
