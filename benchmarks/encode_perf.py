@@ -51,7 +51,7 @@ import torch
 import llm_embed  # noqa: F401  (registers the Auto classes)
 from llm_embed import LLMEmbeddingConfig, LLMEmbeddingModel
 from llm_embed.encoding import pad_batch, tokenize_texts
-from llm_embed.pooling import POOLING_HEADS, LAYER_REDUCTIONS
+from llm_embed.pooling import LAYER_REDUCTIONS, POOLING_HEADS
 
 START = time.perf_counter()
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -62,11 +62,12 @@ TARGETS = {
     "4": ("bidirectional / causal encode (throughput)", 0.98),
 }
 SHAPES = {
-    "mistral7b-shape": dict(model_type="mistral", hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
-                            num_key_value_heads=8, intermediate_size=14336, vocab_size=32000,
-                            max_position_embeddings=32768, sliding_window=None, tie_word_embeddings=False),
-    "tiny": dict(model_type="llama", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, intermediate_size=128, vocab_size=49152, max_position_embeddings=1024),
+    "mistral7b-shape": {"model_type": "mistral", "hidden_size": 4096, "num_hidden_layers": 32,
+                        "num_attention_heads": 32, "num_key_value_heads": 8, "intermediate_size": 14336,
+                        "vocab_size": 32000, "max_position_embeddings": 32768, "sliding_window": None,
+                        "tie_word_embeddings": False},
+    "tiny": {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 49152, "max_position_embeddings": 1024},
 }
 
 
@@ -437,8 +438,9 @@ def main(argv=None) -> dict:
         tolerance = 1e-4 if dtype == torch.float32 else 3e-2
         section["sanity_max_abs_difference"] = difference
         log(f"target 2 sanity: max |ours - sentence-transformers| = {difference:.2e} (tolerance {tolerance})")
-        if not difference <= tolerance:
-            raise SystemExit(f"sentence-transformers peer disagrees with encode ({difference:.3e}); not timing it")
+        section["sanity_ok"] = difference <= tolerance
+        if not section["sanity_ok"]:
+            log("target 2: sentence-transformers disagrees with encode beyond the tolerance: ratios marked invalid")
         with_packed = args.packed_variant == "on" or (args.packed_variant == "auto" and cuda)
         implementation = backbone.config._attn_implementation
 
@@ -457,7 +459,8 @@ def main(argv=None) -> dict:
             section["packed_max_abs_difference"] = float(abs(packed - padded).max())
             log(f"target 2 packed (flex) vs padded: max abs difference {section['packed_max_abs_difference']:.2e}")
             if not section["packed_max_abs_difference"] <= tolerance:
-                raise SystemExit("packed encode disagrees with padded encode; not timing it")
+                log("target 2: packed encode disagrees with padded encode beyond the tolerance: not timing it")
+                with_packed = False
         best = []
         for name, items in texts.items():
             variants = {
@@ -478,7 +481,7 @@ def main(argv=None) -> dict:
             section["workloads"][name] = rows
             log(f"target 2 {name}: " + ", ".join(f"{v} {r['ratio']:.3f}" for v, r in rows.items() if "ratio" in r))
             save()
-        section.update(min_ratio=min(best), verdict=verdict(min(best), threshold))
+        section.update(min_ratio=min(best), verdict=verdict(min(best), threshold) if section["sanity_ok"] else "invalid")
         del peer
         save()
 
@@ -519,7 +522,7 @@ def main(argv=None) -> dict:
             naive_ratio=round(peaks["naive_output_hidden_states"] / peaks["last_token"], 4),
         )
         section["verdict"] = verdict(section["ratio"], 1.05, higher_is_better=False)
-        log(f"target 3: peaks MiB " + ", ".join(f"{k} {v / 2**20:.1f}" for k, v in peaks.items())
+        log("target 3: peaks MiB " + ", ".join(f"{k} {v / 2**20:.1f}" for k, v in peaks.items())
             + f"; ratio {section['ratio']}, naive {section['naive_ratio']}")
         del multi
         save()

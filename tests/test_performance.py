@@ -18,7 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from llm_embed.packing import first_fit_decreasing, pack_batch, packing_mode, resolve_packing
+from llm_embed.packing import (
+    first_fit_decreasing,
+    pack_batch,
+    packing_mode,
+    resolve_packing,
+)
 
 from .conftest import ATTENTIONS, POOLINGS, SHARED_DATA, tiny_model
 
@@ -184,7 +189,7 @@ def test_benchmark_smoke(tmp_path, smollm2_path):
     out = tmp_path / "perf.json"
     command = [sys.executable, str(ROOT / "benchmarks" / "encode_perf.py"), "--backbone", "tiny", "--num-texts", "12",
                "--repeats", "1", "--batch-size", "4", "--data-dir", str(SHARED_DATA), "--json", str(out)]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
+    result = subprocess.run(command, check=False, cwd=ROOT, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -205,6 +210,6 @@ def test_benchmark_smoke(tmp_path, smollm2_path):
 
 def test_benchmark_rejects_bad_targets(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "encode_perf.py"), "--backbone", "tiny",
-                             "--targets", "1,7"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                             "--targets", "1,7"], check=False, cwd=ROOT, capture_output=True, text=True, timeout=120,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode != 0 and "unknown" in result.stderr
