@@ -173,8 +173,12 @@ def sentence_transformers_peer(model: LLMEmbeddingModel, tiny_config: dict):
     tokenizer. The Transformer module is created from a tiny saved model of the same type, then its
     model is swapped for the shared backbone (nothing is downloaded or copied)."""
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
     from transformers import AutoConfig, AutoModel
+
+    try:  # sentence-transformers >= 6
+        from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    except ImportError:  # 3.x - 5.x (the GPU image)
+        from sentence_transformers.models import Pooling, Transformer
 
     backbone = model.backbone
     shape = dict(tiny_config, model_type=backbone.config.model_type)
@@ -184,7 +188,8 @@ def sentence_transformers_peer(model: LLMEmbeddingModel, tiny_config: dict):
         tokenizer.chat_template = None  # else sentence-transformers renders every text as a chat message
         tokenizer.save_pretrained(folder)
         transformer = Transformer(folder, max_seq_length=model.config.max_seq_length)
-    transformer.model = backbone
+    # the wrapped model is `model` in sentence-transformers >= 6, `auto_model` before
+    setattr(transformer, "model" if "model" in transformer._modules else "auto_model", backbone)
     assert transformer.auto_model is backbone
     pooling = Pooling(backbone.config.hidden_size, pooling_mode="lasttoken")
     return SentenceTransformer(modules=[transformer, pooling], device=str(model.device))
