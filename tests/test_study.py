@@ -28,7 +28,8 @@ def test_sts_bootstrap_separates_a_good_from_a_noisy_model():
     good, noisy = gold + rng.normal(0, 0.5, 400), gold + rng.normal(0, 5, 400)
     result = compare(sts_result(good, gold), sts_result(noisy, gold))
     assert result.test == "paired bootstrap" and result.n_items == 400
-    assert result.difference > 20 and result.ci_low > 0 and result.p_value < 0.01
+    assert result.difference > 20 and result.ci_low > 0 and 0 < result.p_value < 0.01
+    assert result.p_value == pytest.approx(2 / 1001)  # no resample crosses 0: the smallest p, never 0
     same = compare(sts_result(good, gold), sts_result(good, gold))
     assert same.difference == 0 and same.p_value == 1.0
     # two equally noisy models: no significant difference

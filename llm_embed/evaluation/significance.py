@@ -38,10 +38,12 @@ class Comparison:
 
 
 def bootstrap_p_value(resampled_differences: np.ndarray) -> float:
-    """Two-sided p-value of "difference = 0" from the bootstrap distribution (percentile method)."""
-    below = float(np.mean(resampled_differences <= 0))
-    above = float(np.mean(resampled_differences >= 0))
-    return min(1.0, 2 * min(below, above))
+    """Two-sided p-value of "difference = 0" from the bootstrap distribution (percentile method),
+    as (1 + count) / (1 + resamples) so that it is never 0: with 1000 resamples the smallest
+    reportable p is about 0.002."""
+    n = len(resampled_differences)
+    crossing = min(int(np.sum(resampled_differences <= 0)), int(np.sum(resampled_differences >= 0)))
+    return min(1.0, 2 * (1 + crossing) / (1 + n))
 
 
 def resample_indices(n_items: int, n_resamples: int, seed: int) -> np.ndarray:
