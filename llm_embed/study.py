@@ -402,16 +402,17 @@ def plot(runs: list[dict], path) -> None:
     table = summary_table(runs)
     columns = [c for c in (*CATEGORIES, "average") if c in next(iter(table.values()))]
     width = 0.8 / len(table)
-    figure, axis = plt.subplots(figsize=(9, 4.5))
+    figure, axis = plt.subplots(figsize=(9, 5))
     for offset, (design, scores) in enumerate(table.items()):
         x = np.arange(len(columns)) + (offset - (len(table) - 1) / 2) * width
         means = [scores[c][0] for c in columns]
-        axis.bar(x, means, width, yerr=[scores[c][1] / 2 for c in columns], capsize=2, label=design_name(design))
+        spread = [scores[c][1] / 2 for c in columns] if scores[columns[0]][2] > 1 else None
+        axis.bar(x, means, width, yerr=spread, capsize=2, label=design_name(design))
     axis.set_xticks(np.arange(len(columns)), columns)
     axis.set_ylabel("main score x100 (mean over seeds)")
     seeds = sorted({run["seed"] for run in runs})
     axis.set_title(f"The five designs of Tang & Yang (2024), seeds {seeds}")
-    axis.legend(fontsize=8, loc="lower right")
+    axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=3, frameon=False)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
