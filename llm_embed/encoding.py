@@ -8,6 +8,7 @@ evaluation, mteb) embeds a text the same way.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import warnings
 from collections.abc import Sequence
@@ -67,6 +68,8 @@ def tokenize_texts(tokenizer, texts: list[str], max_seq_length: int, append_eos:
     budget = max_seq_length - 1 if append_eos else max_seq_length
     truncated = 0
     for i, row in enumerate(ids):
+        if append_eos and row and row[-1] == eos_id and len(row) <= max_seq_length:
+            continue  # the tokenizer already ended it with EOS and it fits: as is (no copies)
         if append_eos and row and row[-1] == eos_id:
             row = row[:-1]  # the tokenizer added EOS itself: place ours after truncation instead
         if len(row) > budget:
@@ -118,16 +121,40 @@ def configure_eos(tokenizer) -> bool:
     return True
 
 
+def pad_arrays(rows: list[list[int]], pad_id: int, padding_side: str) -> np.ndarray:
+    """Token id lists padded into one ``(2, B, T)`` int64 array: ids, then the attention mask.
+    Built with two numpy fills (no per-row tensor work), as one block so that it moves to a
+    device in a single copy."""
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    width = int(lengths.max())
+    positions = np.arange(width)
+    if padding_side == "right":
+        mask = positions < lengths[:, None]
+    else:
+        mask = positions >= (width - lengths)[:, None]
+    out = np.empty((2, len(rows), width), dtype=np.int64)
+    out[0] = pad_id
+    # boolean assignment fills row-major, i.e. in the order of the concatenated rows (both sides)
+    out[0][mask] = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
+    out[1] = mask
+    return out
+
+
 def pad_batch(rows: list[list[int]], pad_id: int, padding_side: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad token id lists to a (B, T) id tensor and attention mask."""
-    width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        span = slice(0, len(row)) if padding_side == "right" else slice(width - len(row), width)
-        input_ids[i, span] = torch.tensor(row, dtype=torch.long)
-        attention_mask[i, span] = 1
+    input_ids, attention_mask = torch.from_numpy(pad_arrays(rows, pad_id, padding_side)).unbind(0)
     return input_ids, attention_mask
+
+
+def host_to_device(block: np.ndarray, device: torch.device) -> torch.Tensor:
+    """One host array on ``device`` in one copy. On CUDA the copy is asynchronous from page-locked
+    memory (PyTorch's caching host allocator reuses the pinned blocks, so no ``cudaHostAlloc`` per
+    batch once warm), so the next batch is prepared while the GPU works; a pageable copy would
+    make the host wait for the GPU's queue."""
+    tensor = torch.from_numpy(block)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 class EncodeMixin:
@@ -177,7 +204,6 @@ class EncodeMixin:
         device = self.device
         packing_mode = resolve_packing(self, packing, len(ids[order[0]]))
         is_causal = getattr(self.backbone.config, "is_causal", True) is not False
-        pin = device.type == "cuda"
         chunks = []
         was_training = self.training
         self.eval()
@@ -191,14 +217,9 @@ class EncodeMixin:
                                             device=device, dtype=self.dtype)
                         output = self(packed=packed, normalize=normalize)
                     else:
-                        input_ids, attention_mask = pad_batch(batch_rows, pad_id, config.padding_side)
-                        if pin:  # asynchronous copies: the next batch is prepared while the GPU works
-                            input_ids, attention_mask = input_ids.pin_memory(), attention_mask.pin_memory()
-                        output = self(
-                            input_ids=input_ids.to(device, non_blocking=pin),
-                            attention_mask=attention_mask.to(device, non_blocking=pin),
-                            normalize=normalize,
-                        )
+                        block = host_to_device(pad_arrays(batch_rows, pad_id, config.padding_side), device)
+                        input_ids, attention_mask = block.unbind(0)
+                        output = self(input_ids=input_ids, attention_mask=attention_mask, normalize=normalize)
                     chunks.append(output.embeddings)
         finally:
             self.train(was_training)

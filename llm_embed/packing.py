@@ -25,9 +25,11 @@ packed text are not packed: one prepared mask would apply to every layer type.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 PACKING_MODES = ("flash", "flex", "dense")
@@ -113,18 +115,42 @@ class PackedBatch:
         return flat[self.gather_index.to(flat.device)]
 
 
-def _document_ids(row_texts: list[list[int]], lengths: list[int], row_length: int) -> torch.Tensor:
-    """(rows, R): the text index of each packed slot; the padding at a row's end forms one more
-    block of its own (id = number of texts + row), so its queries always attend somewhere (finite)."""
-    num_texts = len(lengths)
-    documents = torch.empty((len(row_texts), row_length), dtype=torch.long)
+def _packed_layout(lengths: list[int], row_texts: list[list[int]], row_length: int, pad_id: int,
+                   tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Host arrays of a packed batch, built with numpy (no per-text tensor work): a ``(3, rows, R)``
+    block (input ids, position ids, document ids) and a ``(2, B, T)`` block (gather index, padded
+    mask). ``tokens``: every text's ids concatenated in text order. Position ids restart at 0 per
+    text; the padding at a row's end counts as one more text (positions from 0, document id
+    ``B + row``), so its queries always attend somewhere (finite)."""
+    num_texts, num_rows = len(lengths), len(row_texts)
+    sizes = np.asarray(lengths, dtype=np.int64)
+    base = np.empty(num_texts, dtype=np.int64)  # flat packed offset of each text's first token
+    used = np.empty(num_rows, dtype=np.int64)
     for r, texts in enumerate(row_texts):
-        start = 0
+        offset = r * row_length
         for index in texts:
-            documents[r, start : start + lengths[index]] = index
-            start += lengths[index]
-        documents[r, start:] = num_texts + r
-    return documents
+            base[index] = offset
+            offset += lengths[index]
+        used[r] = offset - r * row_length
+    starts = np.cumsum(sizes) - sizes  # offset of each text in ``tokens``
+    within = np.arange(int(sizes.sum()), dtype=np.int64) - np.repeat(starts, sizes)  # 0.. per text
+    destination = np.repeat(base, sizes) + within
+    slots = np.arange(row_length, dtype=np.int64)
+    rows = np.empty((3, num_rows, row_length), dtype=np.int64)
+    rows[0] = pad_id
+    rows[1] = slots - used[:, None]  # trailing padding: positions from 0 (overwritten for texts)
+    rows[2] = num_texts + np.arange(num_rows, dtype=np.int64)[:, None]
+    flat = rows.reshape(3, -1)
+    flat[0, destination] = tokens
+    flat[1, destination] = within
+    flat[2, destination] = np.repeat(np.arange(num_texts, dtype=np.int64), sizes)
+    longest = int(sizes.max())
+    padded = np.empty((2, num_texts, longest), dtype=np.int64)
+    columns = np.arange(longest, dtype=np.int64)
+    mask = columns < sizes[:, None]
+    padded[0] = np.where(mask, base[:, None] + columns, 0)
+    padded[1] = mask
+    return rows, padded
 
 
 def pack_batch(
@@ -138,7 +164,9 @@ def pack_batch(
 ) -> PackedBatch:
     """Pack token-id lists (one per text) for the backbone. ``mode``: ``flash`` (one row, no mask),
     ``flex`` (BlockMask) or ``dense`` (4D mask: bool for SDPA, additive in ``dtype`` otherwise, see
-    ``dense_additive``)."""
+    ``dense_additive``). The host arrays reach the device in one copy (asynchronous on CUDA)."""
+    from .encoding import host_to_device
+
     if mode not in PACKING_MODES and mode != "dense_additive":
         raise ValueError(f"packing mode must be one of {PACKING_MODES}, got {mode!r}")
     if not rows or any(len(row) == 0 for row in rows):
@@ -151,44 +179,35 @@ def pack_batch(
     else:
         row_length = longest
         row_texts = first_fit_decreasing(lengths, row_length)
+    tokens = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=sum(lengths))
+    packed_rows, padded = _packed_layout(lengths, row_texts, row_length, pad_id, tokens)
     num_rows = len(row_texts)
-    input_ids = torch.full((num_rows, row_length), pad_id, dtype=torch.long)
-    position_ids = torch.zeros((num_rows, row_length), dtype=torch.long)
-    gather_index = torch.zeros((len(rows), longest), dtype=torch.long)
-    padded_mask = torch.zeros((len(rows), longest), dtype=torch.long)
-    for r, texts in enumerate(row_texts):
-        start = 0
-        for index in texts:
-            n = lengths[index]
-            input_ids[r, start : start + n] = torch.tensor(rows[index], dtype=torch.long)
-            position_ids[r, start : start + n] = torch.arange(n)
-            gather_index[index, :n] = torch.arange(r * row_length + start, r * row_length + start + n)
-            padded_mask[index, :n] = 1
-            start += n
-        position_ids[r, start:] = torch.arange(row_length - start)  # the trailing padding is its own "text"
     device = torch.device(device)
+    # one block, one copy: (3 x rows x R) packed arrays, then (2 x B x T) padded ones
+    block = host_to_device(np.concatenate([packed_rows.reshape(-1), padded.reshape(-1)]), device)
+    packed_part, padded_part = block.split([packed_rows.size, padded.size])
+    input_ids, position_ids, documents = packed_part.view(3, num_rows, row_length).unbind(0)
+    gather_index, padded_mask = padded_part.view(2, len(rows), longest).unbind(0)
     attention_mask = None
-    if mode != "flash":
-        documents = _document_ids(row_texts, lengths, row_length).to(device)
-        if mode == "flex":
-            attention_mask = flex_document_mask(documents, is_causal, device)
+    if mode == "flex":
+        attention_mask = flex_document_mask(documents, is_causal, device)
+    elif mode != "flash":
+        allowed = documents[:, :, None] == documents[:, None, :]
+        if is_causal:
+            allowed = allowed & torch.ones(row_length, row_length, dtype=torch.bool, device=device).tril()
+        allowed = allowed[:, None]
+        if mode == "dense_additive":
+            attention_mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(
+                ~allowed, torch.finfo(dtype).min
+            )
         else:
-            allowed = documents[:, :, None] == documents[:, None, :]
-            if is_causal:
-                allowed = allowed & torch.ones(row_length, row_length, dtype=torch.bool, device=device).tril()
-            allowed = allowed[:, None]
-            if mode == "dense_additive":
-                attention_mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(
-                    ~allowed, torch.finfo(dtype).min
-                )
-            else:
-                attention_mask = allowed
+            attention_mask = allowed
     return PackedBatch(
-        input_ids=input_ids.to(device),
-        position_ids=position_ids.to(device),
+        input_ids=input_ids,
+        position_ids=position_ids,
         attention_mask=attention_mask,
-        gather_index=gather_index.to(device),
-        padded_mask=padded_mask.to(device),
+        gather_index=gather_index,
+        padded_mask=padded_mask,
         mode="dense" if mode == "dense_additive" else mode,
     )
 

@@ -213,3 +213,78 @@ def test_benchmark_rejects_bad_targets(tmp_path):
                              "--targets", "1,7"], check=False, cwd=ROOT, capture_output=True, text=True, timeout=120,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode != 0 and "unknown" in result.stderr
+
+
+def _reference_pad(rows, pad_id, side):
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(0, len(row)) if side == "right" else slice(width - len(row), width)
+        ids[i, span] = torch.tensor(row, dtype=torch.long)
+        mask[i, span] = 1
+    return ids, mask
+
+
+def _reference_pack(rows, pad_id, row_texts, row_length):
+    """Packed layout written out text by text (what the vectorised ``pack_batch`` must equal)."""
+    lengths = [len(row) for row in rows]
+    ids = torch.full((len(row_texts), row_length), pad_id, dtype=torch.long)
+    positions = torch.zeros_like(ids)
+    gather = torch.zeros((len(rows), max(lengths)), dtype=torch.long)
+    for r, texts in enumerate(row_texts):
+        start = 0
+        for index in texts:
+            n = lengths[index]
+            ids[r, start : start + n] = torch.tensor(rows[index])
+            positions[r, start : start + n] = torch.arange(n)
+            gather[index, :n] = torch.arange(r * row_length + start, r * row_length + start + n)
+            start += n
+        positions[r, start:] = torch.arange(row_length - start)
+    return ids, positions, gather
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_pad_batch_matches_row_by_row_padding(side):
+    from llm_embed.encoding import pad_batch
+
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        lengths = torch.randint(0, 12, (int(torch.randint(1, 9, (1,), generator=generator)),), generator=generator)
+        rows = [torch.randint(1, 900, (int(n),), generator=generator).tolist() for n in lengths]
+        if not any(rows):
+            rows[0] = [7]
+        ids, mask = pad_batch(rows, 3, side)
+        expected_ids, expected_mask = _reference_pad(rows, 3, side)
+        assert ids.dtype == mask.dtype == torch.long
+        assert torch.equal(ids, expected_ids) and torch.equal(mask, expected_mask)
+
+
+@pytest.mark.parametrize("mode", ["flash", "dense"])
+def test_pack_batch_matches_text_by_text_layout(mode):
+    generator = torch.Generator().manual_seed(2)
+    for _ in range(20):
+        count = int(torch.randint(1, 12, (1,), generator=generator))
+        rows = [torch.randint(1, 900, (int(torch.randint(1, 15, (1,), generator=generator)),),
+                              generator=generator).tolist() for _ in range(count)]
+        packed = pack_batch(rows, 0, mode=mode, is_causal=True)
+        lengths = [len(row) for row in rows]
+        if mode == "flash":
+            row_texts, row_length = [list(range(count))], sum(lengths)
+        else:
+            row_texts, row_length = first_fit_decreasing(lengths, max(lengths)), max(lengths)
+        ids, positions, gather = _reference_pack(rows, 0, row_texts, row_length)
+        assert torch.equal(packed.input_ids, ids)
+        assert torch.equal(packed.position_ids, positions)
+        assert torch.equal(packed.gather_index, gather)
+        assert torch.equal(packed.padded_mask, _reference_pad(rows, 0, "right")[1])
+        if mode == "dense":  # block diagonal: same text (the trailing padding of a row is its own block)
+            mask = packed.attention_mask[:, 0]
+            for r, texts in enumerate(row_texts):
+                start = 0
+                for index in texts:
+                    n = lengths[index]
+                    block = mask[r, start : start + n, start : start + n]
+                    assert torch.equal(block, torch.ones(n, n, dtype=torch.bool).tril())
+                    assert not mask[r, start : start + n, :start].any()
+                    start += n
