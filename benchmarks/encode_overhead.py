@@ -11,15 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import encode_perf as perf  # noqa: E402
+import encode_perf as perf
 
-from llm_embed.encoding import pad_batch, tokenize_texts  # noqa: E402
+from llm_embed.encoding import pad_batch, tokenize_texts
 
 
 def best_ms(variants: dict, repeats: int, device: str) -> dict[str, float]:
