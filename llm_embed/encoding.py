@@ -1,6 +1,7 @@
 """``encode``: texts in, embeddings out, the sentence-transformers way.
 
-Texts are tokenized once, sorted by token length so that each batch carries little padding,
+Texts are tokenized once, sorted by token length so that each batch carries little padding (or,
+when packing, packed across the whole call into rows of one length and batched by a token budget),
 run through the model batch by batch, and put back in the caller's order. The prompt prefix,
 EOS and truncation to ``max_seq_length`` are applied here, so that every caller (search, training
 evaluation, mteb) embeds a text the same way.
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .packing import pack_batch, resolve_packing
+from .packing import pack_batch, plan_packed_batches, resolve_packing
 
 logger = logging.getLogger(__name__)
 
@@ -178,12 +179,15 @@ class EncodeMixin:
             sentences: one string (returns one vector) or a list of strings (returns a matrix).
             prompt_name: a key of ``config.prompts`` (``"query"``, ``"document"``), or
             prompt: a literal prefix; at most one of the two. Default: ``config.default_prompt_name``.
-            batch_size: texts per forward pass (texts are sorted by length first).
+            batch_size: texts per forward pass (texts are sorted by length first). When packing, the
+                whole call is packed into rows as long as its longest text (``L``) and each forward
+                pass takes ``batch_size`` rows: a budget of ``batch_size x L`` tokens, the size of the
+                largest padded batch (see :func:`~llm_embed.packing.plan_packed_batches`).
             normalize: L2-normalise; defaults to ``config.normalize``.
             convert_to_numpy / convert_to_tensor: numpy float32 array (default) or a torch tensor on the
                 model's device, in the model's dtype (``convert_to_tensor`` wins, as in sentence-transformers).
             show_progress_bar: defaults to showing it when logging is at INFO or more verbose.
-            packing: run each batch's texts packed end to end, without padding (``llm_embed.packing``).
+            packing: run the texts packed end to end, without padding (``llm_embed.packing``).
                 ``None`` (default): only with ``flex_attention`` or ``flash_attention_*`` backbones;
                 ``True``: always (with SDPA / eager through a dense block-diagonal mask, slower);
                 ``False``: never. Results equal the padded ones up to floating-point rounding.
@@ -200,33 +204,39 @@ class EncodeMixin:
             raise ValueError("the tokenizer has neither a pad_token nor an eos_token; set tokenizer.pad_token.")
         if show_progress_bar is None:
             show_progress_bar = logger.getEffectiveLevel() <= logging.INFO
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        lengths = [len(row) for row in ids]
         device = self.device
-        packing_mode = resolve_packing(self, packing, len(ids[order[0]]))
+        packing_mode = resolve_packing(self, packing, max(lengths))
+        if packing_mode is not None:
+            plans = plan_packed_batches(lengths, batch_size, packing_mode)
+        else:
+            order = sorted(range(len(ids)), key=lambda i: -lengths[i])
+            plans = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
         is_causal = getattr(self.backbone.config, "is_causal", True) is not False
-        chunks = []
+        chunks, produced = [], []  # embeddings per batch; the text indices they belong to, in that order
         was_training = self.training
         self.eval()
         try:
             with torch.inference_mode():
-                starts = range(0, len(order), batch_size)
-                for start in tqdm(starts, desc="Batches", disable=not show_progress_bar):
-                    batch_rows = [ids[i] for i in order[start : start + batch_size]]
+                for plan in tqdm(plans, desc="Batches", disable=not show_progress_bar):
                     if packing_mode is not None:
-                        packed = pack_batch(batch_rows, pad_id, mode=packing_mode, is_causal=is_causal,
-                                            device=device, dtype=self.dtype)
+                        packed = pack_batch([ids[i] for i in plan.texts], pad_id, mode=packing_mode,
+                                            is_causal=is_causal, row_texts=plan.row_texts,
+                                            row_length=plan.row_length, device=device, dtype=self.dtype)
                         output = self(packed=packed, normalize=normalize)
+                        produced.extend(plan.texts)
                     else:
-                        block = host_to_device(pad_arrays(batch_rows, pad_id, config.padding_side), device)
+                        block = host_to_device(pad_arrays([ids[i] for i in plan], pad_id, config.padding_side), device)
                         input_ids, attention_mask = block.unbind(0)
                         output = self(input_ids=input_ids, attention_mask=attention_mask, normalize=normalize)
+                        produced.extend(plan)
                     chunks.append(output.embeddings)
         finally:
             self.train(was_training)
-        sorted_embeddings = torch.cat(chunks)
-        inverse = torch.empty(len(order), dtype=torch.long)
-        inverse[torch.tensor(order)] = torch.arange(len(order))
-        embeddings = sorted_embeddings[inverse.to(sorted_embeddings.device)]
+        batch_embeddings = torch.cat(chunks)
+        inverse = torch.empty(len(produced), dtype=torch.long)
+        inverse[torch.tensor(produced)] = torch.arange(len(produced))
+        embeddings = batch_embeddings[inverse.to(batch_embeddings.device)]
         if single:
             embeddings = embeddings[0]
         if convert_to_tensor:

@@ -1,11 +1,14 @@
-"""Packing: run a batch of texts without padding waste, then hand the pooling heads the usual padded layout.
+"""Packing: run texts without padding waste, then hand the pooling heads the usual padded layout.
 
-``encode`` sorts texts by length, so a batch already carries little padding. Packing removes the
-rest: the batch's texts are laid end to end in rows (first-fit decreasing into rows as long as the
-batch's longest text), each text with position ids restarting at 0 and an attention mask that keeps
-every text to itself (block diagonal; causal inside a block in causal mode). After the backbone, the
+``encode`` packs a whole call at once (:func:`plan_packed_batches`): every text goes first-fit
+decreasing into rows of one fixed length ``L`` (the call's longest text), so the gaps that long texts
+leave in their rows are filled with short texts from anywhere in the call, and forward batches are
+formed by a token budget (``batch_size`` rows of ``L``) rather than a text count. Within a row the
+texts lie end to end, each with position ids restarting at 0 and an attention mask that keeps every
+text to itself (block diagonal; causal inside a block in causal mode). After the backbone, a batch's
 token states are gathered back into a right-padded ``(B, T, H)`` tensor (:meth:`PackedBatch.unpack`)
-so that every pooling head, and the per-layer reductions of multi-layer pooling, run unchanged.
+so that every pooling head, and the per-layer reductions of multi-layer pooling, run unchanged;
+``PADDED_FACTOR`` bounds that tensor's size.
 
 How the mask reaches the attention kernel depends on the backbone's ``attn_implementation``:
 
@@ -73,24 +76,103 @@ def check_packable(backbone_config, longest: int) -> str | None:
     return None
 
 
-def first_fit_decreasing(lengths: list[int], row_length: int) -> list[list[int]]:
-    """Indices of ``lengths`` grouped into rows of at most ``row_length`` tokens (longest first)."""
+def first_fit_decreasing(lengths: list[int], row_length: int, max_padded: int | None = None) -> list[list[int]]:
+    """Indices of ``lengths`` grouped into rows of at most ``row_length`` tokens (longest first: each
+    text goes into the first row with room, else opens a new one). ``max_padded`` also bounds a row's
+    texts by their padded size: count x the row's first (longest) text <= ``max_padded`` (see
+    :func:`plan_packed_batches`). Rows come out in the order they were opened (by their longest text,
+    descending). The first row with room is found with a numpy scan over the open rows."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    free = np.empty(len(lengths), dtype=np.int64)  # free tokens per row; -1 once a row is closed
     rows: list[list[int]] = []
-    free: list[int] = []
+    longest: list[int] = []
+    first_open = 0  # rows before this one are closed (or full for every text left)
+    smallest = min(lengths, default=0)
     for index in order:
         length = lengths[index]
         if length > row_length:
             raise ValueError(f"text {index} has {length} tokens, more than the packed row length {row_length}")
-        for r, space in enumerate(free):
-            if space >= length:
-                rows[r].append(index)
-                free[r] -= length
-                break
+        candidates = free[first_open : len(rows)] >= length
+        hit = int(candidates.argmax()) if candidates.size else 0
+        if candidates.size and candidates[hit]:
+            r = first_open + hit
+            rows[r].append(index)
+            free[r] -= length
         else:
+            r = len(rows)
             rows.append([index])
-            free.append(row_length - length)
+            longest.append(length)
+            free[r] = row_length - length
+        if free[r] < smallest or (max_padded is not None and (len(rows[r]) + 1) * longest[r] > max_padded):
+            free[r] = -1  # no text left can join this row
+        while first_open < len(rows) and free[first_open] < 0:
+            first_open += 1
     return rows
+
+
+PADDED_FACTOR = 4
+"""Bound on a packed forward batch's unpacked size: its texts x its longest text (the ``(B, T, H)``
+layout the pooling heads see, see :meth:`PackedBatch.unpack`) stays within ``PADDED_FACTOR`` x its
+token budget. Without it, a batch whose rows hold a long text and, filling the other rows, thousands
+of short ones would unpack to thousands x the long text's length."""
+
+
+@dataclass
+class BatchPlan:
+    """One forward batch of call-level packing: ``texts`` (indices into the call's texts, in the order
+    of the batch's embeddings), ``row_texts`` (positions in ``texts``, per packed row) and
+    ``row_length`` (None in flash mode: one row of every token)."""
+
+    texts: list[int]
+    row_texts: list[list[int]]
+    row_length: int | None
+
+
+def plan_packed_batches(lengths: list[int], batch_size: int, mode: str) -> list[BatchPlan]:
+    """Pack a whole ``encode`` call: rows of a fixed length ``L`` (the call's longest text) filled
+    first-fit decreasing with texts from the entire call, grouped into forward batches by a token
+    budget of ``batch_size x L`` (the worst case of a padded batch of ``batch_size`` texts): at most
+    ``batch_size`` rows per batch. ``flash`` mode (one row per batch, no padding at all) takes the
+    length-sorted texts in turn up to that budget. A text never spans two rows or batches.
+
+    Every batch also keeps its unpacked layout (texts x its longest text) within
+    ``PADDED_FACTOR x batch_size x L`` slots: a row holds at most ``PADDED_FACTOR x L`` padded slots
+    (count x its first, longest text), so a batch of one row always fits, and a batch closes early
+    when its next row would break the bound. The last batch may be smaller."""
+    if not lengths or min(lengths) < 1:
+        raise ValueError("plan_packed_batches needs at least one text, each with at least one token")
+    row_length = max(lengths)
+    budget = batch_size * row_length
+    max_padded = PADDED_FACTOR * budget
+    if mode == "flash":
+        groups: list[list[int]] = []
+        tokens = 0
+        for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+            group = groups[-1] if groups else None
+            if group and tokens + lengths[index] <= budget and (len(group) + 1) * lengths[group[0]] <= max_padded:
+                group.append(index)
+                tokens += lengths[index]
+            else:
+                groups.append([index])
+                tokens = lengths[index]
+        return [BatchPlan(group, [list(range(len(group)))], None) for group in groups]
+    rows = first_fit_decreasing(lengths, row_length, max_padded=PADDED_FACTOR * row_length)
+    batches: list[list[list[int]]] = []
+    count = 0
+    for row in rows:  # rows in the order they were opened: each row's first text is its longest
+        batch = batches[-1] if batches else None
+        if batch and len(batch) < batch_size and (count + len(row)) * lengths[batch[0][0]] <= max_padded:
+            batch.append(row)
+            count += len(row)
+        else:
+            batches.append([row])
+            count = len(row)
+    plans = []
+    for batch in batches:
+        texts = [index for row in batch for index in row]
+        starts = itertools.accumulate((len(row) for row in batch), initial=0)
+        plans.append(BatchPlan(texts, [list(range(s, s + len(row))) for s, row in zip(starts, batch)], row_length))
+    return plans
 
 
 @dataclass
@@ -159,12 +241,17 @@ def pack_batch(
     *,
     mode: str,
     is_causal: bool,
+    row_texts: list[list[int]] | None = None,
+    row_length: int | None = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> PackedBatch:
     """Pack token-id lists (one per text) for the backbone. ``mode``: ``flash`` (one row, no mask),
     ``flex`` (BlockMask) or ``dense`` (4D mask: bool for SDPA, additive in ``dtype`` otherwise, see
-    ``dense_additive``). The host arrays reach the device in one copy (asynchronous on CUDA)."""
+    ``dense_additive``). ``row_texts`` / ``row_length``: the layout (positions in ``rows`` per packed
+    row, and the row length), as :func:`plan_packed_batches` gives it for ``encode``; by default the
+    texts go first-fit decreasing into rows as long as the longest of them (flash: one row of every
+    token). The host arrays reach the device in one copy (asynchronous on CUDA)."""
     from .encoding import host_to_device
 
     if mode not in PACKING_MODES and mode != "dense_additive":
@@ -174,11 +261,16 @@ def pack_batch(
     lengths = [len(row) for row in rows]
     longest = max(lengths)
     if mode == "flash":
-        row_texts = [list(range(len(rows)))]
+        row_texts = row_texts or [list(range(len(rows)))]
+        if len(row_texts) != 1:
+            raise ValueError("flash packing puts a batch's texts into one row")
         row_length = sum(lengths)
     else:
-        row_length = longest
-        row_texts = first_fit_decreasing(lengths, row_length)
+        row_length = row_length or longest
+        row_texts = row_texts or first_fit_decreasing(lengths, row_length)
+    placed = sorted(index for texts in row_texts for index in texts)
+    if placed != list(range(len(rows))) or any(sum(lengths[i] for i in texts) > row_length for texts in row_texts):
+        raise ValueError("row_texts must place every text exactly once, within row_length tokens per row")
     tokens = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=sum(lengths))
     packed_rows, padded = _packed_layout(lengths, row_texts, row_length, pad_id, tokens)
     num_rows = len(row_texts)

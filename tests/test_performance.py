@@ -18,10 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 
+import llm_embed.encoding
 from llm_embed.packing import (
+    PADDED_FACTOR,
     first_fit_decreasing,
     pack_batch,
     packing_mode,
+    plan_packed_batches,
     resolve_packing,
 )
 
@@ -37,6 +40,10 @@ TEXTS = [
     "tiny",
     "the quick brown fox jumps over the lazy dog, twice, and then once more for good measure",
 ]
+
+# very different lengths (about 1 to 300 tokens): call-level packing fills the long texts' rows with
+# short texts from other batches
+VARIED = [" ".join(f"w{j}" for j in range(n)) for n in (3, 150, 1, 40, 7, 90, 2, 12, 60, 5, 25, 1, 33, 8, 110)]
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +62,54 @@ def test_first_fit_decreasing_packs_rows():
     assert len(rows) == 3  # 5 | 4+1 | 3+2
     with pytest.raises(ValueError, match="more than the packed row length"):
         first_fit_decreasing([6], 5)
+
+
+def _unpacked_slots(lengths, plan):
+    return len(plan.texts) * max(lengths[i] for i in plan.texts)
+
+
+@pytest.mark.parametrize("mode", ["flex", "dense", "flash"])
+def test_plan_packed_batches_places_every_text_within_the_budget(mode):
+    generator = torch.Generator().manual_seed(3)
+    for trial in range(40):
+        count = int(torch.randint(1, 200, (1,), generator=generator))
+        top = int(torch.randint(1, 300, (1,), generator=generator))
+        lengths = torch.randint(1, top + 1, (count,), generator=generator).tolist()
+        batch_size = int(torch.randint(1, 9, (1,), generator=generator))
+        plans = plan_packed_batches(lengths, batch_size, mode)
+        placed = sorted(i for plan in plans for i in plan.texts)
+        assert placed == list(range(count))
+        longest, budget = max(lengths), batch_size * max(lengths)
+        for plan in plans:
+            assert sorted(i for row in plan.row_texts for i in row) == list(range(len(plan.texts)))
+            assert _unpacked_slots(lengths, plan) <= PADDED_FACTOR * budget
+            if mode == "flash":
+                assert plan.row_length is None and len(plan.row_texts) == 1
+                assert sum(lengths[i] for i in plan.texts) <= budget
+            else:
+                assert plan.row_length == longest  # one row length for the whole call
+                assert len(plan.row_texts) <= batch_size
+                assert all(sum(lengths[plan.texts[j]] for j in row) <= longest for row in plan.row_texts)
+        if mode != "flash":  # the rows are those of first-fit decreasing over the whole call
+            rows = sum(len(plan.row_texts) for plan in plans)
+            assert rows == len(first_fit_decreasing(lengths, longest, max_padded=PADDED_FACTOR * longest))
+
+
+def test_plan_packs_across_batches_and_bounds_the_unpacked_layout():
+    # padded in batches of 2: [10, 7] [6, 3] [3, 1] -> 20 + 12 + 6 = 38 slots; per call: 10 | 7+3 | 6+3+1 = 30
+    lengths = [3, 10, 6, 1, 7, 3]
+    plans = plan_packed_batches(lengths, 2, "dense")
+    assert [[[plan.texts[j] for j in row] for row in plan.row_texts] for plan in plans] == [[[1], [4, 0]], [[2, 5, 3]]]
+    # one long text and thousands of short ones: the batch holding the long text does not also take
+    # every short text (its unpacked layout would be 6,401 x 512 slots)
+    lengths = [512] + [5] * 6400
+    plans = plan_packed_batches(lengths, 64, "flex")
+    assert max(_unpacked_slots(lengths, plan) for plan in plans) <= PADDED_FACTOR * 64 * 512
+    assert sum(len(plan.row_texts) for plan in plans) == 1 + 6400 // 102 + 1  # rows still full
+    flash = plan_packed_batches(lengths, 64, "flash")
+    assert max(_unpacked_slots(lengths, plan) for plan in flash) <= PADDED_FACTOR * 64 * 512
+    with pytest.raises(ValueError, match="at least one"):
+        plan_packed_batches([], 4, "flex")
 
 
 def test_pack_batch_layout_and_mask():
@@ -77,6 +132,12 @@ def test_pack_batch_layout_and_mask():
         pack_batch(rows, pad_id=0, mode="bogus", is_causal=True)
     with pytest.raises(ValueError, match="at least one"):
         pack_batch([[1], []], pad_id=0, mode="dense", is_causal=True)
+    wide = pack_batch(rows, pad_id=0, mode="dense", is_causal=False, row_texts=[[1, 2], [0]], row_length=6)
+    assert wide.input_ids.tolist() == [[21, 22, 31, 32, 0, 0], [11, 12, 13, 14, 0, 0]]
+    assert wide.unpack(torch.arange(12.0).reshape(2, 6, 1))[..., 0].tolist() == [[6, 7, 8, 9], [0, 1, 0, 0], [2, 3, 0, 0]]
+    for bad in ([[0, 1], [2]], [[0], [1]], [[0], [0, 1, 2]]):
+        with pytest.raises(ValueError, match="row_texts"):
+            pack_batch(rows, pad_id=0, mode="dense", is_causal=True, row_texts=bad, row_length=4)
 
 
 def test_packing_modes_and_defaults():
@@ -104,6 +165,46 @@ def test_packed_equals_padded(attach, impl, pooling, attention):
     padded = model.encode(TEXTS, batch_size=5, packing=False)
     packed = model.encode(TEXTS, batch_size=5, packing=True)
     assert abs(padded - packed).max() <= 1e-5
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+@pytest.mark.parametrize("pooling", POOLINGS)
+@pytest.mark.parametrize("batch_size", [1, 4, 64])
+def test_call_packed_equals_padded_varied_lengths(attach, batch_size, pooling, attention):
+    """Call-level packing: texts of 1 to about 300 tokens, rows of the longest, several batches."""
+    model = attach(tiny_model("llama", attention, pooling))
+    padded = model.encode(VARIED, batch_size=batch_size, packing=False)
+    assert abs(padded - model.encode(VARIED, batch_size=batch_size, packing=True)).max() <= 1e-5
+    for text in (VARIED[1], VARIED[2]):  # single-text calls
+        alone = model.encode(text, packing=False)
+        assert alone.shape == padded.shape[1:] and abs(alone - model.encode(text, packing=True)).max() <= 1e-5
+
+
+def test_encode_packs_across_the_call_in_the_callers_order(attach, monkeypatch):
+    """encode packs the whole call into rows of its longest text (not per text-count batch), at most
+    batch_size rows per forward pass, and returns the embeddings in the caller's order."""
+    calls = []
+
+    def spy(rows, pad_id, **kwargs):
+        packed = pack_batch(rows, pad_id, **kwargs)
+        calls.append(([len(row) for row in rows], tuple(packed.input_ids.shape)))
+        return packed
+
+    monkeypatch.setattr(llm_embed.encoding, "pack_batch", spy)
+    model = attach(tiny_model("llama", "bidirectional", "mean"))
+    packed = model.encode(VARIED, batch_size=3, packing=True)
+    lengths = [n for batch, _ in calls for n in batch]
+    longest = max(lengths)
+    assert len(lengths) == len(VARIED)
+    assert all(shape[1] == longest and shape[0] <= 3 for _, shape in calls)  # one row length per call
+    rows = sum(shape[0] for _, shape in calls)
+    assert rows == len(first_fit_decreasing(lengths, longest, max_padded=PADDED_FACTOR * longest))
+    ordered = sorted(lengths, reverse=True)
+    padded_slots = sum(len(ordered[s : s + 3]) * ordered[s] for s in range(0, len(ordered), 3))
+    assert rows * longest < padded_slots  # the long texts' rows take the short texts
+    assert len(calls) < (len(VARIED) + 2) // 3
+    for index in (0, 1, 2, len(VARIED) - 1):
+        assert abs(packed[index] - model.encode(VARIED[index], packing=False)).max() <= 1e-5
 
 
 @pytest.mark.parametrize("attention", ATTENTIONS)
@@ -168,8 +269,8 @@ def test_flex_packed_equals_padded_on_cpu(attach, attention):
     """flex_attention compiles on the CPU in this torch (tens of seconds): the default packing path."""
     model = attach(tiny_model("llama", attention, "multi_layer", attn_implementation="flex_attention", head_dim=16))
     assert resolve_packing(model, None, 100) == "flex"
-    padded = model.encode(TEXTS, batch_size=4, packing=False)
-    assert abs(padded - model.encode(TEXTS, batch_size=4)).max() <= 1e-5
+    padded = model.encode(VARIED, batch_size=4, packing=False)
+    assert abs(padded - model.encode(VARIED, batch_size=4)).max() <= 1e-5
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -178,10 +279,12 @@ def test_flex_packed_equals_padded_on_cpu(attach, attention):
 def test_packed_equals_padded_on_cuda(attach, pooling, attention):
     torch.backends.cuda.matmul.allow_tf32 = False
     model = attach(tiny_model("llama", attention, pooling, attn_implementation="flex_attention", head_dim=16)).cuda()
-    padded = model.encode(TEXTS, batch_size=4, packing=False)
-    assert abs(padded - model.encode(TEXTS, batch_size=4)).max() <= 1e-4
-    model.backbone.config._attn_implementation = "sdpa"
-    assert abs(padded - model.encode(TEXTS, batch_size=4, packing=True)).max() <= 1e-4
+    for texts, batch_size in ((TEXTS, 4), (VARIED, 4), (VARIED, 1), (VARIED[1], 4)):  # call-level packing
+        model.backbone.config._attn_implementation = "flex_attention"
+        padded = model.encode(texts, batch_size=batch_size, packing=False)
+        assert abs(padded - model.encode(texts, batch_size=batch_size)).max() <= 1e-4
+        model.backbone.config._attn_implementation = "sdpa"
+        assert abs(padded - model.encode(texts, batch_size=batch_size, packing=True)).max() <= 1e-4
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "stsb").is_dir(), reason="needs the shared data")
