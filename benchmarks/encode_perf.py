@@ -16,7 +16,8 @@ Workloads: STS-B test sentences (short) and SciFact documents (title + abstract,
 2. ``encode`` (causal, last_token) vs sentence-transformers on the same backbone module
    (``Transformer`` + ``Pooling('lasttoken')``, same tokenizer, texts, batch size), after checking
    both give the same embeddings: >= 1.0 on CPU, >= 1.2 on GPU. On CUDA the packed variant
-   (flex attention, ``llm_embed.packing``) is measured too, after checking it equals the padded output.
+   (flex attention, ``llm_embed.packing``: the whole call packed into rows of its longest text,
+   ``--batch-size`` rows per forward pass) is measured too, after checking it equals the padded output.
 3. Peak inference memory of multi_layer vs last_token pooling on the longest batch (<= 1.05), and of
    the naive ``output_hidden_states=True`` multi-layer reduction. GPU: ``torch.cuda.max_memory_allocated``
    over the allocation before the forward. CPU: the process's peak resident memory (VmHWM, reset
