@@ -20,9 +20,9 @@ Workloads: STS-B test sentences (short) and SciFact documents (title + abstract,
    ``--batch-size`` rows per forward pass) is measured too, after checking it equals the padded output.
 3. Peak inference memory of multi_layer vs last_token pooling on the longest batch (<= 1.05), and of
    the naive ``output_hidden_states=True`` multi-layer reduction. GPU: ``torch.cuda.max_memory_allocated``
-   over the allocation before the forward. CPU: the process's peak resident memory (VmHWM, reset
-   through ``/proc/self/clear_refs``) over the resident memory before the forward, with glibc's
-   mmap threshold pinned at 64 KiB so freed tensors leave the resident set at once.
+   over the allocation before the forward. CPU: the peak bytes of tensor storages alive at once
+   during the forward, counted op by op by a ``TorchDispatchMode`` (the process's resident set
+   proved unusable: after a warm-up a forward can run entirely in already-resident memory).
 4. ``encode`` throughput with bidirectional vs causal attention (mean pooling): >= 0.98.
 
 Every timing is the median of ``--repeats`` interleaved repeats after a warm-up; on CUDA each is
@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import ctypes
 import gc
 import json
 import os
@@ -45,9 +44,12 @@ import statistics
 import sys
 import tempfile
 import time
+import weakref
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 import llm_embed  # noqa: F401  (registers the Auto classes)
 from llm_embed import LLMEmbeddingConfig, LLMEmbeddingModel
@@ -177,7 +179,10 @@ def sentence_transformers_peer(model: LLMEmbeddingModel, tiny_config: dict):
     from transformers import AutoConfig, AutoModel
 
     try:  # sentence-transformers >= 6
-        from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+        from sentence_transformers.sentence_transformer.modules import (
+            Pooling,
+            Transformer,
+        )
     except ImportError:  # 3.x - 5.x (the GPU image)
         from sentence_transformers.models import Pooling, Transformer
 
@@ -271,42 +276,39 @@ def flops_per_token(backbone, lengths: list[int]) -> float:
     return 2 * parameters + 4 * config.num_hidden_layers * config.hidden_size * mean_context
 
 
-class CpuPeak:
-    """Peak resident memory of a call over the resident memory before it (Linux)."""
+class LiveTensorBytes(TorchDispatchMode):
+    """Peak bytes of the tensor storages created during a call and alive at the same time: the CPU
+    analogue of ``torch.cuda.max_memory_allocated`` over the call. Every op's outputs pass through
+    ``__torch_dispatch__``; a new storage adds its size, and a finalizer on the storage subtracts it
+    when torch frees it. Independent of the allocator's caching and of other processes."""
 
     def __init__(self):
-        try:
-            libc = ctypes.CDLL("libc.so.6")
-            libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: large buffers are unmapped when freed
-            libc.mallopt(-1, 0)  # M_TRIM_THRESHOLD
-        except OSError:
-            pass
+        super().__init__()
+        self.current = self.peak = 0
+        self.live: dict[int, int] = {}
 
-    @staticmethod
-    def _resident() -> int:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    def _release(self, key: int) -> None:
+        self.current -= self.live.pop(key, 0)
 
-    @staticmethod
-    def _high_water() -> int:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        raise OSError("no VmHWM")
-
-    def __call__(self, fn) -> int:
-        gc.collect()
-        before = self._resident()
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        fn()
-        return self._high_water() - before
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_leaves(out):
+            if not isinstance(tensor, torch.Tensor) or tensor.device.type != "cpu":
+                continue
+            storage = tensor.untyped_storage()
+            key, size = storage.data_ptr(), storage.nbytes()
+            if size == 0 or key in self.live:
+                continue
+            self.live[key] = size
+            self.current += size
+            self.peak = max(self.peak, self.current)
+            weakref.finalize(storage, self._release, key)
+        return out
 
 
-def peak_bytes(fn, device: str, cpu_peak: CpuPeak | None) -> int:
+def peak_bytes(fn, device: str) -> int:
+    gc.collect()
     if device.startswith("cuda"):
-        gc.collect()
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         before = torch.cuda.memory_allocated()
@@ -314,8 +316,10 @@ def peak_bytes(fn, device: str, cpu_peak: CpuPeak | None) -> int:
         fn()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - before
-    # Page granularity: a forward that stays within already-resident memory reads as one page.
-    return max(min(cpu_peak(fn) for _ in range(2)), os.sysconf("SC_PAGE_SIZE"))
+    counter = LiveTensorBytes()
+    with counter:
+        fn()
+    return counter.peak
 
 
 # ----------------------------------------------------------------------------- targets
@@ -512,17 +516,16 @@ def main(argv=None) -> dict:
                                   output_hidden_states=True).hidden_states
                 torch.stack([reduce(s, mask) for s in states[1:]], dim=1)
 
-        cpu_peak = None if cuda else CpuPeak()
         for run in (forward(causal), forward(multi), naive):  # warm-up
             run()
-        peaks = {name: peak_bytes(run, args.device, cpu_peak)
+        peaks = {name: peak_bytes(run, args.device)
                  for name, run in (("last_token", forward(causal)), ("multi_layer", forward(multi)),
                                    ("naive_output_hidden_states", naive))}
         hidden = backbone.config.hidden_size * torch.finfo(dtype).bits // 8
         layer_states = input_ids.numel() * hidden  # one (B, T, H) state
         section.update(
             batch=list(input_ids.shape),
-            measure="torch.cuda.max_memory_allocated" if cuda else "peak resident set (VmHWM) over resident before",
+            measure="torch.cuda.max_memory_allocated" if cuda else "peak bytes of live tensor storages (TorchDispatchMode)",
             peak_bytes=peaks,
             analytical_bytes={"one_layer_states": layer_states,
                               "all_hidden_states": layer_states * (backbone.config.num_hidden_layers + 1)},

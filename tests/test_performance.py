@@ -391,3 +391,24 @@ def test_pack_batch_matches_text_by_text_layout(mode):
                     assert torch.equal(block, torch.ones(n, n, dtype=torch.bool).tril())
                     assert not mask[r, start : start + n, :start].any()
                     start += n
+
+
+def test_cpu_memory_counter_tracks_the_peak_of_live_storages():
+    """The benchmark's CPU memory measure (target 3): bytes of tensor storages alive at once."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("encode_perf", ROOT / "benchmarks" / "encode_perf.py")
+    encode_perf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(encode_perf)
+    x = torch.randn(256, 1024)
+    counter = encode_perf.LiveTensorBytes()
+    with counter:
+        a = x * 2
+        b = a * 2
+        del a
+        c = b * 2
+        view = c[:10]  # a view adds no storage
+        del b
+    assert counter.peak == 2 * x.nbytes and counter.current == x.nbytes
+    del c, view
+    assert counter.current == 0
