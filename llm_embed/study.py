@@ -374,8 +374,8 @@ def format_markdown(runs: list[dict], tests: list[dict], claims: list[dict], env
         train = np.mean([run["train_seconds"] for run in design_runs])
         loss = np.mean([run["losses"][-1] for run in design_runs if run["losses"]])
         lines.append(f"| {design_name(design)} | " + " | ".join(cells) + f" | {train:.0f} | {loss:.3f} |")
-    lines += ["", f"The paper's claims (per item paired tests, Holm-adjusted over all design pairs of a task and "
-              f"seed, alpha {ALPHA}):", "", "| claim | verdict | outcomes (task, a vs b, seed: a - b, p) |", "|---|---|---|"]
+    lines += ["", (f"The paper's claims (per item paired tests, Holm-adjusted over all design pairs of a task and "
+                   f"seed, alpha {ALPHA}):"), "", "| claim | verdict | outcomes (task, a vs b, seed: a - b, p) |", "|---|---|---|"]
     for claim in claims:
         outcomes = "; ".join(f"{o['task']} {o['a']} vs {o['b']} s{o['seed']}: {o['difference']:+.2f} "
                              f"(p {o['p_holm']:.3g}, {o['outcome']})" for o in claim["outcomes"])

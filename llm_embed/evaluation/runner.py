@@ -41,8 +41,9 @@ def main(argv: list[str] | None = None) -> list[TaskResult]:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
-    import llm_embed  # noqa: F401  (registers the Auto classes)
     from transformers import AutoModel
+
+    import llm_embed  # noqa: F401  (registers the Auto classes)
 
     model = AutoModel.from_pretrained(args.model)
     tasks = default_tasks(args.data_dir, args.tasks, args.limit)
