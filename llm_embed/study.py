@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from .evaluation.significance import compare, holm
-from .evaluation.tasks import TaskResult, default_tasks
+from .evaluation.tasks import LIMIT_KEYS, TaskResult, default_tasks, parse_task_limit
 
 logger = logging.getLogger(__name__)
 
@@ -453,7 +453,9 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--designs", type=int, nargs="+", default=list(DESIGNS), choices=list(DESIGNS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--tasks", nargs="+", default=list(TASK_NAMES), choices=list(TASK_NAMES))
-    parser.add_argument("--task-limit", type=int, default=None, help="cap items per task (quick runs)")
+    parser.add_argument("--task-limit", nargs="+", default=None,
+                        help="seeded random subsets for quick or CPU-sized runs: one number for every task, or "
+                             f"key=number with keys {', '.join(LIMIT_KEYS)}")
     parser.add_argument("--max-steps", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=256,
                         help="queries per step (each with a positive and a negative; the others are in-batch negatives)")
@@ -480,6 +482,10 @@ def parse_args(argv: list[str] | None = None):
     args = parser.parse_args(argv)
     if args.max_steps < 1 or args.batch_size < 2:
         parser.error("--max-steps must be >= 1 and --batch-size >= 2 (in-batch negatives need two queries)")
+    try:
+        args.task_limit = parse_task_limit(args.task_limit)
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from llm_embed.evaluation import RetrievalTask, STSTask, default_tasks, evaluate, ndcg_at_k, recall_at_k
+from llm_embed.evaluation.tasks import parse_task_limit, read_stsb
 
 from .conftest import SHARED_DATA, tiny_model
 
@@ -65,7 +66,7 @@ def test_sanity_anchors_on_stsb(smollm2_mean):
     cached = CachedModel(smollm2_mean)
     real = task.evaluate(cached).main_score
     broken = [task.evaluate(ShuffledModel(cached, seed)).main_score for seed in range(5)]
-    print(f"STS-B test[:400] Spearman x100: SmolLM2 mean {real:.1f}, shuffled {np.mean(broken):.1f} ({broken})")
+    print(f"STS-B test (400-pair seeded subset) Spearman x100: SmolLM2 mean {real:.1f}, shuffled {np.mean(broken):.1f} ({broken})")
     assert real > 30 and abs(np.mean(broken)) < 8
 
 
@@ -113,3 +114,34 @@ def test_cli_prints_table_and_writes_json(tokenizer, tmp_path, capsys):
 def test_unknown_task_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown tasks \\['msmarco'\\]"):
         default_tasks(SHARED_DATA, ["msmarco"])
+
+
+def test_limits_take_seeded_random_subsets_in_file_order():
+    """STS-B test is sorted by genre (rows 0-624 are captions): a capped run must sample the whole
+    file, the same rows every time, in file order."""
+    path = SHARED_DATA / "stsb" / "sts-test.csv"
+    full, subset = read_stsb(path), read_stsb(path, 300)
+    rows = [full.index(pair) for pair in subset]
+    assert len(set(rows)) == 300 and rows == sorted(rows) and max(rows) > 1000 and min(rows) < 625
+    assert read_stsb(path, 300) == subset and read_stsb(path, 5000) == full
+
+
+def test_per_task_limits(tokenizer):
+    tasks = default_tasks(SHARED_DATA, ["scifact", "banking77", "stackoverflow"],
+                          {"scifact": 5, "scifact_corpus": 40, "banking77_train": 50, "stackoverflow": 200})
+    scifact, banking77, stackoverflow = tasks
+    relevant = {doc for query in scifact.query_ids for doc in scifact.qrels[query]}
+    assert len(scifact.queries) == 5 and relevant <= set(scifact.corpus_ids)
+    assert 40 <= len(scifact.documents) <= 40 + len(relevant)
+    assert len(banking77.train_texts) == 50 and len(banking77.test_texts) == 3080  # not named: the whole test set
+    assert len(stackoverflow.texts) == 200 and stackoverflow.n_clusters == 20  # sampled across the label-sorted file
+    with pytest.raises(ValueError, match="unknown task limit keys \\['sts'\\]"):
+        default_tasks(SHARED_DATA, ["stsb"], {"sts": 5})
+
+
+def test_task_limit_command_line_form():
+    assert parse_task_limit(None) is None and parse_task_limit(["500"]) == 500
+    assert parse_task_limit(["stsb=5", "scifact_corpus=40"]) == {"stsb": 5, "scifact_corpus": 40}
+    for bad in (["stsb=x"], ["stsb"], ["5", "6"], ["msmarco=5"]):
+        with pytest.raises(ValueError, match="stsb|msmarco"):
+            parse_task_limit(bad)

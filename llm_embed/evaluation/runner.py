@@ -11,7 +11,7 @@ import time
 
 from tqdm.auto import tqdm
 
-from .tasks import TaskResult, default_tasks
+from .tasks import LIMIT_KEYS, TaskResult, default_tasks, parse_task_limit
 
 
 def evaluate(model, tasks, batch_size: int = 32, show_progress_bar: bool = True) -> list[TaskResult]:
@@ -35,11 +35,17 @@ def main(argv: list[str] | None = None) -> list[TaskResult]:
     parser.add_argument("model", help="saved model folder or Hub id (loaded with AutoModel)")
     parser.add_argument("--data-dir", default="../shared/data")
     parser.add_argument("--tasks", nargs="+", default=None, help="stsb sick scifact banking77 stackoverflow (default: all)")
-    parser.add_argument("--limit", type=int, default=None, help="cap items per task for a quick run")
+    parser.add_argument("--limit", nargs="+", default=None,
+                        help="seeded random subsets for a quick run: one number for every task, or key=number with "
+                             f"keys {', '.join(LIMIT_KEYS)}")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--output", default=None, help="JSON file for scores and per-item scores")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    try:
+        args.limit = parse_task_limit(args.limit)
+    except ValueError as error:
+        parser.error(str(error))
 
     from transformers import AutoModel
 

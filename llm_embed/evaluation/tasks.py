@@ -16,6 +16,7 @@ import csv
 import importlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,25 +55,30 @@ class EvaluationTask:
         return self.score(self.embed(model, batch_size=batch_size, show_progress_bar=show_progress_bar))
 
 
-def read_stsb(path, limit: int | None = None) -> list[tuple[str, str, float]]:
-    """STS Benchmark TSV: genre, file, year, id, score, sentence1, sentence2 (extra columns ignored)."""
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for row in csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE):
-            rows.append((row[5], row[6], float(row[4])))
-            if limit is not None and len(rows) >= limit:
-                break
-    return rows
+def seeded_subset(rows: list, limit: int | None, seed: int = 0) -> list:
+    """``limit`` rows drawn at random with a fixed seed, in file order. The shared files are sorted
+    (STS-B by genre, Banking77 and StackOverflow by label), so their first rows are one genre or a
+    few labels and would not be a fair sample of the task."""
+    if limit is None or limit >= len(rows):
+        return rows
+    keep = sorted(np.random.default_rng(seed).permutation(len(rows))[:limit])
+    return [rows[i] for i in keep]
 
 
-def read_sick(path, limit: int | None = None) -> list[tuple[str, str, float]]:
-    rows = []
+def read_stsb(path, limit: int | None = None, seed: int = 0) -> list[tuple[str, str, float]]:
+    """STS Benchmark TSV: genre, file, year, id, score, sentence1, sentence2 (extra columns ignored).
+    ``limit`` keeps a seeded random subset (the file is sorted by genre)."""
     with open(path, encoding="utf-8") as handle:
-        for row in csv.DictReader(handle, delimiter="\t"):
-            rows.append((row["sentence_A"], row["sentence_B"], float(row["relatedness_score"])))
-            if limit is not None and len(rows) >= limit:
-                break
-    return rows
+        rows = [(row[5], row[6], float(row[4])) for row in csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)]
+    return seeded_subset(rows, limit, seed)
+
+
+def read_sick(path, limit: int | None = None, seed: int = 0) -> list[tuple[str, str, float]]:
+    """SICK TSV with sentence_A, sentence_B and relatedness_score; ``limit`` keeps a seeded random subset."""
+    with open(path, encoding="utf-8") as handle:
+        rows = [(row["sentence_A"], row["sentence_B"], float(row["relatedness_score"]))
+                for row in csv.DictReader(handle, delimiter="\t")]
+    return seeded_subset(rows, limit, seed)
 
 
 class STSTask(EvaluationTask):
@@ -143,7 +149,7 @@ class RetrievalTask(EvaluationTask):
                 item = json.loads(line)
                 if item["_id"] in self.qrels:
                     queries[item["_id"]] = item["text"]
-        self.query_ids = sorted(queries, key=lambda q: (len(q), q))[:limit_queries]
+        self.query_ids = seeded_subset(sorted(queries), limit_queries)
         self.queries = [queries[q] for q in self.query_ids]
         self.corpus_ids, self.documents = [], []
         needed = {doc for q in self.query_ids for doc in self.qrels[q]}
@@ -188,9 +194,7 @@ def read_labelled_csv(path, limit: int | None = None, seed: int = 0) -> tuple[li
     """CSV text,category. ``limit`` keeps a seeded random subset (the files are sorted by label)."""
     with open(path, encoding="utf-8") as handle:
         rows = [(row["text"], row["category"]) for row in csv.DictReader(handle)]
-    if limit is not None and limit < len(rows):
-        keep = sorted(np.random.default_rng(seed).permutation(len(rows))[:limit])
-        rows = [rows[i] for i in keep]
+    rows = seeded_subset(rows, limit, seed)
     return [text for text, _ in rows], [label for _, label in rows]
 
 
@@ -230,10 +234,12 @@ class ClusteringTask(EvaluationTask):
     def __init__(self, name: str, texts_path, labels_path, n_clusters: int | None = None, limit: int | None = None,
                  prompt_name: str | None = None, seed: int = 0):
         self.name, self.prompt_name, self.seed = name, prompt_name, seed
-        self.texts = Path(texts_path).read_text(encoding="utf-8").splitlines()[:limit]
-        self.labels = Path(labels_path).read_text(encoding="utf-8").splitlines()[:limit]
-        if len(self.texts) != len(self.labels):
-            raise ValueError(f"{texts_path} and {labels_path} have {len(self.texts)} vs {len(self.labels)} lines")
+        texts = Path(texts_path).read_text(encoding="utf-8").splitlines()
+        labels = Path(labels_path).read_text(encoding="utf-8").splitlines()
+        if len(texts) != len(labels):
+            raise ValueError(f"{texts_path} and {labels_path} have {len(texts)} vs {len(labels)} lines")
+        rows = seeded_subset(list(zip(texts, labels)), limit, seed)
+        self.texts, self.labels = [t for t, _ in rows], [label for _, label in rows]
         self.n_clusters = n_clusters or len(set(self.labels))
 
     def embed(self, model, batch_size: int = 32, show_progress_bar: bool = False) -> dict[str, np.ndarray]:
@@ -249,20 +255,56 @@ class ClusteringTask(EvaluationTask):
                           {"cluster": assigned.tolist(), "gold": list(self.labels)})
 
 
-def default_tasks(data_dir, names: list[str] | None = None, limit: int | None = None) -> list:
-    """The shared data sets as tasks (``limit`` caps items per task for quick runs)."""
+#: keys of a per-task ``limit`` mapping: each task's items, plus the SciFact corpus (documents beyond
+#: the relevant ones) and the Banking77 training set
+LIMIT_KEYS = ("stsb", "sick", "scifact", "scifact_corpus", "banking77", "banking77_train", "stackoverflow")
+
+
+def task_limits(limit: int | Mapping[str, int] | None) -> dict[str, int | None]:
+    """One cap per :data:`LIMIT_KEYS` entry. An int caps every task's items (the SciFact corpus and
+    the Banking77 training set at ten times it); a mapping caps only the keys it names."""
+    if limit is None or isinstance(limit, int):
+        scaled = None if limit is None else 10 * limit
+        return {key: scaled if key in ("scifact_corpus", "banking77_train") else limit for key in LIMIT_KEYS}
+    unknown = sorted(set(limit) - set(LIMIT_KEYS))
+    if unknown:
+        raise ValueError(f"unknown task limit keys {unknown}; choose from {list(LIMIT_KEYS)}")
+    return {key: limit.get(key) for key in LIMIT_KEYS}
+
+
+def parse_task_limit(values: list[str] | None) -> int | dict[str, int] | None:
+    """Command-line form of a limit: ``500`` (every task) or ``stsb=500 scifact_corpus=1000 ...``."""
+    if not values:
+        return None
+    if len(values) == 1 and "=" not in values[0]:
+        return int(values[0])
+    limits = {}
+    for value in values:
+        key, sep, number = value.partition("=")
+        if not sep or not number.isdigit():
+            raise ValueError(f"task limit {value!r}: write one number, or key=number with keys {list(LIMIT_KEYS)}")
+        limits[key] = int(number)
+    task_limits(limits)  # names unknown keys now rather than after a model is loaded
+    return limits
+
+
+def default_tasks(data_dir, names: list[str] | None = None, limit: int | Mapping[str, int] | None = None) -> list:
+    """The shared data sets as tasks. ``limit`` (see :func:`task_limits`) keeps seeded random subsets
+    for quick or CPU-sized runs."""
     data = Path(data_dir)
+    caps = task_limits(limit)
     factories = {
-        "stsb": lambda: STSTask("STS-B", data / "stsb" / "sts-test.csv", "stsb", limit),
-        "sick": lambda: STSTask("SICK-R", data / "sick" / "SICK_test_annotated.txt", "sick", limit),
+        "stsb": lambda: STSTask("STS-B", data / "stsb" / "sts-test.csv", "stsb", caps["stsb"]),
+        "sick": lambda: STSTask("SICK-R", data / "sick" / "SICK_test_annotated.txt", "sick", caps["sick"]),
         "scifact": lambda: RetrievalTask("SciFact", data / "scifact" / "corpus.jsonl", data / "scifact" / "queries.jsonl",
-                                         data / "scifact" / "qrels" / "test.tsv", limit_queries=limit,
-                                         corpus_limit=None if limit is None else 10 * limit),
+                                         data / "scifact" / "qrels" / "test.tsv", limit_queries=caps["scifact"],
+                                         corpus_limit=caps["scifact_corpus"]),
         "banking77": lambda: ClassificationTask("Banking77", data / "banking77" / "train.csv",
-                                                data / "banking77" / "test.csv", limit_train=None if limit is None else 10 * limit,
-                                                limit_test=limit),
+                                                data / "banking77" / "test.csv", limit_train=caps["banking77_train"],
+                                                limit_test=caps["banking77"]),
         "stackoverflow": lambda: ClusteringTask("StackOverflow", data / "clustering_stackoverflow" / "StackOverflow.txt",
-                                                data / "clustering_stackoverflow" / "StackOverflow_gnd.txt", None, limit),
+                                                data / "clustering_stackoverflow" / "StackOverflow_gnd.txt", None,
+                                                caps["stackoverflow"]),
     }
     names = names or list(factories)
     unknown = [n for n in names if n not in factories]
