@@ -5,7 +5,14 @@ import json
 import numpy as np
 import pytest
 
-from llm_embed.evaluation import RetrievalTask, STSTask, default_tasks, evaluate, ndcg_at_k, recall_at_k
+from llm_embed.evaluation import (
+    RetrievalTask,
+    STSTask,
+    default_tasks,
+    evaluate,
+    ndcg_at_k,
+    recall_at_k,
+)
 from llm_embed.evaluation.tasks import parse_task_limit, read_stsb
 
 from .conftest import SHARED_DATA, tiny_model
