@@ -72,6 +72,29 @@ def test_clustering_bootstrap_and_unpaired_input_is_refused():
                                                                                         "gold": gold}))
 
 
+def test_fast_v_measure_equals_sklearn():
+    from sklearn.metrics import v_measure_score
+
+    from llm_embed.evaluation.significance import v_measure_codes
+
+    rng = np.random.default_rng(1)
+    cases = [(rng.integers(0, 20, 2000), rng.integers(0, 20, 2000)), (rng.integers(0, 5, 300), rng.integers(0, 9, 300)),
+             (np.arange(50) % 4, np.arange(50) % 4), (np.arange(50) % 4, np.zeros(50, dtype=int)),
+             (np.zeros(50, dtype=int), np.arange(50) % 3)]
+    for gold, cluster in cases:
+        fast = v_measure_codes(gold, cluster, int(gold.max()) + 1, int(cluster.max()) + 1)
+        assert fast == pytest.approx(v_measure_score(gold, cluster), abs=1e-12)
+
+
+def test_clustering_bootstrap_can_survive_holm_over_ten_pairs():
+    """Five designs are ten pairs: a clear clustering difference must stay significant after Holm
+    (with 200 resamples the smallest p, 2/201, times 10 was 0.0995)."""
+    gold = [str(i % 4) for i in range(400)]
+    make = lambda cluster: TaskResult("SO", "clustering", "v_measure", 0.0, {}, {"cluster": cluster, "gold": gold})
+    result = compare(make([i % 4 for i in range(400)]), make(list(np.random.default_rng(0).integers(0, 4, 400))))
+    assert result.p_value == pytest.approx(2 / 1001) and holm([result.p_value] * 10)[0] < 0.05
+
+
 def test_holm_adjustment_by_hand():
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert holm([0.5, 0.001]) == pytest.approx([0.5, 0.002])
