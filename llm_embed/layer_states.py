@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 from torch import nn
@@ -48,12 +49,42 @@ def find_decoder_layers(backbone: nn.Module, num_layers: int) -> nn.ModuleList:
     return candidates[0][1]
 
 
+class _CallState:
+    """What one forward pass collects: its mask, its unpacking, and the layer vectors caught so far."""
+
+    __slots__ = ("attention_mask", "unpack", "caught")
+
+    def __init__(self, attention_mask: torch.Tensor, unpack: Callable[[torch.Tensor], torch.Tensor] | None):
+        self.attention_mask = attention_mask
+        self.unpack = unpack
+        self.caught: dict[int, torch.Tensor] = {}
+
+
+class _LayerHook:
+    """The forward hook on one decoder layer: a plain object (not a closure) holding its collector, so
+    that ``copy.deepcopy(model)`` gives the copy's layers hooks into the copy's collector (deepcopy's
+    memo maps one to the other) and ``torch.save(model)`` can pickle it."""
+
+    def __init__(self, collector: LayerStateCollector, number: int):
+        self.collector = collector
+        self.number = number
+
+    def __call__(self, module: nn.Module, args, output) -> None:
+        self.collector.catch(self.number, module, output)
+
+
 class LayerStateCollector:
     """Hooks that collect one vector per text from selected layers during a forward pass.
 
     Layers are numbered 1..L like ``hidden_states[1:]``. Layer L is taken from the backbone's final
     output (after its final norm, the same states the single-layer heads pool), so no hook is
     placed on the last block.
+
+    Thread safety: nothing of a forward pass is kept on the instance. :meth:`collect` opens a
+    per-call state in a :class:`contextvars.ContextVar`, which every thread (and asyncio task) sees
+    on its own, and the hooks, which run in the thread of the forward pass, write into the state of
+    their own call. Several threads can therefore run one model at once (a web server's thread
+    pool) and each gets exactly its own layer vectors.
     """
 
     def __init__(
@@ -65,49 +96,62 @@ class LayerStateCollector:
         self.layer_numbers = list(layer_numbers)
         self.num_layers = len(layers)
         self.reduce = reduce
-        self._attention_mask: torch.Tensor | None = None  # set only while collecting
-        self._unpack: Callable[[torch.Tensor], torch.Tensor] | None = None  # packed batch -> padded layout
-        self._caught: dict[int, torch.Tensor] = {}
+        self._active = self._new_context_var()
         for number in self.layer_numbers:
             if number != self.num_layers:
-                layers[number - 1].register_forward_hook(self._make_hook(number))
+                layers[number - 1].register_forward_hook(_LayerHook(self, number))
 
-    def _make_hook(self, number: int):
-        def hook(module, args, output):
-            mask = self._attention_mask
-            if mask is None:  # the backbone runs on its own, or a checkpoint recomputes this layer
-                return
-            hidden = output[0] if isinstance(output, (tuple, list)) else output
-            if self._unpack is not None:
-                hidden = self._unpack(hidden)
-            keep_states = torch.is_grad_enabled() and hooks_run_inside_checkpoint(module)
-            self._caught[number] = hidden if keep_states else self.reduce(hidden, mask)
+    @staticmethod
+    def _new_context_var() -> ContextVar[_CallState | None]:
+        return ContextVar("llm_embed_layer_states", default=None)
 
-        return hook
+    # A ContextVar can be neither copied nor pickled, and the state of a call in progress belongs to
+    # that call only: a copy (deepcopy, pickle, torch.save) starts with a fresh, empty one.
+    def __getstate__(self) -> dict:
+        return {key: value for key, value in self.__dict__.items() if key != "_active"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._active = self._new_context_var()
+
+    def catch(self, number: int, module: nn.Module, output) -> None:
+        """Hook body: reduce (or keep, see the module docstring) layer ``number``'s output for this call."""
+        state = self._active.get()
+        if state is None:  # the backbone runs on its own, or a checkpoint recomputes this layer in backward
+            return
+        hidden = output[0] if isinstance(output, (tuple, list)) else output
+        if state.unpack is not None:
+            hidden = state.unpack(hidden)
+        keep_states = torch.is_grad_enabled() and hooks_run_inside_checkpoint(module)
+        state.caught[number] = hidden if keep_states else self.reduce(hidden, state.attention_mask)
 
     @contextmanager
     def collect(self, attention_mask: torch.Tensor, unpack: Callable[[torch.Tensor], torch.Tensor] | None = None):
-        """Collect during the ``with`` block; read the result with :meth:`stack` after it. ``unpack``
-        maps a packed batch's layer output to the padded layout ``attention_mask`` describes."""
-        self._attention_mask = attention_mask
-        self._unpack = unpack
-        self._caught = {}
+        """Collect during the ``with`` block, which yields this call's state; pass it to :meth:`stack`
+        after the block. ``unpack`` maps a packed batch's layer output to the padded layout
+        ``attention_mask`` describes."""
+        state = _CallState(attention_mask, unpack)
+        token = self._active.set(state)
         try:
-            yield self
+            yield state
         finally:
-            self._attention_mask = None
-            self._unpack = None
+            self._active.reset(token)
 
-    def stack(self, last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, L_selected, H), in the configured layer order."""
+    def stack(self, state: _CallState, last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, L_selected, H) of one call, in the configured layer order."""
         vectors = []
         for number in self.layer_numbers:
             if number == self.num_layers:
                 vectors.append(self.reduce(last_hidden_state, attention_mask))
                 continue
-            caught = self._caught[number]
+            caught = state.caught.get(number)
+            if caught is None:
+                raise RuntimeError(
+                    f"multi_layer pooling: decoder layer {number} did not run during this forward pass (its hook "
+                    "caught nothing); the backbone skipped it or was called outside LLMEmbeddingModel.embed"
+                )
             if caught.dim() == 3:  # kept as states (see the module docstring): reduce now, outside any checkpoint
                 caught = self.reduce(caught, attention_mask.to(caught.device))
             vectors.append(caught.to(last_hidden_state.device))
-        self._caught = {}
+        state.caught.clear()
         return torch.stack(vectors, dim=1)

@@ -115,9 +115,9 @@ def test_multi_layer_keeps_only_reduced_vectors():
     shapes = []
     original = collector.stack
 
-    def spy(last_hidden_state, attention_mask):
-        shapes.extend(tuple(v.shape) for v in collector._caught.values())
-        return original(last_hidden_state, attention_mask)
+    def spy(state, last_hidden_state, attention_mask):
+        shapes.extend(tuple(v.shape) for v in state.caught.values())
+        return original(state, last_hidden_state, attention_mask)
 
     collector.stack = spy
     embed(model, random_rows([30, 20]), "right")
