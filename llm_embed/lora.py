@@ -66,7 +66,6 @@ def merge_lora(peft_model):
     trained head in place: ``save_pretrained`` it and it loads through ``AutoModel``."""
     base = peft_model.base_model.model
     tokenizer = base._tokenizer
-    source = base._tokenizer_source
     merged = peft_model.merge_and_unload()
-    merged._tokenizer, merged._tokenizer_source = tokenizer, source
+    merged._tokenizer = tokenizer
     return merged

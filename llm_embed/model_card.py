@@ -109,14 +109,21 @@ def render_model_card(model, repo_id: str | None = None, license: str | None = N
     return "\n".join(lines) + "\n"
 
 
+def has_user_model_card(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds a README.md that llm_embed did not write (a user's card, kept)."""
+    path = os.path.join(folder, "README.md")
+    if not os.path.isfile(path):
+        return False
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        return MARKER not in handle.read()
+
+
 def write_model_card(model, folder: str | os.PathLike, **card_kwargs) -> bool:
     """Write README.md unless the folder holds one that llm_embed did not write (never overwrite
     a user's card). Returns whether it was written."""
+    if has_user_model_card(folder):
+        return False
     path = os.path.join(folder, "README.md")
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as handle:
-            if MARKER not in handle.read():
-                return False
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(render_model_card(model, **card_kwargs))
     return True
