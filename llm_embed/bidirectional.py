@@ -39,6 +39,31 @@ def backbone_model_class(backbone_config: PreTrainedConfig) -> type:
         ) from err
 
 
+def check_decoder(backbone_config: PreTrainedConfig) -> None:
+    """Raise ``ValueError`` unless the backbone is a decoder-only language model. Encoders (BERT:
+    bidirectional whatever ``attention`` says) and encoder-decoders (T5) are not what the package
+    wraps; they would run in another attention mode than configured, or fail later with an
+    unrelated error. A decoder has a causal-LM class and neither a masked-LM nor a seq2seq one."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+        MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
+    )
+
+    model_type = backbone_config.model_type
+    encoder_only = model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    encoder_decoder = getattr(backbone_config, "is_encoder_decoder", False) or (
+        model_type in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
+    )
+    if encoder_only or encoder_decoder or model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        kind = "an encoder-decoder" if encoder_decoder else "an encoder" if encoder_only else "not a decoder LM"
+        raise ValueError(
+            f"backbone model_type {model_type!r} is {kind}; llm_embed wraps decoder-only language models (llama, "
+            "mistral, qwen2, qwen3, gemma, phi3, gpt2, ...). For an encoder such as BERT use sentence-transformers "
+            "directly."
+        )
+
+
 def uses_masking_utils(model_class: type) -> bool:
     """Whether the backbone's modeling module builds its masks with ``transformers.masking_utils``."""
     module = sys.modules.get(model_class.__module__)

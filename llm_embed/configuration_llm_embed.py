@@ -13,7 +13,7 @@ import inspect
 
 from transformers import AutoConfig, PreTrainedConfig
 
-from .bidirectional import check_bidirectional_support
+from .bidirectional import check_bidirectional_support, check_decoder
 from .pooling import LAYER_REDUCTIONS, POOLING_HEADS
 
 ATTENTION_MODES = ("causal", "bidirectional")
@@ -31,12 +31,102 @@ def _positive_int(name: str, value) -> None:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
+def _optional_positive_int(name: str, value) -> None:
+    if value is not None:
+        _positive_int(name, value)
+
+
+def _positive_number(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+
+def _non_negative_number(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+
+
+def _boolean(name: str, value) -> None:
+    # A hand-edited config.json with "normalize": "false" holds a non-empty string, which Python
+    # treats as true: refuse anything but a real boolean.
+    if not isinstance(value, bool):
+        raise ValueError(
+            f"{name} must be true or false (a bool), got {value!r} ({type(value).__name__}); in config.json write "
+            f"{name}: true or false without quotes"
+        )
+
+
+def _one_of(choices_of):
+    def check(name: str, value) -> None:
+        choices = tuple(choices_of())
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+    return check
+
+
+def _pooling_layers(name: str, value) -> None:
+    if value is None:
+        return
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(
+            f"{name} must be a list of layer numbers (1..L, or negative from the end), got {value!r} "
+            f"({type(value).__name__}); for one layer write [{value!r}], for all layers leave it None"
+        )
+    if not value:
+        raise ValueError(f"{name} must name at least one layer, or be None for all layers")
+    bad = [layer for layer in value if isinstance(layer, bool) or not isinstance(layer, int) or layer == 0]
+    if bad:
+        raise ValueError(f"{name} {bad} are out of range: layers are numbered 1..L or -1..-L (integers, no 0)")
+
+
+def _prompts(name: str, value) -> None:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ValueError(
+            f"{name} must be a dict of name -> prefix string (\"\" for no prefix), got {value!r}"
+        )
+
+
+def _optional_string(name: str, value) -> None:
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{name} must be a string or None, got {value!r} ({type(value).__name__})")
+
+
+# Type and range of every option, checked whenever a value enters: the constructor (so also
+# from_pretrained and a hand-edited config.json) and attribute assignment (config.max_seq_length = 0).
+# Checks that relate two options (default_prompt_name in prompts, max_seq_length within the
+# backbone's positions, pooling_layers within its depth) are in validate_design.
+OPTION_CHECKS = {
+    "attention": _one_of(lambda: ATTENTION_MODES),
+    "pooling": _one_of(lambda: POOLING_HEADS),
+    "layer_reduction": _one_of(lambda: LAYER_REDUCTIONS),
+    "pooling_layers": _pooling_layers,
+    "num_latents": _positive_int,
+    "pooling_heads": _positive_int,
+    "pooling_head_dim": _positive_int,
+    "pooling_ff_mult": _positive_number,
+    "output_dim": _optional_positive_int,
+    "normalize": _boolean,
+    "prompts": _prompts,
+    "default_prompt_name": _optional_string,
+    "max_seq_length": _positive_int,
+    "append_eos": _boolean,
+    "padding_side": _one_of(lambda: PADDING_SIDES),
+    "initializer_range": _non_negative_number,
+    "loss_temperature": _positive_number,
+    "loss_symmetric": _boolean,
+    "loss_gather_across_ranks": _boolean,
+    "loss_mini_batch_size": _optional_positive_int,
+}
+
+
 def build_backbone_config(backbone_config) -> PreTrainedConfig:
     """The nested backbone config as a config object (restored from its ``model_type`` when a dict)."""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     if backbone_config is None:
-        return CONFIG_MAPPING["llama"]()
+        return CONFIG_MAPPING["llama"]()  # a placeholder: LLMEmbeddingConfig() must construct (transformers
+        # builds one to diff against); a model refuses to be built on it (see check_backbone_given)
     if isinstance(backbone_config, PreTrainedConfig):
         return backbone_config
     if isinstance(backbone_config, dict):
@@ -129,11 +219,14 @@ class LLMEmbeddingConfig(PreTrainedConfig):
         **kwargs,
     ):
         check_for_misspelled_options(kwargs)
+        if isinstance(pooling_layers, tuple):
+            pooling_layers = list(pooling_layers)
+        self._backbone_config_missing = backbone_config is None
         self.backbone_config = build_backbone_config(backbone_config)
         self.attention = attention
         self.pooling = pooling
         self.layer_reduction = layer_reduction or ("mean" if attention == "bidirectional" else "last_token")
-        self.pooling_layers = list(pooling_layers) if pooling_layers is not None else None
+        self.pooling_layers = pooling_layers
         self.num_latents = num_latents
         self.pooling_heads = pooling_heads
         self.pooling_head_dim = pooling_head_dim
@@ -152,6 +245,27 @@ class LLMEmbeddingConfig(PreTrainedConfig):
         self.loss_mini_batch_size = loss_mini_batch_size
         super().__init__(**kwargs)
         self.validate_design()
+
+    def __setattr__(self, name: str, value) -> None:
+        check = OPTION_CHECKS.get(name)
+        if check is not None:
+            check(name, value)
+        super().__setattr__(name, value)
+
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        output.pop("_backbone_config_missing", None)
+        return output
+
+    def check_backbone_given(self) -> None:
+        """Refuse to build a model on the placeholder backbone config of a config that had none (a
+        truncated or hand-written config.json): that would silently allocate a default Llama-7B."""
+        if self.__dict__.get("_backbone_config_missing", False):
+            raise ValueError(
+                "this LLMEmbeddingConfig has no backbone_config, so there is no backbone to build (a default would "
+                "be a randomly initialised Llama-7B). Its config.json is incomplete: save the model again, or "
+                "pass backbone_config=AutoConfig.from_pretrained(<decoder>) or use LLMEmbeddingModel.from_backbone."
+            )
 
     # ------------------------------------------------------------------ derived values
 
@@ -183,28 +297,11 @@ class LLMEmbeddingConfig(PreTrainedConfig):
     # ------------------------------------------------------------------ validation
 
     def validate_design(self) -> None:
-        if self.attention not in ATTENTION_MODES:
-            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
-        if self.pooling not in POOLING_HEADS:
-            raise ValueError(f"pooling must be one of {tuple(POOLING_HEADS)}, got {self.pooling!r}")
-        if self.layer_reduction not in LAYER_REDUCTIONS:
-            raise ValueError(f"layer_reduction must be one of {tuple(LAYER_REDUCTIONS)}, got {self.layer_reduction!r}")
-        if self.padding_side not in PADDING_SIDES:
-            raise ValueError(f"padding_side must be one of {PADDING_SIDES}, got {self.padding_side!r}")
-        for name in ("num_latents", "pooling_heads", "pooling_head_dim", "max_seq_length"):
-            _positive_int(name, getattr(self, name))
-        if self.output_dim is not None:
-            _positive_int("output_dim", self.output_dim)
-        if self.loss_mini_batch_size is not None:
-            _positive_int("loss_mini_batch_size", self.loss_mini_batch_size)
-        if isinstance(self.loss_temperature, bool) or not (
-            isinstance(self.loss_temperature, (int, float)) and self.loss_temperature > 0
-        ):
-            raise ValueError(f"loss_temperature must be a positive number, got {self.loss_temperature!r}")
-        if isinstance(self.pooling_ff_mult, bool) or not (
-            isinstance(self.pooling_ff_mult, (int, float)) and self.pooling_ff_mult > 0
-        ):
-            raise ValueError(f"pooling_ff_mult must be a positive number, got {self.pooling_ff_mult!r}")
+        """Every option's type and range, then the checks that relate options to each other and to
+        the backbone. Runs when the config is built and again when a model is built from it."""
+        for name, check in OPTION_CHECKS.items():
+            check(name, getattr(self, name))
+        check_decoder(self.backbone_config)
         for name in ("hidden_size", "num_hidden_layers"):
             if not isinstance(getattr(self.backbone_config, name, None), int):
                 raise ValueError(
@@ -213,9 +310,7 @@ class LLMEmbeddingConfig(PreTrainedConfig):
                 )
         num_layers = self.backbone_num_layers
         if self.pooling_layers is not None:
-            if not self.pooling_layers:
-                raise ValueError("pooling_layers must name at least one layer, or be None for all layers")
-            bad = [l for l in self.pooling_layers if isinstance(l, bool) or not isinstance(l, int) or l == 0 or abs(l) > num_layers]
+            bad = [layer for layer in self.pooling_layers if abs(layer) > num_layers]
             if bad:
                 raise ValueError(
                     f"pooling_layers {bad} are out of range: valid layers are 1..{num_layers} or -1..-{num_layers}"
@@ -228,10 +323,6 @@ class LLMEmbeddingConfig(PreTrainedConfig):
             raise ValueError(
                 f"max_seq_length={self.max_seq_length} exceeds the backbone's max_position_embeddings={max_positions}"
             )
-        if not isinstance(self.prompts, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in self.prompts.items()
-        ):
-            raise ValueError(f"prompts must be a dict of name -> prefix string, got {self.prompts!r}")
         if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
             raise ValueError(
                 f"default_prompt_name={self.default_prompt_name!r} is not in prompts {sorted(self.prompts)}"
