@@ -26,6 +26,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
+from .atomic_save import check_save_target, save_atomically
 from .bidirectional import make_bidirectional
 from .configuration_llm_embed import LLMEmbeddingConfig
 from .contrastive import (
@@ -37,7 +38,7 @@ from .contrastive import (
 )
 from .encoding import EncodeMixin, configure_eos
 from .layer_states import LayerStateCollector, find_decoder_layers
-from .model_card import write_model_card
+from .model_card import has_user_model_card, write_model_card
 from .packing import PackedBatch
 from .pooling import LAYER_REDUCTIONS, POOLING_HEADS, LatentCrossAttentionPooling, MultiLayerPooling
 
@@ -108,6 +109,37 @@ def has_tokenizer_files(name_or_path, hub_kwargs: dict) -> bool:
     return found is not None
 
 
+def check_has_config(name_or_path, hub_kwargs: dict) -> None:
+    """Refuse a folder (or repo) without ``config.json`` at once: without it transformers would build
+    the model from a default config (a randomly initialised Llama-7B) before failing."""
+    from transformers.utils import CONFIG_NAME, cached_file
+
+    kwargs = {key: value for key, value in hub_kwargs.items() if key != "trust_remote_code"}
+    found = cached_file(
+        name_or_path, CONFIG_NAME, _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False, **kwargs,
+    )
+    if found is None:
+        raise OSError(
+            f"{name_or_path} holds no {CONFIG_NAME}, so it is not a saved llm_embed model (save one with "
+            "model.save_pretrained(folder)); to build a new embedding model on a decoder's weights use "
+            "LLMEmbeddingModel.from_backbone(path)."
+        )
+
+
+def load_saved_tokenizer(name_or_path, hub_kwargs: dict):
+    """The tokenizer saved beside a checkpoint, loaded now (not on first use: the folder may be
+    overwritten or deleted by then). A broken tokenizer file fails here, naming the checkpoint."""
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path, **hub_kwargs)
+    except (ValueError, OSError, TypeError, KeyError) as error:  # json.JSONDecodeError is a ValueError
+        raise ValueError(
+            f"the tokenizer saved with the checkpoint {name_or_path} cannot be loaded ({type(error).__name__}: "
+            f"{error}). Its tokenizer files (tokenizer.json, tokenizer_config.json) are damaged: save the "
+            "backbone's tokenizer there again, e.g. AutoTokenizer.from_pretrained(backbone).save_pretrained(folder)."
+        ) from error
+
+
 class LLMEmbeddingPreTrainedModel(PreTrainedModel):
     config_class = LLMEmbeddingConfig
     base_model_prefix = "llm_embed"
@@ -142,6 +174,9 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
     def __init__(self, config: LLMEmbeddingConfig, backbone: PreTrainedModel | None = None):
         super().__init__(config)
         if backbone is None:
+            config.check_backbone_given()
+        config.validate_design()  # again: options may have been assigned since the config was built
+        if backbone is None:
             # A copy: the attention mode is applied to the built backbone's config, never to the
             # nested config that is saved (``attention`` stays the single source of truth).
             backbone = AutoModel.from_config(copy.deepcopy(config.backbone_config))
@@ -168,7 +203,6 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
                 layers, config.resolved_pooling_layers, LAYER_REDUCTIONS[config.layer_reduction]
             )
         self._tokenizer = None
-        self._tokenizer_source: tuple[str, dict] | None = None
         self.post_init()
 
     # ------------------------------------------------------------------ forward
@@ -192,6 +226,8 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
         ``document_*`` from :class:`~llm_embed.data.ContrastiveDataCollator`: B queries; B positives
         then K hard negatives per query), return the InfoNCE ``loss`` and the query embeddings.
         ``normalize`` overrides ``config.normalize`` for this call."""
+        if normalize is not None and not isinstance(normalize, bool):
+            raise TypeError(f"normalize must be None (use config.normalize), True or False; got {normalize!r}")
         if query_input_ids is not None:
             if document_input_ids is None:
                 raise ValueError("a contrastive batch needs document_input_ids (positives, then hard negatives)")
@@ -235,7 +271,7 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
         if packed is None:
             backbone_mask = attention_mask
         collector = self._layer_collector
-        with collector.collect(attention_mask, unpack) if collector is not None else nullcontext():
+        with collector.collect(attention_mask, unpack) if collector is not None else nullcontext() as call_state:
             backbone_output = self.backbone(
                 input_ids=input_ids,
                 attention_mask=backbone_mask,
@@ -248,7 +284,7 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
         token_states = backbone_output.last_hidden_state
         if unpack is not None:
             token_states = unpack(token_states)
-        layer_states = collector.stack(token_states, attention_mask) if collector is not None else None
+        layer_states = collector.stack(call_state, token_states, attention_mask) if collector is not None else None
         embeddings = self.pooler(token_states, attention_mask, layer_states)
         if self.projection is not None:
             embeddings = self.projection(embeddings)
@@ -269,6 +305,13 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
         return loss_fn(queries, documents), F.normalize(queries.detach(), p=2, dim=-1)
 
     # ------------------------------------------------------------------ training support
+
+    def __getstate__(self) -> dict:
+        """Pickling (``torch.save(model)``, spawn workers): the cached weak reference to a DDP
+        wrapper belongs to this process's training run and cannot be pickled; it is found again."""
+        state = dict(super().__getstate__())
+        state.pop("_ddp_wrapper", None)
+        return state
 
     def _take_over_ddp_gradient_sync(self):
         """GradCache under DDP: its mini-batch backward passes would each fire DDP's reducer (which
@@ -324,16 +367,14 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
 
     @property
     def tokenizer(self):
-        """The tokenizer ``encode`` uses: set by ``from_backbone``, loaded from the checkpoint folder
-        on first use after ``from_pretrained``, or assigned by the user."""
+        """The tokenizer ``encode`` uses: set by ``from_backbone``, loaded with the checkpoint by
+        ``from_pretrained`` (from the same folder, at load time, so the model never depends on that
+        folder staying unchanged), or assigned by the user."""
         if self._tokenizer is None:
-            if self._tokenizer_source is None:
-                raise ValueError(
-                    "this model has no tokenizer: build it with LLMEmbeddingModel.from_backbone, load it with "
-                    "from_pretrained from a folder that holds one, or assign model.tokenizer = AutoTokenizer..."
-                )
-            path, kwargs = self._tokenizer_source
-            self.tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+            raise ValueError(
+                "this model has no tokenizer: build it with LLMEmbeddingModel.from_backbone, load it with "
+                "from_pretrained from a folder that holds one, or assign model.tokenizer = AutoTokenizer..."
+            )
         return self._tokenizer
 
     @tokenizer.setter
@@ -364,6 +405,8 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
         model (missing, unexpected or mismatched keys, e.g. a head saved with other sizes) is an
         error instead of a warning followed by randomly initialised weights."""
         want_info = kwargs.pop("output_loading_info", False)
+        if kwargs.get("config") is None:
+            check_has_config(pretrained_model_name_or_path, {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs})
         # Let transformers report size mismatches instead of raising its generic error, so that the
         # error below names the offending keys; they are refused all the same.
         kwargs.setdefault("ignore_mismatched_sizes", True)
@@ -384,19 +427,44 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
             )
         tokenizer_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
         if has_tokenizer_files(pretrained_model_name_or_path, tokenizer_kwargs):
-            model._tokenizer_source = (str(pretrained_model_name_or_path), tokenizer_kwargs)
+            model.tokenizer = load_saved_tokenizer(pretrained_model_name_or_path, tokenizer_kwargs)
         return (model, info) if want_info else model
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, model_card: dict | None = None, **kwargs):
         """Save config (with ``auto_map``), safetensors weights, code files, the tokenizer and a model
         card (README.md; an existing README not written by llm_embed is left alone). ``model_card``:
         keyword arguments of :func:`~llm_embed.model_card.render_model_card` (``repo_id``,
-        ``license``, ``evaluation_results``, ``tags``)."""
-        super().save_pretrained(save_directory, *args, **kwargs)
-        if self._tokenizer is not None or self._tokenizer_source is not None:
-            self.tokenizer.save_pretrained(save_directory)
-        write_sentence_transformers_files(self, save_directory)
-        write_model_card(self, save_directory, **(model_card or {}))
+        ``license``, ``evaluation_results``, ``tags``).
+
+        The save is atomic (:mod:`~llm_embed.atomic_save`): everything is written into a staging
+        folder beside ``save_directory`` and swapped in, so the folder holds the old checkpoint or
+        the new one, whole, even when writing fails halfway; files of an older checkpoint there
+        (stale shards, a tokenizer this model does not have) are removed, other files are kept."""
+        if kwargs.get("is_main_process", True) is False:
+            # Other ranks of a distributed save write nothing of ours (transformers skips them too).
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        push_to_hub = kwargs.pop("push_to_hub", False)
+        hub_kwargs = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "private", "token", "create_pr")
+                      if key in kwargs}
+        target = check_save_target(save_directory)
+        write_card = not has_user_model_card(target)
+        tokenizer = self.tokenizer if self._tokenizer is not None else None
+
+        def write(folder: str) -> None:
+            super(LLMEmbeddingModel, self).save_pretrained(folder, *args, **kwargs)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(folder)
+            write_sentence_transformers_files(self, folder)
+            if write_card:
+                write_model_card(self, folder, **(model_card or {}))
+
+        package_dir = os.path.dirname(os.path.abspath(__file__))
+        code_files = [name for name in os.listdir(package_dir) if name.endswith(".py")]
+        save_atomically(target, write, replaced_names=code_files)
+        if push_to_hub:
+            repo_id = hub_kwargs.pop("repo_id", os.path.basename(target))
+            return self.push_to_hub(repo_id, max_shard_size=kwargs.get("max_shard_size", "5GB"), **hub_kwargs)
+        return None
 
     def push_to_hub(
         self,
