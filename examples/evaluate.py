@@ -3,7 +3,7 @@
     python examples/evaluate.py path/to/model --data-dir ../shared/data --tasks stsb scifact --output results.json
 """
 
-from llm_embed.evaluation import main
+from llm_embed.evaluation.runner import cli
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(cli())  # exit status 0 on success, 1 with a one-line reason on an error

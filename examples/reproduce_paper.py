@@ -10,7 +10,7 @@ paper's claims checked) and designs.png. Same as the console command ``llm-embed
 all options: python examples/reproduce_paper.py --help.
 """
 
-from llm_embed.study import main
+from llm_embed.study import cli
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(cli())  # exit status 0 on success, 1 with a one-line reason on an error

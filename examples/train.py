@@ -7,7 +7,7 @@ All arguments: python examples/train.py --help (model, data and every TrainingAr
 Same as the console command ``llm-embed-train``.
 """
 
-from llm_embed.train import main
+from llm_embed.train import cli
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(cli())  # exit status 0 on success, 1 with a one-line reason on an error

@@ -85,12 +85,13 @@ def build_model(model_args: ModelArguments) -> LLMEmbeddingModel:
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> str:
     """Train and save; returns the folder of the final (merged) model."""
     set_seed(training_args.seed)
-    model = build_model(model_args)
-    tokenizer, config = model.tokenizer, model.config
+    # data and settings first: a bad row or option fails in seconds, not after the backbone has loaded
     train_data = TripletDataset.from_any(data_args.train_file, data_args.max_train_rows)
     eval_data = TripletDataset.from_any(data_args.eval_file, data_args.max_eval_rows) if data_args.eval_file else None
     if training_args.world_size > 1 and not training_args.dataloader_drop_last:
         raise ValueError("training on several processes gathers equal per-rank batches: pass --dataloader_drop_last")
+    model = build_model(model_args)
+    tokenizer, config = model.tokenizer, model.config
     if training_args.remove_unused_columns:
         logger.info("setting remove_unused_columns=False: rows reach the collator as text, not as forward() arguments")
         training_args.remove_unused_columns = False
@@ -126,6 +127,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
 
 
 def main(argv: list[str] | None = None) -> str:
+    """Parse the arguments (``sys.argv`` by default), train, save; returns the saved model's folder.
+    The console command runs :func:`cli`, which turns this into an exit status."""
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     args = argv if argv is not None else sys.argv[1:]
     if len(args) == 1 and args[0].endswith((".json", ".yaml", ".yml")):
@@ -138,5 +141,12 @@ def main(argv: list[str] | None = None) -> str:
     return run(model_args, data_args, training_args)
 
 
+def cli() -> int:
+    """``llm-embed-train``: exit status 0 on success, 1 with a one-line reason on an error (see :mod:`llm_embed.cli`)."""
+    from .cli import run_console
+
+    return run_console(main, "llm-embed-train")
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

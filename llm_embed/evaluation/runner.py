@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
@@ -31,6 +33,8 @@ def format_table(results: list[TaskResult]) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[TaskResult]:
+    """Parse the arguments (``sys.argv`` by default), evaluate, print the table; returns the results.
+    The console command runs :func:`cli`, which turns this into an exit status."""
     parser = argparse.ArgumentParser(description="Evaluate a saved llm_embed model on local data.")
     parser.add_argument("model", help="saved model folder or Hub id (loaded with AutoModel)")
     parser.add_argument("--data-dir", default="../shared/data")
@@ -47,12 +51,20 @@ def main(argv: list[str] | None = None) -> list[TaskResult]:
     except ValueError as error:
         parser.error(str(error))
 
+    if not Path(args.data_dir).is_dir():
+        parser.error(f"--data-dir {args.data_dir} is not a folder; pass the folder that holds the task data "
+                     "(stsb/, sick/, scifact/, banking77/, clustering_stackoverflow/)")
+    if args.output and not Path(args.output).resolve().parent.is_dir():
+        parser.error(f"--output {args.output}: its folder does not exist; create it first (checked now, before the "
+                     "evaluation runs)")
+    # the task files first: a missing or malformed one fails before the model loads
+    tasks = default_tasks(args.data_dir, args.tasks, args.limit)
+
     from transformers import AutoModel
 
     import llm_embed  # noqa: F401  (registers the Auto classes)
 
     model = AutoModel.from_pretrained(args.model)
-    tasks = default_tasks(args.data_dir, args.tasks, args.limit)
     results = evaluate(model, tasks, args.batch_size, show_progress_bar=not args.no_progress)
     print(format_table(results))
     if args.output:
@@ -61,5 +73,12 @@ def main(argv: list[str] | None = None) -> list[TaskResult]:
     return results
 
 
+def cli() -> int:
+    """``llm-embed-evaluate``: exit status 0 on success, 1 with a one-line reason on an error (see :mod:`llm_embed.cli`)."""
+    from ..cli import run_console
+
+    return run_console(main, "llm-embed-evaluate")
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())
