@@ -7,13 +7,17 @@ torch dataset. The Trainer must be told to pass rows through untouched with
 ``TrainingArguments(remove_unused_columns=False)``: their fields are not ``forward`` arguments.
 :class:`ContrastiveDataCollator` applies the query / document prompts and tokenizes exactly
 as ``encode`` does, producing the batch for which the model's ``forward`` returns the loss.
+
+Every fault in the data fails when the dataset is built, not steps into training (when nothing
+has been saved yet): each error names where the bad row is (``file:line`` for JSONL, ``row N``
+for lists and datasets) and what to do about it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -22,58 +26,124 @@ from torch.utils.data import Dataset
 from .encoding import pad_batch, resolve_prompt, tokenize_texts
 
 QUERY_FIELDS = ("query", "anchor")
+ROW_FORMAT = '{"query": ..., "positive": ..., "negative": ...} (or "anchor"; "negatives": [...]; or no negatives)'
 
 
-def normalize_row(row, index: int) -> tuple[str, str, list[str]]:
-    """(query, positive, negatives) of one row; a clear error for anything missing or empty."""
+def normalize_row(row, index: int, where: str | None = None) -> tuple[str, str, list[str]]:
+    """(query, positive, negatives) of one row; a clear error for anything missing, null, empty or
+    of the wrong type. ``where`` names the row in errors (default ``row {index}``; ``file:line``
+    for JSONL, so that the user can open the file at the bad line)."""
+    where = where or f"row {index}"
     if not isinstance(row, dict):
-        raise TypeError(f"row {index}: expected a dict with query/anchor, positive, negative(s); got {type(row).__name__}")
+        raise TypeError(f"{where}: expected a dict with query/anchor, positive, negative(s); got {type(row).__name__}")
     if not row:
         raise ValueError(
-            f"row {index} arrived empty: the Trainer dropped its fields because they are not forward() "
+            f"{where} arrived empty: the Trainer dropped its fields because they are not forward() "
             "arguments; pass TrainingArguments(remove_unused_columns=False)"
         )
     query_field = next((name for name in QUERY_FIELDS if name in row), None)
     missing = (["query (or anchor)"] if query_field is None else []) + ([] if "positive" in row else ["positive"])
     if missing:
-        raise ValueError(f"row {index} is missing {', '.join(missing)}; it has fields {sorted(row)}")
+        raise ValueError(f"{where} is missing {', '.join(missing)}; it has fields {sorted(row)}")
     if "negative" in row and "negatives" in row:
-        raise ValueError(f"row {index} has both 'negative' and 'negatives'; keep one")
-    negatives = row.get("negatives", row.get("negative", []))
-    if isinstance(negatives, str):
-        negatives = [negatives]
+        raise ValueError(f"{where} has both 'negative' and 'negatives'; keep one")
+    negatives = _negatives_of(row, where)
     texts = {query_field: row[query_field], "positive": row["positive"]}
     texts.update({f"negative {i}": text for i, text in enumerate(negatives)})
     for name, text in texts.items():
+        if text is None:
+            raise TypeError(f"{where}: {name} is null; give it a text, or remove the row")
         if not isinstance(text, str):
-            raise TypeError(f"row {index}: {name} must be a string, got {type(text).__name__}")
+            raise TypeError(f"{where}: {name} must be a string, got {type(text).__name__}")
         if not text.strip():
-            raise ValueError(f"row {index}: {name} is empty; remove the row or fill it in")
+            raise ValueError(f"{where}: {name} is empty; remove the row or fill it in")
     return row[query_field], row["positive"], list(negatives)
 
 
-class TripletDataset(Dataset):
-    """Rows of contrastive training data, validated up front (a bad row fails before training starts)."""
+def _negatives_of(row: dict, where: str) -> list:
+    """The row's hard negatives as a list. A null or a non-list is refused rather than read as "no
+    negatives": every row of a batch needs the same number, so a silently dropped negative would
+    only fail later, in the middle of training."""
+    field = "negatives" if "negatives" in row else "negative" if "negative" in row else None
+    if field is None:
+        return []
+    negatives = row[field]
+    if negatives is None:
+        raise TypeError(
+            f"{where}: '{field}' is null; give it a text (or a list of texts), or drop the field in every row "
+            "to train with in-batch negatives only"
+        )
+    if isinstance(negatives, str):
+        return [negatives]
+    if not isinstance(negatives, (list, tuple)):
+        raise TypeError(f"{where}: '{field}' must be a string or a list of strings, got {type(negatives).__name__}")
+    return list(negatives)
 
-    def __init__(self, rows: Sequence[dict]):
-        self.rows = [dict(zip(("query", "positive", "negatives"), normalize_row(row, i))) for i, row in enumerate(rows)]
+
+def check_negative_counts(counts: Sequence[int], locations: Sequence[str]) -> None:
+    """Refuse rows with different numbers of hard negatives anywhere in the data: the collator
+    stacks K negatives per query, so a mixed batch would fail only once training reaches it."""
+    first_of: dict[int, str] = {}
+    for count, where in zip(counts, locations):
+        first_of.setdefault(count, where)
+    if len(first_of) > 1:
+        listing = ", ".join(f"{count} (first at {where})" for count, where in sorted(first_of.items()))
+        raise ValueError(
+            f"rows have different numbers of hard negatives: {listing}; give every row the same number of hard "
+            "negatives (or none)"
+        )
+
+
+class TripletDataset(Dataset):
+    """Rows of contrastive training data, validated up front (a bad row fails before training starts).
+
+    Args:
+        rows: dicts with query (or anchor), positive, negative(s).
+        locations: where each row came from, used in errors (``from_jsonl`` passes ``file:line``);
+            default ``row {index}``. Kept as ``self.locations``.
+        source: what the rows are (a file name) for the error when there are none.
+    """
+
+    def __init__(self, rows: Sequence[dict], locations: Sequence[str] | None = None, source: str | None = None):
+        if locations is not None and len(locations) != len(rows):
+            raise ValueError(f"got {len(rows)} rows but {len(locations)} locations; pass one location per row")
+        self.locations = list(locations) if locations is not None else [f"row {i}" for i in range(len(rows))]
+        self.rows = [dict(zip(("query", "positive", "negatives"), normalize_row(row, i, where)))
+                     for i, (row, where) in enumerate(zip(rows, self.locations))]
         if not self.rows:
-            raise ValueError("the training data holds no rows")
+            raise ValueError(f"{source or 'the training data'} holds no rows; give at least one {ROW_FORMAT}")
+        check_negative_counts([len(row["negatives"]) for row in self.rows], self.locations)
 
     @classmethod
     def from_jsonl(cls, path: str | os.PathLike, limit: int | None = None) -> TripletDataset:
-        rows = []
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
+        """Rows of a JSONL file, one JSON object a line (blank lines skipped); ``limit`` keeps the first N.
+        Read as bytes and decoded line by line so that a non-UTF-8 byte is reported at its line."""
+        if not Path(path).is_file():
+            raise FileNotFoundError(
+                f"training data {path} {'is a folder' if Path(path).is_dir() else 'does not exist'}; "
+                f"pass a JSONL file with one {ROW_FORMAT} a line"
+            )
+        rows, locations = [], []
+        offset = 0  # bytes before the current line, for the position of an undecodable byte
+        with open(path, "rb") as handle:
+            for number, raw in enumerate(handle, 1):
+                line = _decode_line(raw, path, number, offset)
+                offset += len(raw)
                 if not line.strip():
                     continue
                 try:
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
                 except json.JSONDecodeError as err:
                     raise ValueError(f"{path}:{number} is not valid JSON: {err}") from err
+                if not isinstance(row, dict):
+                    raise ValueError(
+                        f"{path}:{number} holds a JSON {_json_type(row)}, not an object; write each line as {ROW_FORMAT}"
+                    )
+                rows.append(row)
+                locations.append(f"{path}:{number}")
                 if limit is not None and len(rows) >= limit:
                     break
-        return cls(rows)
+        return cls(rows, locations, source=str(path))
 
     @classmethod
     def from_any(cls, data, limit: int | None = None) -> TripletDataset:
@@ -82,6 +152,14 @@ class TripletDataset(Dataset):
             return data
         if isinstance(data, (str, Path)):
             return cls.from_jsonl(data, limit)
+        if isinstance(data, Mapping):
+            hint = f"; pick one split, e.g. data[{next(iter(data))!r}]" if data else ""
+            raise TypeError(f"training data is a mapping ({type(data).__name__}), not a sequence of rows{hint}")
+        if not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
+            raise TypeError(
+                "training data must be a JSONL path, a list of dicts, a datasets.Dataset or a TripletDataset; "
+                f"got {type(data).__name__}"
+            )
         rows = [data[i] for i in range(len(data) if limit is None else min(limit, len(data)))]
         return cls(rows)
 
@@ -90,6 +168,27 @@ class TripletDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         return self.rows[index]
+
+
+def _decode_line(raw: bytes, path, number: int, offset: int) -> str:
+    """One line as text; a UTF-8 byte-order mark on the first line is dropped (editors on Windows
+    write one). A non-UTF-8 byte is named with its line, column and file offset, since a bare
+    ``UnicodeDecodeError`` says neither where nor what to do."""
+    try:
+        return raw.decode("utf-8-sig" if number == 1 else "utf-8")
+    except UnicodeDecodeError as err:
+        skipped = 3 if number == 1 and raw.startswith(b"\xef\xbb\xbf") else 0
+        start = err.start + skipped
+        raise ValueError(
+            f"{path}:{number}: byte 0x{raw[start]:02x} at column {start + 1} (file byte offset {offset + start}) "
+            f"is not UTF-8 ({err.reason}); re-encode the file as UTF-8, e.g. from Latin-1: "
+            f"iconv -f latin1 -t utf-8 {path} > fixed.jsonl"
+        ) from err
+
+
+def _json_type(value) -> str:
+    names = {list: "array", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
 
 
 class ContrastiveDataCollator:
@@ -123,7 +222,8 @@ class ContrastiveDataCollator:
         counts = {len(negatives) for _, _, negatives in triples}
         if len(counts) > 1:
             raise ValueError(
-                f"rows of one batch have different numbers of hard negatives {sorted(counts)}; give every row the same"
+                f"rows of one batch have different numbers of hard negatives {sorted(counts)}; give every row the same "
+                "number of hard negatives (or none)"
             )
         queries = [query for query, _, _ in triples]
         documents = [positive for _, positive, _ in triples]

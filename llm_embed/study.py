@@ -110,11 +110,17 @@ def _score_in_worker(task_name: str, embeddings: dict) -> dict:
 def read_triplets(paths: list[str], limit: int | None):
     from .data import TripletDataset
 
-    rows = []
+    # Each file read and checked by TripletDataset.from_jsonl (errors name file:line), then joined so
+    # that the rows of all files are checked together (one number of hard negatives throughout).
+    parts = []
     for path in paths:
-        with open(path, encoding="utf-8") as handle:
-            rows += [json.loads(line) for line in handle if line.strip()]
-    return TripletDataset(rows[:limit])
+        remaining = None if limit is None else limit - sum(len(part) for part in parts)
+        if remaining == 0:
+            break
+        parts.append(TripletDataset.from_jsonl(path, remaining))
+    rows = [row for part in parts for row in part.rows]
+    locations = [where for part in parts for where in part.locations]
+    return TripletDataset(rows, locations, source=", ".join(map(str, paths)))
 
 
 def build_model(args, design: int, backbone_path):
@@ -490,6 +496,8 @@ def parse_args(argv: list[str] | None = None):
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Parse the arguments (``sys.argv`` by default), run the study or rebuild its reports; returns the
+    report. The console command runs :func:`cli`, which turns this into an exit status."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "transformers.modeling_utils"):
@@ -500,5 +508,12 @@ def main(argv: list[str] | None = None) -> dict:
     return run_study(args)
 
 
+def cli() -> int:
+    """``llm-embed-study``: exit status 0 on success, 1 with a one-line reason on an error (see :mod:`llm_embed.cli`)."""
+    from .cli import run_console
+
+    return run_console(main, "llm-embed-study")
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(cli())
