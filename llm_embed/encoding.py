@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 import warnings
-from collections.abc import Sequence
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -27,6 +30,12 @@ def check_texts(sentences) -> tuple[list[str], bool]:
     """Validate ``encode``'s input; returns (texts, whether a single string was given)."""
     if isinstance(sentences, str):
         return [sentences], True
+    if isinstance(sentences, (bytes, bytearray, memoryview)):
+        # a bytes object is a Sequence (of ints): without this check it would be taken for a list of texts
+        raise TypeError(
+            f"encode() got {type(sentences).__name__}, which is not text; decode it first, e.g. "
+            "model.encode(data.decode('utf-8'))."
+        )
     if sentences is None or not isinstance(sentences, Sequence):
         raise TypeError(
             f"encode() takes a string or a list of strings, got {type(sentences).__name__}; "
@@ -36,6 +45,11 @@ def check_texts(sentences) -> tuple[list[str], bool]:
     if not texts:
         raise ValueError("encode() got an empty list of texts; pass at least one string.")
     for index, text in enumerate(texts):
+        if isinstance(text, (bytes, bytearray)):
+            raise TypeError(
+                f"encode(): item {index} is {type(text).__name__}, not text: {text!r:.80}; decode it first, "
+                "e.g. [b.decode('utf-8') for b in items]."
+            )
         if not isinstance(text, str):
             raise TypeError(f"encode(): item {index} is {type(text).__name__}, not str: {text!r:.80}")
     return texts, False
@@ -54,18 +68,115 @@ def resolve_prompt(prompts: dict[str, str], default_prompt_name: str | None, pro
         return ""
     if name not in prompts:
         raise ValueError(f"encode(): unknown prompt_name {name!r}; this model's prompts are {sorted(prompts)}")
-    return prompts[name]
+    value = prompts[name]
+    if not isinstance(value, str):
+        # config.prompts is a plain dict that can be edited in place after the config validated it
+        raise TypeError(
+            f"encode(): prompt {name!r} in config.prompts is {value!r:.80} ({type(value).__name__}); a prompt must "
+            f"be a string: set config.prompts[{name!r}] = '' for no prefix."
+        )
+    return value
 
 
-def tokenize_texts(tokenizer, texts: list[str], max_seq_length: int, append_eos: bool) -> list[list[int]]:
-    """Token ids per text, truncated to ``max_seq_length`` (EOS included), with one warning if any was cut."""
+TRUNCATION_SLACK = 32
+"""Tokens kept beyond ``max_seq_length`` when a long text is cut before tokenizing (see
+:func:`tokenize_texts`). Cutting a text can change how its last few tokens are split (the cut may
+fall inside a word, a run of spaces, a CJK run that BPE merges as one piece); those tokens lie past
+the truncation point as long as the change reaches back fewer than this many tokens."""
+
+_VOCAB_LOCK = threading.Lock()
+_MAX_TOKEN_CHARS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> (len(tokenizer), chars)
+
+
+def max_token_chars(tokenizer) -> int:
+    """Length of the longest vocabulary entry: no token covers more characters of a text than that, so
+    a text of more than ``n x max_token_chars`` characters has more than ``n`` tokens. Holds for
+    byte-level BPE (one vocabulary character per byte, and a character is at least one byte) and for
+    SentencePiece (``▁`` stands for one space); where a tokenizer breaks it (a normalizer that drops
+    characters, one unknown token for a whole word), :func:`tokenize_texts` notices and tokenizes the
+    text in full. Computed once per tokenizer; recomputed when tokens are added (``len`` changes)."""
+    size = len(tokenizer)
+    with _VOCAB_LOCK:
+        cached = _MAX_TOKEN_CHARS.get(tokenizer)
+    if cached is not None and cached[0] == size:
+        return cached[1]
+    chars = max(map(len, tokenizer.get_vocab()), default=1) or 1
+    with _VOCAB_LOCK:
+        _MAX_TOKEN_CHARS[tokenizer] = (size, chars)
+    return chars
+
+
+def find_surrogate(inputs: list[str]) -> tuple[int, int] | None:
+    """(input index, character position) of the first lone surrogate in ``inputs``, if any. A lone
+    surrogate (U+D800..U+DFFF) is not a Unicode character: strict UTF-8 encoding refuses it, and the
+    encoder's error says where. Only called once tokenizing failed, so that valid input pays no scan."""
+    for index, text in enumerate(inputs):
+        if text.isascii():
+            continue
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            if "surrogate" in err.reason:
+                return index, err.start
+    return None
+
+
+def _run_tokenizer(tokenizer, inputs: list[str], sources: list[int], prefix: str) -> list[list[int]]:
+    """``tokenizer(inputs)`` ids; ``inputs[j]`` is ``prefix + texts[sources[j]]`` (maybe cut), so that a
+    lone surrogate, which tokenizers reject with an unrelated-looking error, is reported by its text
+    and position in that text."""
+    try:
+        return tokenizer(inputs, add_special_tokens=True, truncation=False, return_attention_mask=False)["input_ids"]
+    except Exception as err:
+        found = find_surrogate(inputs)
+        if found is None:
+            raise
+        j, position = found
+        char = inputs[j][position]
+        where = (
+            f"the prompt {prefix!r:.80}, character {position}" if position < len(prefix)
+            else f"text {sources[j]}, character {position - len(prefix)}"
+        )
+        raise ValueError(
+            f"encode(): {where} is a lone surrogate {char!r}, which is not valid Unicode and cannot be tokenized. "
+            "It usually comes from bytes decoded with errors='surrogateescape' or from UTF-16 / JSON escapes of a "
+            "split surrogate pair. Fix the source decoding upstream (decode with the right codec; join surrogate "
+            "pairs with s.encode('utf-16', 'surrogatepass').decode('utf-16')), or replace the character: "
+            "text.encode('utf-8', 'replace').decode('utf-8')."
+        ) from err
+
+
+def tokenize_texts(
+    tokenizer, texts: list[str], max_seq_length: int, append_eos: bool, prefix: str = ""
+) -> list[list[int]]:
+    """Token ids of ``prefix + text`` per text, truncated to ``max_seq_length`` (EOS included), with one
+    warning if any was cut.
+
+    The tokenizer runs without truncation (so that EOS goes after the truncated text, and truncation is
+    counted), but a text far longer than any text that fits is first cut to
+    ``(max_seq_length + TRUNCATION_SLACK) x max_token_chars`` characters: tokenizing a 5 MB text to keep
+    its first 512 tokens would otherwise take seconds and a gigabyte. Such a cut prefix has at least
+    ``max_seq_length + TRUNCATION_SLACK`` tokens (see :func:`max_token_chars`), of which only the last
+    few can differ from the full text's; when it has fewer (a tokenizer that breaks the bound), the text
+    is tokenized in full. Texts that fit are never cut, so their ids are exactly the tokenizer's."""
     eos_id = tokenizer.eos_token_id
     if append_eos and eos_id is None:
         raise ValueError(
             "append_eos=True but the tokenizer has no eos_token; set tokenizer.eos_token or "
             "build the model with append_eos=False."
         )
-    ids = tokenizer(texts, add_special_tokens=True, truncation=False, return_attention_mask=False)["input_ids"]
+    keep = max_seq_length + TRUNCATION_SLACK
+    cap = keep * max_token_chars(tokenizer)
+    room = cap - len(prefix)  # characters of a text that fit next to the prompt
+    cut = [i for i, text in enumerate(texts) if len(text) > room]
+    if cut:
+        inputs = [prefix + text if len(text) <= room else prefix[:cap] + text[: max(room, 0)] for text in texts]
+    else:
+        inputs = [prefix + text for text in texts] if prefix else texts
+    ids = _run_tokenizer(tokenizer, inputs, list(range(len(texts))), prefix)
+    for i in cut:
+        if len(ids[i]) < keep:  # fewer tokens than the bound promises: the cut may have changed the kept ones
+            ids[i] = _run_tokenizer(tokenizer, [prefix + texts[i]], [i], prefix)[0]
     budget = max_seq_length - 1 if append_eos else max_seq_length
     truncated = 0
     for i, row in enumerate(ids):
@@ -158,6 +269,71 @@ def host_to_device(block: np.ndarray, device: torch.device) -> torch.Tensor:
     return tensor.to(device)
 
 
+_MODE_LOCK = threading.Lock()
+_ACTIVE_ENCODES: dict[int, list] = {}  # id(model) -> [encode calls running, modules to put back in training mode]
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) for the duration of an ``encode`` call, safe with several threads
+    encoding on one model: the first call to enter records which modules were in training mode and
+    switches them to eval, the last to leave switches exactly those back. Switching per call instead
+    would let one thread turn dropout back on while another is still encoding. A model with no module
+    in training mode is not touched at all.
+
+    The bookkeeping lives in this module (one lock, a dict keyed by ``id(model)`` whose entry exists
+    only while a call runs), not on the model, so that the model stays picklable and deep-copyable,
+    even while encoding. Modules are put back by their ``training`` flag, as ``Module.train`` sets it,
+    so that a submodule the caller kept in eval mode (a frozen backbone) stays so."""
+    key = id(model)
+    with _MODE_LOCK:
+        state = _ACTIVE_ENCODES.get(key)
+        if state is None:
+            training = [module for module in model.modules() if module.training]
+            if training:
+                model.eval()
+            state = _ACTIVE_ENCODES[key] = [0, training]
+        state[0] += 1
+    try:
+        yield
+    finally:
+        with _MODE_LOCK:
+            state[0] -= 1
+            if state[0] == 0:
+                del _ACTIVE_ENCODES[key]
+                for module in state[1]:
+                    module.training = True
+
+
+def check_embeddings(embeddings: torch.Tensor, normalized: bool) -> None:
+    """Raise if any row is not a usable vector: non-finite values, or all zeros where the rows should
+    be L2-normalised (``F.normalize`` returns a zero vector for a zero input, silently). Such rows come
+    from corrupt weights or a float16 overflow and would otherwise rank as ordinary vectors (NaN
+    scores sort arbitrarily). One reduction over the whole call's output (the largest absolute value
+    per row: NaN if any value is NaN, inf if any is infinite, 0 only for a zero row) and one host sync,
+    so batches still run without waiting on the device."""
+    largest = embeddings.abs().amax(dim=-1)
+    bad = ~torch.isfinite(largest)
+    if normalized:
+        bad |= largest == 0
+    if not bool(bad.any()):
+        return
+    indices = bad.nonzero().flatten().tolist()
+    nonfinite = int((~torch.isfinite(largest)).sum())
+    shown = ", ".join(map(str, indices[:5])) + (", ..." if len(indices) > 5 else "")
+    problems = []
+    if nonfinite:
+        problems.append(f"{nonfinite} with NaN or infinite values")
+    if len(indices) > nonfinite:
+        problems.append(f"{len(indices) - nonfinite} all zeros, which cannot be L2-normalised")
+    raise ValueError(
+        f"encode(): {len(indices)} of {len(embeddings)} texts got no valid embedding ({'; '.join(problems)}): "
+        f"texts {shown}. The model's weights likely hold NaN/inf (check the checkpoint: "
+        "[name for name, p in model.named_parameters() if not p.isfinite().all()]), or activations overflowed "
+        "in float16: load the model in torch.bfloat16 or torch.float32."
+    )
+
+
 class EncodeMixin:
     """Adds ``encode`` to :class:`LLMEmbeddingModel` (needs ``tokenizer``, ``config``, ``device``, ``forward``)."""
 
@@ -191,14 +367,20 @@ class EncodeMixin:
                 ``None`` (default): only with ``flex_attention`` or ``flash_attention_*`` backbones;
                 ``True``: always (with SDPA / eager through a dense block-diagonal mask, slower);
                 ``False``: never. Results equal the padded ones up to floating-point rounding.
+
+        Raises ``ValueError`` rather than return a row that is not a vector (NaN / inf values, or all
+        zeros when normalising): see :func:`check_embeddings`. Several threads may encode on one model
+        at once (:func:`eval_mode`).
         """
         texts, single = check_texts(sentences)
+        if normalize is not None and not isinstance(normalize, bool):
+            raise TypeError(f"encode(): normalize must be True, False or None (config.normalize), got {normalize!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"encode(): batch_size must be a positive integer, got {batch_size!r}")
         config = self.config
         prefix = resolve_prompt(config.prompts, config.default_prompt_name, prompt_name, prompt)
         tokenizer = self.tokenizer
-        ids = tokenize_texts(tokenizer, [prefix + t for t in texts], config.max_seq_length, config.append_eos)
+        ids = tokenize_texts(tokenizer, texts, config.max_seq_length, config.append_eos, prefix=prefix)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad_id is None:
             raise ValueError("the tokenizer has neither a pad_token nor an eos_token; set tokenizer.pad_token.")
@@ -214,29 +396,25 @@ class EncodeMixin:
             plans = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
         is_causal = getattr(self.backbone.config, "is_causal", True) is not False
         chunks, produced = [], []  # embeddings per batch; the text indices they belong to, in that order
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.inference_mode():
-                for plan in tqdm(plans, desc="Batches", disable=not show_progress_bar):
-                    if packing_mode is not None:
-                        packed = pack_batch([ids[i] for i in plan.texts], pad_id, mode=packing_mode,
-                                            is_causal=is_causal, row_texts=plan.row_texts,
-                                            row_length=plan.row_length, device=device, dtype=self.dtype)
-                        output = self(packed=packed, normalize=normalize)
-                        produced.extend(plan.texts)
-                    else:
-                        block = host_to_device(pad_arrays([ids[i] for i in plan], pad_id, config.padding_side), device)
-                        input_ids, attention_mask = block.unbind(0)
-                        output = self(input_ids=input_ids, attention_mask=attention_mask, normalize=normalize)
-                        produced.extend(plan)
-                    chunks.append(output.embeddings)
-        finally:
-            self.train(was_training)
+        with eval_mode(self), torch.inference_mode():
+            for plan in tqdm(plans, desc="Batches", disable=not show_progress_bar):
+                if packing_mode is not None:
+                    packed = pack_batch([ids[i] for i in plan.texts], pad_id, mode=packing_mode,
+                                        is_causal=is_causal, row_texts=plan.row_texts,
+                                        row_length=plan.row_length, device=device, dtype=self.dtype)
+                    output = self(packed=packed, normalize=normalize)
+                    produced.extend(plan.texts)
+                else:
+                    block = host_to_device(pad_arrays([ids[i] for i in plan], pad_id, config.padding_side), device)
+                    input_ids, attention_mask = block.unbind(0)
+                    output = self(input_ids=input_ids, attention_mask=attention_mask, normalize=normalize)
+                    produced.extend(plan)
+                chunks.append(output.embeddings)
         batch_embeddings = torch.cat(chunks)
         inverse = torch.empty(len(produced), dtype=torch.long)
         inverse[torch.tensor(produced)] = torch.arange(len(produced))
         embeddings = batch_embeddings[inverse.to(batch_embeddings.device)]
+        check_embeddings(embeddings, config.normalize if normalize is None else normalize)
         if single:
             embeddings = embeddings[0]
         if convert_to_tensor:
