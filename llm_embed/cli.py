@@ -18,6 +18,8 @@ scheduler. So ``[project.scripts]`` points at each module's ``cli()``, which run
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import sys
 import traceback
@@ -54,3 +56,74 @@ def run_console(main: Callable[[], object], prog: str) -> int:
         print(f"{prog}: error: {reason}", file=sys.stderr, flush=True)
         return 1
     return 0
+
+
+# ----------------------------------------------------------------------------- config options on a command line
+
+
+def parse_bool(text: str) -> bool:
+    """``true/false``, ``yes/no``, ``1/0`` (any case), as transformers' argument parser accepts."""
+    lowered = str(text).strip().lower()
+    if lowered in ("true", "yes", "y", "1", "on"):
+        return True
+    if lowered in ("false", "no", "n", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def parse_json_object(text: str) -> dict:
+    """A JSON object given on the command line (``--prompts '{"query": "Query: "}'``)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({error}): {text!r}") from error
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object {{...}}, got {text!r}")
+    return value
+
+
+def option_flag(name: str, dashes: bool) -> str:
+    return "--" + (name.replace("_", "-") if dashes else name)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, *, dashes: bool, exclude: tuple[str, ...] = ()):
+    """One command-line option per :data:`~llm_embed.configuration_llm_embed.OPTIONS` entry (type,
+    choices and help from there), in their own group. Options left out keep the config's default,
+    which is the one shown: a value not given is not passed on (``argparse.SUPPRESS``), so derived
+    defaults (``max_seq_length``, ``layer_reduction``) stay derived. ``dashes``: ``--num-latents``
+    (argparse style) instead of ``--num_latents`` (transformers' ``TrainingArguments`` style)."""
+    from .configuration_llm_embed import OPTIONS, RENAMED_OPTIONS
+
+    group = parser.add_argument_group(
+        "embedding model (LLMEmbeddingConfig)",
+        "The design and its sizes; each is a config value saved with the model (docs/usage.md).",
+    )
+    old_names = {new: old for old, new in RENAMED_OPTIONS.items()}
+    for option in OPTIONS:
+        if option.name in exclude:
+            continue
+        flags = [option_flag(option.name, dashes)]
+        if option.name in old_names:
+            flags.append(option_flag(old_names[option.name], dashes))
+        kwargs: dict = dict(dest=option.name, default=argparse.SUPPRESS,
+                            help=f"{option.help} (default: {option.describe_default()})")
+        if option.kind == "bool":
+            kwargs.update(type=parse_bool, nargs="?", const=True, metavar="{true,false}")
+        elif option.kind == "int_list":
+            kwargs.update(type=int, nargs="+", metavar="LAYER")
+        elif option.kind == "json":
+            kwargs.update(type=parse_json_object, metavar="JSON")
+        else:
+            kwargs["type"] = {"int": int, "float": float, "str": str}[option.kind]
+        if option.choices is not None:
+            kwargs["choices"] = option.choices()
+        group.add_argument(*flags, **kwargs)
+    return group
+
+
+def config_kwargs(namespace: argparse.Namespace | dict) -> dict:
+    """The config values given on the command line (those added by :func:`add_config_arguments`)."""
+    from .configuration_llm_embed import OPTIONS
+
+    values = vars(namespace) if isinstance(namespace, argparse.Namespace) else namespace
+    return {option.name: values[option.name] for option in OPTIONS if option.name in values}

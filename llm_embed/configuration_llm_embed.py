@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from transformers import AutoConfig, PreTrainedConfig
 
@@ -17,6 +21,7 @@ from .bidirectional import check_bidirectional_support, check_decoder
 from .pooling import LAYER_REDUCTIONS, POOLING_HEADS
 
 ATTENTION_MODES = ("causal", "bidirectional")
+DEFAULT_MAX_SEQ_LENGTH = 512
 PADDING_SIDES = ("left", "right")
 
 # E5-Mistral style instruction, as used for the paper's training data; documents get none.
@@ -92,32 +97,90 @@ def _optional_string(name: str, value) -> None:
         raise ValueError(f"{name} must be a string or None, got {value!r} ({type(value).__name__})")
 
 
-# Type and range of every option, checked whenever a value enters: the constructor (so also
-# from_pretrained and a hand-edited config.json) and attribute assignment (config.max_seq_length = 0).
-# Checks that relate two options (default_prompt_name in prompts, max_seq_length within the
-# backbone's positions, pooling_layers within its depth) are in validate_design.
-OPTION_CHECKS = {
-    "attention": _one_of(lambda: ATTENTION_MODES),
-    "pooling": _one_of(lambda: POOLING_HEADS),
-    "layer_reduction": _one_of(lambda: LAYER_REDUCTIONS),
-    "pooling_layers": _pooling_layers,
-    "num_latents": _positive_int,
-    "pooling_heads": _positive_int,
-    "pooling_head_dim": _positive_int,
-    "pooling_ff_mult": _positive_number,
-    "output_dim": _optional_positive_int,
-    "normalize": _boolean,
-    "prompts": _prompts,
-    "default_prompt_name": _optional_string,
-    "max_seq_length": _positive_int,
-    "append_eos": _boolean,
-    "padding_side": _one_of(lambda: PADDING_SIDES),
-    "initializer_range": _non_negative_number,
-    "loss_temperature": _positive_number,
-    "loss_symmetric": _boolean,
-    "loss_gather_across_ranks": _boolean,
-    "loss_mini_batch_size": _optional_positive_int,
-}
+@dataclass(frozen=True)
+class ConfigOption:
+    """One design option of :class:`LLMEmbeddingConfig`: the single place that gives its type, default,
+    help and check. The config's docstring, its validation, and every command-line surface
+    (``llm-embed-train``, ``llm-embed-study``) are derived from :data:`OPTIONS`, so a new option appears
+    everywhere at once.
+
+    ``kind`` is how a command line spells the value: ``int``, ``float``, ``bool``, ``str``,
+    ``int_list`` (several integers) or ``json`` (a JSON object, for ``prompts``). ``default=None``
+    with ``default_help`` means the default is derived (stated in ``default_help``)."""
+
+    name: str
+    kind: str
+    default: Any
+    help: str
+    check: Callable[[str, Any], None]
+    choices: Callable[[], tuple] | None = None
+    default_help: str | None = None
+    group: str = "design"  # "design" (what the model computes) or "training" (the loss)
+
+    def describe_default(self) -> str:
+        if self.default_help is not None:
+            return self.default_help
+        return json.dumps(self.default) if isinstance(self.default, (dict, bool)) else str(self.default)
+
+
+OPTIONS: tuple[ConfigOption, ...] = (
+    ConfigOption("attention", "str", "bidirectional",
+                 '"causal" keeps the backbone as trained; "bidirectional" lets every token attend to every other '
+                 "(padding excluded)", _one_of(lambda: ATTENTION_MODES), choices=lambda: ATTENTION_MODES),
+    ConfigOption("pooling", "str", "multi_layer",
+                 "the pooling head, a name in POOLING_HEADS: last_token, mean, weighted_mean, latent_attention "
+                 "(last-layer trainable pooling) or multi_layer (multi-layers trainable pooling)",
+                 _one_of(lambda: POOLING_HEADS), choices=lambda: tuple(POOLING_HEADS)),
+    ConfigOption("layer_reduction", "str", None,
+                 "how multi_layer reduces each layer's tokens to one vector: mean or last_token",
+                 _one_of(lambda: LAYER_REDUCTIONS), choices=lambda: tuple(LAYER_REDUCTIONS),
+                 default_help="mean with bidirectional attention, last_token with causal (the paper's choice)"),
+    ConfigOption("pooling_layers", "int_list", None,
+                 "layers multi_layer pools, numbered 1..L like hidden_states[1:] (negative numbers count from the end)",
+                 _pooling_layers, default_help="all layers"),
+    ConfigOption("num_latents", "int", 16, "trainable latent queries of the trainable heads", _positive_int),
+    ConfigOption("pooling_attention_heads", "int", 8,
+                 "attention heads of the trainable heads' cross-attention (config key pooling_heads before 0.2)",
+                 _positive_int),
+    ConfigOption("pooling_head_dim", "int", 64, "width of each cross-attention head", _positive_int),
+    ConfigOption("pooling_ff_mult", "float", 1.0, "feed-forward width of the trainable heads, as a multiple of the "
+                 "hidden size", _positive_number),
+    ConfigOption("output_dim", "int", None, "add a linear projection to this many dimensions",
+                 _optional_positive_int, default_help="no projection: the backbone's hidden size"),
+    ConfigOption("normalize", "bool", True, "L2-normalise embeddings (cosine similarity = dot product)", _boolean),
+    ConfigOption("prompts", "json", None, "named instruction prefixes, a JSON object of name -> prefix",
+                 _prompts, default_help="an E5-Mistral query instruction for 'query', '' for 'document'"),
+    ConfigOption("default_prompt_name", "str", None, "prompt encode() uses when none is given",
+                 _optional_string, default_help="no prompt"),
+    ConfigOption("max_seq_length", "int", None, "token budget of one text, EOS included", _positive_int,
+                 default_help=f"{DEFAULT_MAX_SEQ_LENGTH}, or the backbone's max_position_embeddings if smaller"),
+    ConfigOption("append_eos", "bool", True, "append the EOS token to every text (the paper does; last_token "
+                 "pooling then pools the EOS state)", _boolean),
+    ConfigOption("padding_side", "str", "right", "padding side encode() uses; results do not depend on it",
+                 _one_of(lambda: PADDING_SIDES), choices=lambda: PADDING_SIDES),
+    ConfigOption("initializer_range", "float", 0.02, "std of the pooling head's initial weights",
+                 _non_negative_number),
+    ConfigOption("loss_temperature", "float", 0.05, "InfoNCE temperature of the training loss (paper: 0.05)",
+                 _positive_number, group="training"),
+    ConfigOption("loss_symmetric", "bool", False, "add the positive -> queries InfoNCE term", _boolean,
+                 group="training"),
+    ConfigOption("loss_gather_across_ranks", "bool", True, "under distributed training, every rank's positives "
+                 "and negatives are candidates for every query", _boolean, group="training"),
+    ConfigOption("loss_mini_batch_size", "int", None, "compute the loss with GradCache, embedding this many texts "
+                 "at a time, so that the contrastive batch is not bounded by memory", _optional_positive_int,
+                 default_help="no GradCache", group="training"),
+)
+OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
+# Config keys that older checkpoints use, and the option each one now is.
+RENAMED_OPTIONS = {"pooling_heads": "pooling_attention_heads"}
+
+
+def options_docstring() -> str:
+    """The ``Args`` section of :class:`LLMEmbeddingConfig`'s docstring, from :data:`OPTIONS`."""
+    lines = []
+    for option in OPTIONS:
+        lines.append(f"        {option.name} (`{option.kind}`, defaults to {option.describe_default()}): {option.help}.")
+    return "\n".join(lines)
 
 
 def build_backbone_config(backbone_config) -> PreTrainedConfig:
@@ -156,43 +219,17 @@ class LLMEmbeddingConfig(PreTrainedConfig):
 
     Args:
         backbone_config (`dict` or `PreTrainedConfig`):
-            Config of the decoder backbone (any model_type transformers ships: llama, mistral, qwen2, ...).
+            Config of the decoder backbone (any decoder model_type transformers ships: llama, mistral, qwen2, ...).
             Stored nested with its `model_type` and restored through `AutoConfig`.
-        attention (`str`, defaults to `"bidirectional"`): `"causal"` keeps the backbone as trained;
-            `"bidirectional"` lets every token attend to every other (padding excluded).
-        pooling (`str`, defaults to `"multi_layer"`): a name in `POOLING_HEADS`: `last_token`, `mean`,
-            `weighted_mean`, `latent_attention` (last-layer trainable pooling) or `multi_layer`
-            (multi-layers trainable pooling).
-        layer_reduction (`str`, *optional*): how `multi_layer` reduces each layer's tokens, `"mean"` or
-            `"last_token"`. Defaults to the paper's choice: mean with bidirectional attention, last token
-            with causal attention.
-        pooling_layers (`list[int]`, *optional*): layers `multi_layer` pools, numbered 1..L like
-            `hidden_states[1:]` (negative numbers count from the end). Defaults to all layers.
-        num_latents (`int`, defaults to 16): trainable latent queries of the trainable heads.
-        pooling_heads (`int`, defaults to 8), pooling_head_dim (`int`, defaults to 64): cross-attention shape.
-        pooling_ff_mult (`float`, defaults to 1.0): feed-forward width as a multiple of the hidden size.
-        output_dim (`int`, *optional*): add a linear projection to this many dimensions.
-        normalize (`bool`, defaults to `True`): L2-normalise embeddings (cosine = dot product).
-        prompts (`dict[str, str]`): named instruction prefixes; `query` and `document` by default.
-        default_prompt_name (`str`, *optional*): prompt used by `encode` when none is given.
-        max_seq_length (`int`, defaults to 512): token budget of one text, EOS included.
-        append_eos (`bool`, defaults to `True`): append the EOS token to every text (the paper does; the
-            `last_token` head then pools the EOS state).
-        padding_side (`str`, defaults to `"right"`): padding side `encode` uses; results do not depend on it.
-        initializer_range (`float`, defaults to 0.02): std of the pooling head's initial weights.
-        loss_temperature (`float`, defaults to 0.05): InfoNCE temperature of the training loss (paper: 0.05).
-        loss_symmetric (`bool`, defaults to `False`): add the positive -> queries InfoNCE term.
-        loss_gather_across_ranks (`bool`, defaults to `True`): under distributed training, every rank's
-            positives and negatives are candidates for every query.
-        loss_mini_batch_size (`int`, *optional*): with a value, the loss is computed with GradCache:
-            texts are embedded this many at a time, so the contrastive batch is not bounded by memory.
     """
 
     model_type = "llm_embedding"
     sub_configs = {"backbone_config": AutoConfig}
+    attribute_map = dict(RENAMED_OPTIONS)  # config.pooling_heads still reads and writes the renamed option
 
     # An explicit __init__ (not dataclass fields) so that one file works on every transformers >= 5.2:
-    # configs became dataclasses in later 5.x releases, which still accept a custom __init__.
+    # configs became dataclasses in later 5.x releases, which still accept a custom __init__. Its
+    # parameters and defaults must match OPTIONS (tested).
     def __init__(
         self,
         backbone_config: dict | PreTrainedConfig | None = None,
@@ -201,14 +238,14 @@ class LLMEmbeddingConfig(PreTrainedConfig):
         layer_reduction: str | None = None,
         pooling_layers: list[int] | None = None,
         num_latents: int = 16,
-        pooling_heads: int = 8,
+        pooling_attention_heads: int = 8,
         pooling_head_dim: int = 64,
         pooling_ff_mult: float = 1.0,
         output_dim: int | None = None,
         normalize: bool = True,
         prompts: dict[str, str] | None = None,
         default_prompt_name: str | None = None,
-        max_seq_length: int = 512,
+        max_seq_length: int | None = None,
         append_eos: bool = True,
         padding_side: str = "right",
         initializer_range: float = 0.02,
@@ -218,17 +255,32 @@ class LLMEmbeddingConfig(PreTrainedConfig):
         loss_mini_batch_size: int | None = None,
         **kwargs,
     ):
+        if "pooling_heads" in kwargs:  # the name before 0.2 (RENAMED_OPTIONS)
+            legacy = kwargs.pop("pooling_heads")
+            OPTIONS_BY_NAME["pooling_attention_heads"].check("pooling_heads", legacy)  # errors name what was given
+            if pooling_attention_heads not in (OPTIONS_BY_NAME["pooling_attention_heads"].default, legacy):
+                raise ValueError(
+                    f"got pooling_heads={legacy!r} and pooling_attention_heads={pooling_attention_heads!r}; they are "
+                    "the same option (pooling_heads is its old name): pass only pooling_attention_heads"
+                )
+            pooling_attention_heads = legacy
         check_for_misspelled_options(kwargs)
         if isinstance(pooling_layers, tuple):
             pooling_layers = list(pooling_layers)
         self._backbone_config_missing = backbone_config is None
         self.backbone_config = build_backbone_config(backbone_config)
+        if max_seq_length is None:
+            # Not given: the usual 512, or less for a backbone with fewer positions. An explicit value
+            # beyond the backbone's positions is refused by validate_design.
+            max_positions = getattr(self.backbone_config, "max_position_embeddings", None)
+            max_seq_length = min(DEFAULT_MAX_SEQ_LENGTH, max_positions) if isinstance(max_positions, int) and \
+                max_positions > 0 else DEFAULT_MAX_SEQ_LENGTH
         self.attention = attention
         self.pooling = pooling
         self.layer_reduction = layer_reduction or ("mean" if attention == "bidirectional" else "last_token")
         self.pooling_layers = pooling_layers
         self.num_latents = num_latents
-        self.pooling_heads = pooling_heads
+        self.pooling_attention_heads = pooling_attention_heads
         self.pooling_head_dim = pooling_head_dim
         self.pooling_ff_mult = pooling_ff_mult
         self.output_dim = output_dim
@@ -247,9 +299,9 @@ class LLMEmbeddingConfig(PreTrainedConfig):
         self.validate_design()
 
     def __setattr__(self, name: str, value) -> None:
-        check = OPTION_CHECKS.get(name)
-        if check is not None:
-            check(name, value)
+        option = OPTIONS_BY_NAME.get(RENAMED_OPTIONS.get(name, name))
+        if option is not None:
+            option.check(name, value)  # the error names the option as the caller spelled it
         super().__setattr__(name, value)
 
     def to_dict(self) -> dict:
@@ -299,8 +351,8 @@ class LLMEmbeddingConfig(PreTrainedConfig):
     def validate_design(self) -> None:
         """Every option's type and range, then the checks that relate options to each other and to
         the backbone. Runs when the config is built and again when a model is built from it."""
-        for name, check in OPTION_CHECKS.items():
-            check(name, getattr(self, name))
+        for option in OPTIONS:
+            option.check(option.name, getattr(self, option.name))
         check_decoder(self.backbone_config)
         for name in ("hidden_size", "num_hidden_layers"):
             if not isinstance(getattr(self.backbone_config, name, None), int):
@@ -332,5 +384,6 @@ class LLMEmbeddingConfig(PreTrainedConfig):
 
 
 LLM_EMBEDDING_OPTIONS = tuple(inspect.signature(LLMEmbeddingConfig.__init__).parameters)[1:-1]
+LLMEmbeddingConfig.__doc__ += options_docstring() + "\n"
 
-__all__ = ["LLMEmbeddingConfig"]
+__all__ = ["ATTENTION_MODES", "OPTIONS", "ConfigOption", "LLMEmbeddingConfig", "RENAMED_OPTIONS"]

@@ -127,10 +127,11 @@ def build_model(args, design: int, backbone_path):
     from .modeling_llm_embed import LLMEmbeddingModel
 
     attention, pooling = DESIGNS[design]
+    from .cli import config_kwargs
+
     return LLMEmbeddingModel.from_backbone(
         backbone_path, attention=attention, pooling=pooling, attn_implementation=args.attn_implementation,
-        max_seq_length=args.max_seq_length, loss_temperature=args.loss_temperature, num_latents=args.num_latents,
-        pooling_heads=args.pooling_heads, pooling_head_dim=args.pooling_head_dim,
+        **config_kwargs(args),
     )
 
 
@@ -448,8 +449,14 @@ def write_reports(args) -> dict:
 # Command line
 
 
+DESIGN_OPTIONS = ("attention", "pooling")  # set per design (DESIGNS), not by an option
+
+
 def parse_args(argv: list[str] | None = None):
-    parser = argparse.ArgumentParser(description="Train and compare the paper's five designs on one backbone.")
+    from .cli import add_config_arguments
+
+    parser = argparse.ArgumentParser(description="Train and compare the paper's five designs on one backbone.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--backbone", default=None, help="decoder folder or Hub id (default: bundled SmolLM2-135M)")
     parser.add_argument("--data-dir", default="../shared/data")
     parser.add_argument("--train-files", nargs="+", default=None,
@@ -467,11 +474,6 @@ def parse_args(argv: list[str] | None = None):
                         help="queries per step (each with a positive and a negative; the others are in-batch negatives)")
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--warmup-ratio", type=float, default=0.1)
-    parser.add_argument("--max-seq-length", type=int, default=512)
-    parser.add_argument("--loss-temperature", type=float, default=0.05)
-    parser.add_argument("--num-latents", type=int, default=16)
-    parser.add_argument("--pooling-heads", type=int, default=8)
-    parser.add_argument("--pooling-head-dim", type=int, default=64)
     parser.add_argument("--no-lora", dest="lora", action="store_false", help="full fine-tuning instead of LoRA")
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--lora-alpha", type=int, default=32)
@@ -485,6 +487,8 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--no-plot", action="store_true", help="skip designs.png (e.g. no matplotlib on this machine)")
     parser.add_argument("--no-report", action="store_true", help="train and score only; build reports later")
     parser.add_argument("--report-only", action="store_true", help="rebuild the reports from runs/ without training")
+    # Every LLMEmbeddingConfig option but the two each design fixes (--designs picks them).
+    add_config_arguments(parser, dashes=True, exclude=DESIGN_OPTIONS)
     args = parser.parse_args(argv)
     if args.max_steps < 1 or args.batch_size < 2:
         parser.error("--max-steps must be >= 1 and --batch-size >= 2 (in-batch negatives need two queries)")

@@ -13,6 +13,8 @@ accumulation; ``torchrun`` / ``accelerate launch`` for several processes). The m
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 import os
 import sys
@@ -28,28 +30,21 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ModelArguments:
+    """Where the backbone comes from and how it is adapted; the design options themselves
+    (``--pooling``, ``--num_latents``, ...) are added from ``LLMEmbeddingConfig``'s schema."""
+
     backbone: str | None = field(
-        default=None, metadata={"help": "decoder folder or Hub id (default: the bundled SmolLM2-135M-Instruct)"}
+        default=None,
+        metadata={"help": "decoder folder or Hub id; None means the bundled SmolLM2-135M-Instruct"},
     )
     gguf_file: str | None = field(default=None, metadata={"help": "GGUF file name inside --backbone"})
-    attention: str = field(default="bidirectional", metadata={"help": "causal or bidirectional"})
-    pooling: str = field(default="multi_layer", metadata={"help": "last_token, mean, weighted_mean, latent_attention, multi_layer"})
-    num_latents: int = 16
-    pooling_heads: int = 8
-    pooling_head_dim: int = 64
-    pooling_ff_mult: float = 1.0
-    output_dim: int | None = None
-    max_seq_length: int = field(default=512, metadata={"help": "token budget of one text, EOS included"})
-    loss_temperature: float = field(default=0.05, metadata={"help": "InfoNCE temperature (paper: 0.05)"})
-    loss_symmetric: bool = False
-    loss_mini_batch_size: int | None = field(
-        default=None, metadata={"help": "GradCache: embed this many texts at a time (contrastive batch unbounded by memory)"}
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "eager, sdpa, flex_attention, ...; None keeps transformers' choice"}
     )
-    attn_implementation: str | None = field(default=None, metadata={"help": "eager, sdpa, flex_attention, ..."})
     lora: bool = field(default=False, metadata={"help": "train LoRA adapters on the backbone (needs peft)"})
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.1
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank (paper: 16)"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (paper: 32)"})
+    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout (paper: 0.1)"})
 
 
 @dataclass
@@ -57,16 +52,40 @@ class DataArguments:
     train_file: str = field(metadata={"help": "JSONL rows {query|anchor, positive, negative|negatives}"})
     eval_file: str | None = field(default=None, metadata={"help": "JSONL in the same format, for eval loss"})
     max_train_rows: int | None = field(default=None, metadata={"help": "use only the first N training rows"})
-    max_eval_rows: int | None = None
-    query_prompt_name: str | None = "query"
-    document_prompt_name: str | None = "document"
+    max_eval_rows: int | None = field(default=None, metadata={"help": "use only the first N eval rows"})
+    query_prompt_name: str | None = field(default="query", metadata={"help": "prompt (config.prompts key) for queries"})
+    document_prompt_name: str | None = field(
+        default="document", metadata={"help": "prompt (config.prompts key) for positives and negatives"}
+    )
 
 
-CONFIG_FIELDS = ("num_latents", "pooling_heads", "pooling_head_dim", "pooling_ff_mult", "output_dim",
-                 "max_seq_length", "loss_temperature", "loss_symmetric", "loss_mini_batch_size")
+DESCRIPTION = """Fine-tune an llm_embed embedding model with the plain transformers Trainer.
+
+Our options come first: the backbone and LoRA, the embedding design (every LLMEmbeddingConfig
+option), the training data; then every transformers TrainingArguments option. Example (CPU, about
+a minute with the bundled SmolLM2-135M):
+
+  llm-embed-train --train_file triplets.jsonl --output_dir out --max_steps 10 \\
+      --per_device_train_batch_size 8 --max_seq_length 64
+
+Without --save_strategy / --save_steps only the final model is saved (no intermediate checkpoints
+with optimizer state)."""
 
 
-def build_model(model_args: ModelArguments) -> LLMEmbeddingModel:
+def build_parser() -> HfArgumentParser:
+    """Our argument groups first (model, design from the config schema, data), then TrainingArguments."""
+    from .cli import add_config_arguments
+
+    parser = HfArgumentParser([ModelArguments], description=DESCRIPTION,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser, dashes=False)
+    for dataclass_type in (DataArguments, TrainingArguments):
+        parser.dataclass_types.append(dataclass_type)
+        parser._add_dataclass_arguments(dataclass_type)
+    return parser
+
+
+def build_model(model_args: ModelArguments, config_options: dict) -> LLMEmbeddingModel:
     backbone = model_args.backbone
     if backbone is None:
         from .bundled import smollm2_backbone_path
@@ -74,23 +93,23 @@ def build_model(model_args: ModelArguments) -> LLMEmbeddingModel:
         backbone = smollm2_backbone_path()
     return LLMEmbeddingModel.from_backbone(
         backbone,
-        attention=model_args.attention,
-        pooling=model_args.pooling,
         gguf_file=model_args.gguf_file,
         attn_implementation=model_args.attn_implementation,
-        **{name: getattr(model_args, name) for name in CONFIG_FIELDS},
+        **config_options,
     )
 
 
-def run(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> str:
-    """Train and save; returns the folder of the final (merged) model."""
+def run(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments,
+        config_options: dict | None = None) -> str:
+    """Train and save; returns the folder of the final (merged) model. ``config_options``:
+    :class:`LLMEmbeddingConfig` values (the rest keep the config's defaults)."""
     set_seed(training_args.seed)
     # data and settings first: a bad row or option fails in seconds, not after the backbone has loaded
     train_data = TripletDataset.from_any(data_args.train_file, data_args.max_train_rows)
     eval_data = TripletDataset.from_any(data_args.eval_file, data_args.max_eval_rows) if data_args.eval_file else None
     if training_args.world_size > 1 and not training_args.dataloader_drop_last:
         raise ValueError("training on several processes gathers equal per-rank batches: pass --dataloader_drop_last")
-    model = build_model(model_args)
+    model = build_model(model_args, config_options or {})
     tokenizer, config = model.tokenizer, model.config
     if training_args.remove_unused_columns:
         logger.info("setting remove_unused_columns=False: rows reach the collator as text, not as forward() arguments")
@@ -126,19 +145,46 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     return output_dir
 
 
+SAVE_OPTIONS = ("--save_strategy", "--save_steps")
+
+
 def main(argv: list[str] | None = None) -> str:
-    """Parse the arguments (``sys.argv`` by default), train, save; returns the saved model's folder.
-    The console command runs :func:`cli`, which turns this into an exit status."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    args = argv if argv is not None else sys.argv[1:]
+    """Parse the arguments (``sys.argv`` by default, or one JSON / YAML file holding them), train,
+    save; returns the saved model's folder. The console command runs :func:`cli`, which turns this
+    into an exit status."""
+    from .cli import config_kwargs
+    from .configuration_llm_embed import OPTIONS
+
+    parser = build_parser()
+    args = list(argv if argv is not None else sys.argv[1:])
     if len(args) == 1 and args[0].endswith((".json", ".yaml", ".yml")):
-        model_args, data_args, training_args = parser.parse_yaml_file(args[0]) if not args[0].endswith(".json") \
-            else parser.parse_json_file(args[0])
+        values = read_arguments_file(args[0])
+        config_options = {option.name: values.pop(option.name) for option in OPTIONS if option.name in values}
+        if not any(key in values for key in ("save_strategy", "save_steps")):
+            values["save_strategy"] = "no"
+        model_args, data_args, training_args = parser.parse_dict(values)
     else:
-        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args)
+        if not any(arg.split("=")[0] in SAVE_OPTIONS for arg in args):
+            args += ["--save_strategy", "no"]  # the final model is saved anyway; no optimizer-state checkpoints
+        model_args, data_args, training_args, *given = parser.parse_args_into_dataclasses(args)
+        config_options = config_kwargs(given[0]) if given else {}
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run(model_args, data_args, training_args)
+    return run(model_args, data_args, training_args, config_options)
+
+
+def read_arguments_file(path: str) -> dict:
+    """The arguments of a JSON or YAML file, as a dict (config options and training options together)."""
+    with open(path, encoding="utf-8") as handle:
+        if path.endswith(".json"):
+            values = json.load(handle)
+        else:
+            import yaml
+
+            values = yaml.safe_load(handle)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a mapping of argument names to values, got {type(values).__name__}")
+    return values
 
 
 def cli() -> int:
@@ -146,6 +192,9 @@ def cli() -> int:
     from .cli import run_console
 
     return run_console(main, "llm-embed-train")
+
+
+__all__ = ["DataArguments", "ModelArguments", "build_parser", "cli", "main", "run"]
 
 
 if __name__ == "__main__":
