@@ -6,7 +6,8 @@ Shipped with checkpoints (the model's ``forward`` returns this loss), so it impo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from contextlib import ExitStack, contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -114,19 +115,51 @@ def all_reduce_gradients(parameters) -> None:
             parameter.grad.div_(world)
 
 
+def accelerator_devices(devices: Iterable[torch.device | str]) -> dict[str, list[int]]:
+    """The non-CPU devices among ``devices``, grouped by type (``{"cuda": [0, 1]}``); a device without
+    an index means that type's current device."""
+    grouped: dict[str, list[int]] = {}
+    for device in devices:
+        device = torch.device(device)
+        if device.type in ("cpu", "meta"):
+            continue
+        index = device.index
+        if index is None:
+            current = getattr(torch.get_device_module(device.type), "current_device", None)
+            index = current() if current is not None else 0
+        indices = grouped.setdefault(device.type, [])
+        if index not in indices:
+            indices.append(index)
+    return grouped
+
+
 class RandomState:
-    """Captures the CPU and current CUDA generator states so that a mini-batch can be re-run with
-    the same dropout masks during GradCache's second pass."""
+    """The CPU generator's state and those of the accelerator devices in use, taken before a
+    mini-batch's first forward, so that GradCache's second pass can re-run it with the same dropout
+    masks (as sentence-transformers' ``RandContext``)."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, devices: dict[str, list[int]]):
         self.cpu_state = torch.get_rng_state()
-        self.cuda_state = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-        self.device = device
+        self.device_states = {
+            kind: [(index, torch.get_device_module(kind).get_rng_state(index)) for index in indices]
+            for kind, indices in devices.items()
+        }
 
-    def restore(self) -> None:
-        torch.set_rng_state(self.cpu_state)
-        if self.cuda_state is not None:
-            torch.cuda.set_rng_state(self.cuda_state, self.device)
+    @contextmanager
+    def replayed(self):
+        """Inside: the generators as they were when this state was taken. On leaving, also by an
+        exception: the caller's generators as they were on entering (``torch.random.fork_rng`` over
+        the CPU and every device captured)."""
+        with ExitStack() as stack:
+            stack.enter_context(torch.random.fork_rng(devices=[], device_type="cpu"))  # the CPU generator
+            for kind, states in self.device_states.items():
+                stack.enter_context(torch.random.fork_rng(devices=[index for index, _ in states], device_type=kind))
+            torch.set_rng_state(self.cpu_state)
+            for kind, states in self.device_states.items():
+                module = torch.get_device_module(kind)
+                for index, state in states:
+                    module.set_rng_state(state, index)
+            yield
 
 
 def cached_contrastive_loss(
@@ -136,6 +169,7 @@ def cached_contrastive_loss(
     document_inputs: tuple[torch.Tensor, torch.Tensor],
     mini_batch_size: int,
     after_backward: Callable[[], None] | None = None,
+    devices: Iterable[torch.device | str] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """GradCache (Gao et al. 2021): the loss of the full contrastive batch with the memory of one
     mini-batch.
@@ -147,8 +181,15 @@ def cached_contrastive_loss(
        by the incoming gradient (loss scaling, gradient accumulation).
     Loss and parameter gradients equal the uncached ones up to floating-point summation order.
     ``after_backward`` runs once all mini-batches are back-propagated (gradient synchronisation
-    under DDP). Returns the loss and the (graph-free) query embeddings.
+    under DDP). ``devices``: every device the model draws random numbers on (a model split over
+    several GPUs); by default the devices of the inputs. Their generators (and the CPU's) are
+    replayed, and the replay leaves the caller's generators as it found them, even when it fails:
+    a training step with GradCache advances them exactly as its first pass, the plain forward, does.
+    Returns the loss and the (graph-free) query embeddings.
     """
+    if devices is None:
+        devices = [tensor.device for pair in (query_inputs, document_inputs) for tensor in pair if tensor is not None]
+    devices = accelerator_devices(devices)
     chunks = []  # (kind, input_ids, attention_mask, random state)
     cached = {"query": [], "document": []}
     with torch.no_grad():
@@ -156,7 +197,7 @@ def cached_contrastive_loss(
             for start in range(0, input_ids.shape[0], mini_batch_size):
                 ids = input_ids[start : start + mini_batch_size]
                 mask = attention_mask[start : start + mini_batch_size]
-                state = RandomState(ids.device)
+                state = RandomState(devices)
                 cached[kind].append(embed(ids, mask))
                 chunks.append((kind, ids, mask, state))
     queries = torch.cat(cached["query"]).detach().requires_grad_(True)
@@ -172,13 +213,11 @@ def cached_contrastive_loss(
         position[kind] += 1
 
     def replay(grad_output: torch.Tensor) -> None:
-        current = RandomState(plan[0][0].device)
         with torch.enable_grad():
             for ids, mask, state, grad in plan:
-                state.restore()
-                embeddings = embed(ids, mask)
-                torch.autograd.backward(embeddings, grad.to(embeddings.dtype) * grad_output.to(embeddings.dtype))
-        current.restore()
+                with state.replayed():  # the backward too: a recomputing checkpoint may draw
+                    embeddings = embed(ids, mask)
+                    torch.autograd.backward(embeddings, grad.to(embeddings.dtype) * grad_output.to(embeddings.dtype))
         if after_backward is not None:
             after_backward()
 

@@ -34,19 +34,88 @@ def hooks_run_inside_checkpoint(layer: nn.Module) -> bool:
     return any("__call__" in vars(cls) for cls in type(layer).__mro__ if cls is not nn.Module and cls is not object)
 
 
+_DECLARATIONS = ("_can_record_outputs['hidden_states']", "_no_split_modules")
+
+
+def _declared_layer_specs(backbone: nn.Module) -> list[tuple[str, list | None]]:
+    """What the backbone's transformers class says its decoder layers are, most specific first, as
+    (declaration, specs or None when not declared):
+
+    - ``_can_record_outputs["hidden_states"]`` (transformers 5: the module class whose outputs are
+      the hidden states, a name, an ``OutputRecorder`` or a list of these; absent for some models on
+      older 5.x, e.g. GPT-2 on 5.2);
+    - ``_no_split_modules`` (class names of the blocks transformers keeps on one device).
+    """
+    recorded = (getattr(backbone, "_can_record_outputs", None) or {}).get("hidden_states")
+    if recorded is not None and not isinstance(recorded, list):
+        recorded = [recorded]
+    no_split = getattr(backbone, "_no_split_modules", None)
+    return list(zip(_DECLARATIONS, (recorded or None, sorted(no_split) if no_split else None)))
+
+
+def _spec_matches(spec, path: str, module: nn.Module) -> bool:
+    """Whether the module at ``path`` is one that ``spec`` declares: a class (isinstance), a name
+    (the module's class name, or a suffix of its path as transformers matches names), or an
+    ``OutputRecorder`` (its ``target_class`` or ``class_name``, filtered by its ``layer_name``)."""
+    if isinstance(spec, type):
+        return isinstance(module, spec)
+    if isinstance(spec, str):
+        return type(module).__name__ == spec or path.endswith(spec)
+    target, name = getattr(spec, "target_class", None), getattr(spec, "class_name", None)
+    if not ((target is not None and isinstance(module, target)) or (name and _spec_matches(name, path, module))):
+        return False
+    layer_name = getattr(spec, "layer_name", None)
+    return layer_name is None or f".{layer_name.strip('.')}." in f".{path}."
+
+
+def _describe(specs: list) -> str:
+    names = []
+    for spec in specs:
+        spec = getattr(spec, "target_class", None) or getattr(spec, "class_name", None) or spec
+        names.append(spec.__name__ if isinstance(spec, type) else str(spec))
+    return ", ".join(names)
+
+
+def _paths(found: list[tuple[str, nn.Module]]) -> str:
+    return "found none" if not found else f"found {len(found)} ({', '.join(path or '(root)' for path, _ in found)})"
+
+
 def find_decoder_layers(backbone: nn.Module, num_layers: int) -> nn.ModuleList:
-    """The backbone's list of transformer blocks (``layers`` in llama, ``h`` in gpt2, ...)."""
-    candidates = [
-        (name, module)
-        for name, module in backbone.named_modules()
-        if isinstance(module, nn.ModuleList) and len(module) == num_layers
+    """The backbone's list of ``num_layers`` transformer blocks (``layers`` in llama, mistral, qwen,
+    gemma and phi3, ``h`` in gpt2), found through transformers' own declarations: the one
+    ``nn.ModuleList`` whose every entry is a module the backbone's class declares as its decoder
+    layer (:func:`_declared_layer_specs`). Without a usable declaration it falls back to the only
+    ``nn.ModuleList`` of ``num_layers`` modules. A ``ValueError`` names the backbone class and what
+    was looked for when nothing fits."""
+    lists = [
+        (path, module)
+        for path, module in backbone.named_modules()
+        if isinstance(module, nn.ModuleList) and len(module) == num_layers > 0
     ]
-    if len(candidates) != 1:
-        raise ValueError(
-            f"multi_layer pooling: expected exactly one ModuleList of {num_layers} decoder layers in "
-            f"{type(backbone).__name__}, found {[name for name, _ in candidates]}; use another pooling."
-        )
-    return candidates[0][1]
+    looked_for = []
+    for declaration, specs in _declared_layer_specs(backbone):
+        if specs is None:
+            looked_for.append(f"{declaration}: not declared")
+            continue
+        found = [
+            (path, module)
+            for path, module in lists
+            if all(
+                any(_spec_matches(spec, f"{path}.{index}" if path else str(index), layer) for spec in specs)
+                for index, layer in enumerate(module)
+            )
+        ]
+        if len(found) == 1:
+            return found[0][1]
+        looked_for.append(f"a ModuleList of {num_layers} {_describe(specs)} ({declaration}): {_paths(found)}")
+    if len(lists) == 1:
+        return lists[0][1]
+    looked_for.append(f"else exactly one ModuleList of {num_layers} modules: {_paths(lists)}")
+    raise ValueError(
+        f"cannot find the {num_layers} decoder layers of {type(backbone).__name__} (multi_layer pooling and LoRA "
+        f"need them); looked for {'; '.join(looked_for)}. Use another pooling, or a backbone whose transformers "
+        "class declares its decoder layer class."
+    )
 
 
 class _CallState:

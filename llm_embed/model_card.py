@@ -43,13 +43,7 @@ def render_model_card(model, repo_id: str | None = None, license: str | None = N
         ("attention", config.attention),
         ("pooling", config.pooling),
     ]
-    if config.pooling in ("latent_attention", "multi_layer"):
-        design.append(("pooling head", f"{config.num_latents} latents, {config.pooling_heads} heads x "
-                                       f"{config.pooling_head_dim}, feed-forward x{config.pooling_ff_mult}, "
-                                       f"{head_params:,} parameters"))
-    if config.pooling == "multi_layer":
-        layers = "all" if config.pooling_layers is None else ", ".join(map(str, config.pooling_layers))
-        design.append(("pooled layers", f"{layers} (per-layer {config.layer_reduction})"))
+    design += model.pooler.card_rows(config, head_params)  # the head's own rows (latents, pooled layers, ...)
     design += [
         ("embedding dimension", str(config.embedding_dim)),
         ("normalised", "yes (cosine = dot product)" if config.normalize else "no"),

@@ -3,7 +3,9 @@
 Every head is one small ``nn.Module`` registered under a name with :func:`register_pooling_head`;
 the model looks the configured name up in :data:`POOLING_HEADS` (no if-chains). Every head masks
 padding and works with left or right padding, so a text's embedding does not depend on what
-else shares its batch.
+else shares its batch. A head owns all of its behaviour: ``forward``, the initialisation of its own
+parameters (:meth:`PoolingHead.init_weights`) and its rows of the model card
+(:meth:`PoolingHead.card_rows`); the model and the card ask the head, never test its class.
 
 The trainable heads follow Tang & Yang (2024) with the reference code's defects fixed:
 the cross-attention masks padding, sizes come from the config, and the latents enter only as
@@ -13,14 +15,29 @@ every embedding).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from abc import ABCMeta, abstractmethod
+from typing import ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import initialization as init
 
-if TYPE_CHECKING:  # the config imports this registry to validate names
-    from .configuration_llm_embed import LLMEmbeddingConfig
+
+class HeadConfig(Protocol):
+    """What the heads read from the model's config (``LLMEmbeddingConfig`` provides it). A protocol
+    rather than the config class itself: the config imports this module to validate pooling names,
+    so this module must not import the config."""
+
+    backbone_hidden_size: int
+    num_latents: int
+    pooling_attention_heads: int
+    pooling_head_dim: int
+    pooling_ff_mult: float
+    pooling_layers: list[int] | None
+    resolved_pooling_layers: list[int]
+    layer_reduction: str
+
 
 POOLING_HEADS: dict[str, type[PoolingHead]] = {}
 
@@ -76,20 +93,40 @@ LAYER_REDUCTIONS = {"mean": masked_mean, "last_token": last_token}
 # ----------------------------------------------------------------------------- heads
 
 
-class PoolingHead(nn.Module):
-    """Base class. ``forward(token_states, attention_mask, layer_states)`` returns (B, H)."""
+class PoolingHead(nn.Module, metaclass=ABCMeta):
+    """Base class. ``forward(token_states, attention_mask, layer_states)`` returns (B, H).
+
+    A subclass implements ``forward`` (abstract here) and, when it holds ``nn.Parameter``s of its own,
+    :meth:`init_weights`; it may add design rows to the model card with :meth:`card_rows`.
+    """
 
     name: ClassVar[str] = ""
     # The head reads one reduced vector per transformer layer (the model then collects them).
     needs_layer_states: ClassVar[bool] = False
 
-    def __init__(self, config: LLMEmbeddingConfig):
+    def __init__(self, config: HeadConfig):
         super().__init__()
 
+    @abstractmethod
     def forward(
         self, token_states: torch.Tensor, attention_mask: torch.Tensor, layer_states: torch.Tensor | None = None
     ) -> torch.Tensor:
-        raise NotImplementedError
+        """(B, T, H) token states, (B, T) mask, optional (B, L, H) layer vectors -> (B, H)."""
+
+    def init_weights(self, std: float) -> None:
+        """Initialise the parameters this module holds directly (``recurse=False``; and those of any
+        submodule other than ``nn.Linear`` / ``nn.LayerNorm``), ``std`` being
+        ``config.initializer_range``. The model's ``_init_weights`` calls it once per
+        initialisation pass, after transformers has initialised the head's ``nn.Linear`` /
+        ``nn.LayerNorm`` submodules (children before parents), and transformers marks the head
+        initialised so a later pass skips it. Use ``transformers.initialization`` (or
+        ``torch.nn.init``, which transformers guards during the pass): tensors loaded by
+        ``from_pretrained`` are skipped. The base head has no parameters."""
+
+    def card_rows(self, config: HeadConfig, parameters: int) -> list[tuple[str, str]]:
+        """Model-card design rows specific to this head, as ``(name, value)`` pairs, placed after the
+        ``pooling`` row. ``parameters``: the model's parameter count outside the backbone."""
+        return []
 
 
 @register_pooling_head("last_token")
@@ -154,18 +191,31 @@ class GEGLUFeedForward(nn.Module):
         return self.proj_out(value * F.gelu(gate))
 
 
-class LatentCrossAttentionPooling(PoolingHead):
-    """Trainable latents cross-attend to a context; GEGLU feed-forward with residual; mean over latents.
+class CrossAttentionPoolingHead(PoolingHead):
+    """Base of the trainable heads (not registered itself): trainable latents cross-attend to a
+    context; GEGLU feed-forward with residual; mean over latents.
 
-    Subclasses choose the context: the last layer's token states, or one vector per layer.
+    Subclasses choose the context: the last layer's token states (``latent_attention``), or one
+    vector per layer (``multi_layer``).
     """
 
-    def __init__(self, config: LLMEmbeddingConfig):
+    def __init__(self, config: HeadConfig):
         super().__init__(config)
         dim = config.backbone_hidden_size
         self.latents = nn.Parameter(torch.empty(config.num_latents, dim))
-        self.cross_attention = CrossAttention(dim, config.pooling_heads, config.pooling_head_dim)
+        self.cross_attention = CrossAttention(dim, config.pooling_attention_heads, config.pooling_head_dim)
         self.feed_forward = GEGLUFeedForward(dim, config.pooling_ff_mult)
+
+    def init_weights(self, std: float) -> None:
+        super().init_weights(std)
+        init.normal_(self.latents, mean=0.0, std=std)
+
+    def card_rows(self, config: HeadConfig, parameters: int) -> list[tuple[str, str]]:
+        return super().card_rows(config, parameters) + [
+            ("pooling head", f"{config.num_latents} latents, {config.pooling_attention_heads} heads x "
+                             f"{config.pooling_head_dim}, feed-forward x{config.pooling_ff_mult}, "
+                             f"{parameters:,} parameters"),
+        ]
 
     def attend(self, context: torch.Tensor, context_mask: torch.Tensor | None) -> torch.Tensor:
         queries = self.latents.to(context.dtype).unsqueeze(0).expand(context.shape[0], -1, -1)
@@ -175,7 +225,7 @@ class LatentCrossAttentionPooling(PoolingHead):
 
 
 @register_pooling_head("latent_attention")
-class LatentAttentionPooling(LatentCrossAttentionPooling):
+class LatentAttentionPooling(CrossAttentionPoolingHead):
     """Last-layer trainable pooling (paper's models 2 and 4): latents attend over the last layer's tokens."""
 
     def forward(self, token_states, attention_mask, layer_states=None):
@@ -183,7 +233,7 @@ class LatentAttentionPooling(LatentCrossAttentionPooling):
 
 
 @register_pooling_head("multi_layer")
-class MultiLayerPooling(LatentCrossAttentionPooling):
+class MultiLayerPooling(CrossAttentionPoolingHead):
     """Multi-layers trainable pooling (paper's models 3 and 5).
 
     Each selected layer is reduced to one vector (masked mean or last token, done by the model as
@@ -193,9 +243,19 @@ class MultiLayerPooling(LatentCrossAttentionPooling):
 
     needs_layer_states = True
 
-    def __init__(self, config: LLMEmbeddingConfig):
+    def __init__(self, config: HeadConfig):
         super().__init__(config)
         self.layer_embedding = nn.Parameter(torch.empty(len(config.resolved_pooling_layers), config.backbone_hidden_size))
+
+    def init_weights(self, std: float) -> None:
+        super().init_weights(std)  # the latents first, as before: same draws for a given seed
+        init.normal_(self.layer_embedding, mean=0.0, std=std)
+
+    def card_rows(self, config: HeadConfig, parameters: int) -> list[tuple[str, str]]:
+        layers = "all" if config.pooling_layers is None else ", ".join(map(str, config.pooling_layers))
+        return super().card_rows(config, parameters) + [
+            ("pooled layers", f"{layers} (per-layer {config.layer_reduction})"),
+        ]
 
     def forward(self, token_states, attention_mask, layer_states=None):
         if layer_states is None:
