@@ -105,3 +105,8 @@ def make_bidirectional(backbone: nn.Module) -> int:
             f"{type(backbone).__name__}, so kernels could still run causally. Use attention='causal'."
         )
     return switched
+
+
+__all__ = [
+    "backbone_model_class", "check_bidirectional_support", "check_decoder", "make_bidirectional", "uses_masking_utils",
+]

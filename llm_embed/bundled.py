@@ -62,3 +62,6 @@ def smollm2_backbone_path(cache_dir: str | os.PathLike | None = None) -> Path:
         if staging.exists():
             shutil.rmtree(staging)
     return target
+
+
+__all__ = ["smollm2_backbone_path", "smollm2_gguf_file"]

@@ -127,3 +127,6 @@ def config_kwargs(namespace: argparse.Namespace | dict) -> dict:
 
     values = vars(namespace) if isinstance(namespace, argparse.Namespace) else namespace
     return {option.name: values[option.name] for option in OPTIONS if option.name in values}
+
+
+__all__ = ["add_config_arguments", "config_kwargs", "run_console"]

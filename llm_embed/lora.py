@@ -69,3 +69,6 @@ def merge_lora(peft_model):
     merged = peft_model.merge_and_unload()
     merged._tokenizer = tokenizer
     return merged
+
+
+__all__ = ["apply_lora", "load_lora", "merge_lora"]

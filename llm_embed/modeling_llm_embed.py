@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import tempfile
 import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -23,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
-from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .atomic_save import check_save_target, save_atomically
@@ -36,11 +34,14 @@ from .contrastive import (
     distributed_world,
     find_ddp_wrapper,
 )
-from .encoding import EncodeMixin, configure_eos
+from .encoding import EncodeMixin
+from .hub import push_model_to_hub
 from .layer_states import LayerStateCollector, find_decoder_layers
 from .model_card import has_user_model_card, write_model_card
 from .packing import PackedBatch
-from .pooling import LAYER_REDUCTIONS, POOLING_HEADS, LatentCrossAttentionPooling, MultiLayerPooling
+from .pooling import LAYER_REDUCTIONS, POOLING_HEADS, PoolingHead
+from .sentence_transformers_files import write_sentence_transformers_files
+from .tokenizer_setup import configure_tokenizer, has_tokenizer_files, load_saved_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -61,54 +62,6 @@ class LLMEmbeddingOutput(ModelOutput):
     embeddings: torch.FloatTensor | None = None
 
 
-SENTENCE_TRANSFORMERS_MODULE = "sentence_transformers_llm_embed"
-
-
-def write_sentence_transformers_files(model, folder) -> None:
-    """``modules.json``, ``config_sentence_transformers.json`` and the module file, so the folder also
-    loads as ``SentenceTransformer(folder, trust_remote_code=True)`` (prompts and cosine similarity
-    declared). The module file sits beside this one; it imports sentence-transformers, which only
-    that loader needs."""
-    import json
-    import shutil
-
-    source = os.path.join(os.path.dirname(os.path.abspath(__file__)), SENTENCE_TRANSFORMERS_MODULE + ".py")
-    if not os.path.isfile(source):
-        # Loaded as remote code: transformers fetched only the files the model imports.
-        logger.warning(
-            "not writing the sentence-transformers files: %s is not beside this model's code; save from a "
-            "process with llm_embed installed to include them",
-            SENTENCE_TRANSFORMERS_MODULE + ".py",
-        )
-        return
-    shutil.copyfile(source, os.path.join(folder, SENTENCE_TRANSFORMERS_MODULE + ".py"))
-    modules = [{"idx": 0, "name": "0", "path": "", "type": f"{SENTENCE_TRANSFORMERS_MODULE}.LLMEmbeddingSTModule"}]
-    settings = {
-        "model_type": "SentenceTransformer",
-        "prompts": dict(model.config.prompts),
-        "default_prompt_name": model.config.default_prompt_name,
-        "similarity_fn_name": "cosine",
-    }
-    for name, content in (("modules.json", modules), ("config_sentence_transformers.json", settings)):
-        with open(os.path.join(folder, name), "w", encoding="utf-8") as handle:
-            json.dump(content, handle, indent=2)
-
-
-def has_tokenizer_files(name_or_path, hub_kwargs: dict) -> bool:
-    """Whether a local folder or Hub repo holds a saved tokenizer (``tokenizer_config.json``)."""
-    from transformers.utils import cached_file
-
-    kwargs = {key: value for key, value in hub_kwargs.items() if key != "trust_remote_code"}
-    found = cached_file(
-        name_or_path,
-        "tokenizer_config.json",
-        _raise_exceptions_for_missing_entries=False,
-        _raise_exceptions_for_connection_errors=False,
-        **kwargs,
-    )
-    return found is not None
-
-
 def check_has_config(name_or_path, hub_kwargs: dict) -> None:
     """Refuse a folder (or repo) without ``config.json`` at once: without it transformers would build
     the model from a default config (a randomly initialised Llama-7B) before failing."""
@@ -127,22 +80,10 @@ def check_has_config(name_or_path, hub_kwargs: dict) -> None:
         )
 
 
-def load_saved_tokenizer(name_or_path, hub_kwargs: dict):
-    """The tokenizer saved beside a checkpoint, loaded now (not on first use: the folder may be
-    overwritten or deleted by then). A broken tokenizer file fails here, naming the checkpoint."""
-    try:
-        return AutoTokenizer.from_pretrained(name_or_path, **hub_kwargs)
-    except (ValueError, OSError, TypeError, KeyError) as error:  # json.JSONDecodeError is a ValueError
-        raise ValueError(
-            f"the tokenizer saved with the checkpoint {name_or_path} cannot be loaded ({type(error).__name__}: "
-            f"{error}). Its tokenizer files (tokenizer.json, tokenizer_config.json) are damaged: save the "
-            "backbone's tokenizer there again, e.g. AutoTokenizer.from_pretrained(backbone).save_pretrained(folder)."
-        ) from error
-
-
 class LLMEmbeddingPreTrainedModel(PreTrainedModel):
     config_class = LLMEmbeddingConfig
-    base_model_prefix = "llm_embed"
+    # The attribute holding the decoder: ``model.base_model`` is the backbone, as for transformers' heads.
+    base_model_prefix = "backbone"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
     _supports_sdpa = True
@@ -155,12 +96,13 @@ class LLMEmbeddingPreTrainedModel(PreTrainedModel):
     accepts_loss_kwargs = False
 
     def _init_weights(self, module):
-        std = self.config.initializer_range
-        if isinstance(module, LatentCrossAttentionPooling):
-            init.normal_(module.latents, mean=0.0, std=std)
-        if isinstance(module, MultiLayerPooling):
-            init.normal_(module.layer_embedding, mean=0.0, std=std)
-        if isinstance(module, (nn.Linear, nn.LayerNorm)):
+        """Called by transformers once per module outside the backbone, children before parents
+        (the backbone is a model of its own, initialised by its own class). Linear and LayerNorm
+        layers get transformers' init at ``config.initializer_range``; a pooling head initialises
+        its own parameters (:meth:`~llm_embed.pooling.PoolingHead.init_weights`)."""
+        if isinstance(module, PoolingHead):
+            module.init_weights(self.config.initializer_range)
+        elif isinstance(module, (nn.Linear, nn.LayerNorm)):
             super()._init_weights(module)
 
 
@@ -226,6 +168,7 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
         ``document_*`` from :class:`~llm_embed.data.ContrastiveDataCollator`: B queries; B positives
         then K hard negatives per query), return the InfoNCE ``loss`` and the query embeddings.
         ``normalize`` overrides ``config.normalize`` for this call."""
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
         if normalize is not None and not isinstance(normalize, bool):
             raise TypeError(f"normalize must be None (use config.normalize), True or False; got {normalize!r}")
         if query_input_ids is not None:
@@ -235,12 +178,12 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
                 (query_input_ids, query_attention_mask), (document_input_ids, document_attention_mask)
             )
             output = LLMEmbeddingOutput(loss=loss if return_loss else None, embeddings=embeddings)
-            return output if return_dict is not False else output.to_tuple()
+            return output if return_dict else output.to_tuple()
         embeddings = self.embed(input_ids, attention_mask, position_ids, inputs_embeds, **kwargs)
         if self.config.normalize if normalize is None else normalize:
             embeddings = F.normalize(embeddings, p=2, dim=-1)
         output = LLMEmbeddingOutput(embeddings=embeddings)
-        return output if return_dict is not False else output.to_tuple()
+        return output if return_dict else output.to_tuple()
 
     def embed(
         self,
@@ -298,6 +241,7 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
             loss, queries = cached_contrastive_loss(
                 lambda ids, mask: self.embed(ids, mask), loss_fn, query_inputs, document_inputs, mini_batch,
                 after_backward=self._take_over_ddp_gradient_sync(),
+                devices={parameter.device for parameter in self.parameters()},  # all of a model split over GPUs
             )
             return loss, F.normalize(queries, p=2, dim=-1)
         queries = self.embed(*query_inputs)
@@ -363,6 +307,14 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.backbone.set_input_embeddings(value)
 
+    def resize_token_embeddings(self, *args, **kwargs) -> nn.Embedding:
+        """transformers' resize, which records the new vocabulary size in ``config.backbone_config``
+        (the saved config); the built backbone has its own copy of that config (the attention mode is
+        applied to the copy only), which gets the same size, so both stay in sync."""
+        embeddings = super().resize_token_embeddings(*args, **kwargs)
+        self.backbone.config.vocab_size = self.config.backbone_config.vocab_size
+        return embeddings
+
     # ------------------------------------------------------------------ tokenizer
 
     @property
@@ -380,21 +332,10 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
     @tokenizer.setter
     def tokenizer(self, tokenizer) -> None:
         """Keeps a configured copy (the caller's object is not changed): pad token, padding side,
-        maximum length, and, with ``append_eos``, a post-processor that appends EOS."""
+        maximum length, and, with ``append_eos``, a post-processor that appends EOS
+        (:func:`~llm_embed.tokenizer_setup.configure_tokenizer`)."""
         if tokenizer is not None:
-            tokenizer = copy.deepcopy(tokenizer)
-            if tokenizer.pad_token is None:
-                if tokenizer.eos_token is None:
-                    raise ValueError("the tokenizer has neither a pad_token nor an eos_token; set tokenizer.pad_token")
-                tokenizer.pad_token = tokenizer.eos_token
-            # Set both the attribute and init_kwargs: save_pretrained writes the latter, so that
-            # AutoTokenizer.from_pretrained(saved folder) comes back with the model's settings.
-            for name, value in (("padding_side", self.config.padding_side),
-                                ("model_max_length", self.config.max_seq_length)):
-                setattr(tokenizer, name, value)
-                tokenizer.init_kwargs[name] = value
-            if self.config.append_eos:
-                configure_eos(tokenizer)
+            tokenizer = configure_tokenizer(tokenizer, self.config)
         self._tokenizer = tokenizer
 
     # ------------------------------------------------------------------ loading and saving
@@ -427,7 +368,8 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
             )
         tokenizer_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
         if has_tokenizer_files(pretrained_model_name_or_path, tokenizer_kwargs):
-            model.tokenizer = load_saved_tokenizer(pretrained_model_name_or_path, tokenizer_kwargs)
+            model.tokenizer = load_saved_tokenizer(pretrained_model_name_or_path, tokenizer_kwargs,
+                                                   backbone_config=model.config.backbone_config)
         return (model, info) if want_info else model
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, model_card: dict | None = None, **kwargs):
@@ -482,28 +424,13 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
     ):
         """Upload everything ``save_pretrained`` writes (config with ``auto_map``, safetensors weights,
         tokenizer, code files, model card) to the Hub repo ``repo_id`` in one commit. Unlike the
-        generic transformers method, the card describes the embedding design and how to use it."""
-        from huggingface_hub import CommitOperationAdd, HfApi
-
-        api = HfApi(token=token)
-        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-        card = dict(repo_id=repo_id, license=license, evaluation_results=evaluation_results, tags=tags)
-        with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(folder, max_shard_size=max_shard_size, model_card=card)
-            operations = [
-                CommitOperationAdd(path_in_repo=name, path_or_fileobj=os.path.join(folder, name))
-                for name in sorted(os.listdir(folder))
-                if os.path.isfile(os.path.join(folder, name))
-            ]
-            if revision is not None and not create_pr:
-                api.create_branch(repo_id=repo_id, branch=revision, exist_ok=True)
-            return api.create_commit(
-                repo_id=repo_id,
-                operations=operations,
-                commit_message=commit_message or "Upload llm_embed model",
-                revision=revision,
-                create_pr=create_pr,
-            )
+        generic transformers method, the card describes the embedding design and how to use it
+        (:func:`~llm_embed.hub.push_model_to_hub`)."""
+        return push_model_to_hub(
+            self, repo_id, commit_message=commit_message, private=private, token=token, revision=revision,
+            create_pr=create_pr, max_shard_size=max_shard_size, license=license,
+            evaluation_results=evaluation_results, tags=tags,
+        )
 
     @classmethod
     def from_backbone(

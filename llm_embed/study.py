@@ -519,5 +519,8 @@ def cli() -> int:
     return run_console(main, "llm-embed-study")
 
 
+__all__ = ["DESIGNS", "cli", "main", "parse_args", "run_study", "write_reports"]
+
+
 if __name__ == "__main__":
     raise SystemExit(cli())
