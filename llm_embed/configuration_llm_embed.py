@@ -18,6 +18,7 @@ from typing import Any
 from transformers import AutoConfig, PreTrainedConfig
 
 from .bidirectional import check_bidirectional_support, check_decoder
+from .model_card import looks_like_hub_id
 from .pooling import LAYER_REDUCTIONS, POOLING_HEADS
 
 ATTENTION_MODES = ("causal", "bidirectional")
@@ -305,8 +306,14 @@ class LLMEmbeddingConfig(PreTrainedConfig):
         super().__setattr__(name, value)
 
     def to_dict(self) -> dict:
+        """transformers' serialisation, less what describes the machine rather than the model: the
+        unsaved placeholder flag, and local paths the model or its backbone were loaded from (a Hub
+        id is kept; it names the base model)."""
         output = super().to_dict()
         output.pop("_backbone_config_missing", None)
+        for section in (output, output.get("backbone_config") or {}):
+            if not looks_like_hub_id(section.get("_name_or_path")):
+                section.pop("_name_or_path", None)
         return output
 
     def check_backbone_given(self) -> None:

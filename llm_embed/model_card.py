@@ -26,6 +26,9 @@ def render_model_card(model, repo_id: str | None = None, license: str | None = N
     config = model.config
     backbone = config.backbone_config
     base_model = getattr(backbone, "_name_or_path", None) or config.name_or_path
+    # A local folder is named by its last part only: its full path describes the machine that saved it.
+    backbone_name = base_model if looks_like_hub_id(base_model) else os.path.basename(os.path.normpath(base_model)) \
+        if base_model else None
     head_params = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("backbone."))
     all_tags = ["llm_embed", "sentence-similarity", "feature-extraction", "text-embeddings", backbone.model_type,
                 f"attention-{config.attention}", f"pooling-{config.pooling}"] + list(tags or [])
@@ -39,7 +42,7 @@ def render_model_card(model, repo_id: str | None = None, license: str | None = N
     name = repo_id or "this model"
     load_id = repo_id or "path/to/model"
     design = [
-        ("backbone", f"{backbone.model_type} ({base_model or 'unnamed'}), {backbone.num_hidden_layers} layers, hidden {backbone.hidden_size}"),
+        ("backbone", f"{backbone.model_type} ({backbone_name or 'unnamed'}), {backbone.num_hidden_layers} layers, hidden {backbone.hidden_size}"),
         ("attention", config.attention),
         ("pooling", config.pooling),
     ]

@@ -75,3 +75,20 @@ print("RESULT", json.dumps(model.encode(["a text"]).tolist()))
     for unwanted in ("custom code", "[y/N]", "You are using a model of type"):
         assert unwanted not in result.stderr + result.stdout, result.stderr[-2000:]
     assert os.listdir(folder)  # the folder was not changed by loading
+
+
+def test_saved_files_hold_no_local_paths(tmp_path, tiny_backbone_dir):
+    """Neither config.json nor the model card names the folders the backbone or the model came from
+    (a Hub id would be kept: it names the base model)."""
+    from llm_embed import LLMEmbeddingModel
+
+    model = LLMEmbeddingModel.from_backbone(tiny_backbone_dir, pooling="mean")
+    model.save_pretrained(tmp_path / "a")
+    from transformers import AutoModel
+
+    AutoModel.from_pretrained(tmp_path / "a").save_pretrained(tmp_path / "b")
+    for folder in ("a", "b"):
+        for name in ("config.json", "README.md"):
+            text = (tmp_path / folder / name).read_text()
+            assert str(tiny_backbone_dir) not in text and str(tmp_path) not in text, (folder, name)
+    assert f"llama ({tiny_backbone_dir.name})" in (tmp_path / "a" / "README.md").read_text()
