@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from .encoding import pad_batch, resolve_prompt, tokenize_texts
+from .encoding import pad_batch, resolve_pad_id, resolve_prompt, tokenize_texts
 
 QUERY_FIELDS = ("query", "anchor")
 ROW_FORMAT = '{"query": ..., "positive": ..., "negative": ...} (or "anchor"; "negatives": [...]; or no negatives)'
@@ -208,10 +208,7 @@ class ContrastiveDataCollator:
         self.config = config
         self.query_prefix = resolve_prompt(config.prompts, None, query_prompt_name, None)
         self.document_prefix = resolve_prompt(config.prompts, None, document_prompt_name, None)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        if pad_id is None:
-            raise ValueError("the tokenizer has neither a pad_token nor an eos_token; set tokenizer.pad_token")
-        self.pad_id = pad_id
+        self.pad_id = resolve_pad_id(tokenizer)
 
     def _tokenize(self, texts: list[str], prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
         ids = tokenize_texts(self.tokenizer, [prefix + t for t in texts], self.config.max_seq_length, self.config.append_eos)
@@ -236,3 +233,13 @@ class ContrastiveDataCollator:
             "document_input_ids": document_ids,
             "document_attention_mask": document_mask,
         }
+
+
+__all__ = [
+    "QUERY_FIELDS",
+    "ROW_FORMAT",
+    "ContrastiveDataCollator",
+    "TripletDataset",
+    "check_negative_counts",
+    "normalize_row",
+]

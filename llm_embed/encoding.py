@@ -5,6 +5,11 @@ when packing, packed across the whole call into rows of one length and batched b
 run through the model batch by batch, and put back in the caller's order. The prompt prefix,
 EOS and truncation to ``max_seq_length`` are applied here, so that every caller (search, training
 evaluation, mteb) embeds a text the same way.
+
+The signature follows sentence-transformers' ``SentenceTransformer.encode`` (``normalize_embeddings``,
+``convert_to_numpy`` / ``convert_to_tensor``, ``encode_query`` / ``encode_document``), so that code
+written for a ``SentenceTransformer`` runs on an ``LLMEmbeddingModel`` unchanged and gets the same
+shapes, types and prompts; its arguments that have no meaning here are refused, never ignored.
 """
 
 from __future__ import annotations
@@ -16,12 +21,13 @@ import warnings
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .packing import pack_batch, plan_packed_batches, resolve_packing
+from .packing import host_to_device, pack_batch, plan_packed_batches, resolve_packing
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +82,35 @@ def resolve_prompt(prompts: dict[str, str], default_prompt_name: str | None, pro
             f"be a string: set config.prompts[{name!r}] = '' for no prefix."
         )
     return value
+
+
+PROMPT_SIDES = ("query", "document")
+"""The two sides of an asymmetric task, and the names of their prompts in ``config.prompts``."""
+
+
+def side_prompt_name(prompts: dict[str, str], side: str) -> str | None:
+    """The prompt name for one side of an asymmetric task (``encode_query`` / ``encode_document``,
+    mteb's query / document prompt types) when the caller names none: the model's prompt called
+    ``side``, or no prompt when it has none, never ``default_prompt_name`` (that one is for plain
+    ``encode``). This is sentence-transformers' rule, so that a query embeds the same through
+    either library."""
+    if side not in PROMPT_SIDES:
+        raise ValueError(f"side must be one of {PROMPT_SIDES}, got {side!r}")
+    return side if side in prompts else None
+
+
+def resolve_pad_id(tokenizer) -> int:
+    """The id that pads batches: the tokenizer's pad token, else its EOS (decoders often have no pad
+    token; the attention mask hides padding, so any id works). The one place this fallback is
+    written, for ``encode``, the training collator and the sentence-transformers module alike."""
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    if tokenizer.eos_token_id is not None:
+        return tokenizer.eos_token_id
+    raise ValueError(
+        "the tokenizer has neither a pad_token nor an eos_token, so batches cannot be padded; set "
+        "tokenizer.pad_token (e.g. tokenizer.pad_token = tokenizer.unk_token) before using it."
+    )
 
 
 TRUNCATION_SLACK = 32
@@ -194,7 +229,8 @@ def tokenize_texts(
             )
     if truncated:
         warnings.warn(
-            f"{truncated} of {len(texts)} texts were longer than max_seq_length={max_seq_length} tokens and were truncated.",
+            f"{truncated} of {len(texts)} texts were longer than max_seq_length={max_seq_length} tokens "
+            "and were truncated.",
             UserWarning,
             stacklevel=3,
         )
@@ -218,8 +254,11 @@ def configure_eos(tokenizer) -> bool:
     cut = len(with_specials) - len(plain)
     if backend is None or cut < 0 or with_specials[cut:] != plain:
         raise ValueError(
-            f"cannot make {type(tokenizer).__name__} append EOS (not a fast tokenizer with prefix-only special "
-            "tokens); encode() and the training collator append it anyway"
+            f"cannot use {type(tokenizer).__name__} with append_eos=True: the model's tokenizer must append EOS "
+            "itself, so that the tokenizer saved with the model gives the ids the model embeds, and this one's "
+            "post-processing cannot be made to (it is not a fast tokenizer, or it puts special tokens after the "
+            "text). Load a fast tokenizer (AutoTokenizer.from_pretrained(..., use_fast=True)), or build the model "
+            "with append_eos=False (then no EOS is appended by encode() or the training collator)."
         )
     from tokenizers.processors import TemplateProcessing
 
@@ -256,17 +295,6 @@ def pad_batch(rows: list[list[int]], pad_id: int, padding_side: str) -> tuple[to
     """Pad token id lists to a (B, T) id tensor and attention mask."""
     input_ids, attention_mask = torch.from_numpy(pad_arrays(rows, pad_id, padding_side)).unbind(0)
     return input_ids, attention_mask
-
-
-def host_to_device(block: np.ndarray, device: torch.device) -> torch.Tensor:
-    """One host array on ``device`` in one copy. On CUDA the copy is asynchronous from page-locked
-    memory (PyTorch's caching host allocator reuses the pinned blocks, so no ``cudaHostAlloc`` per
-    batch once warm), so the next batch is prepared while the GPU works; a pageable copy would
-    make the host wait for the GPU's queue."""
-    tensor = torch.from_numpy(block)
-    if device.type == "cuda":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
 
 
 _MODE_LOCK = threading.Lock()
@@ -334,8 +362,158 @@ def check_embeddings(embeddings: torch.Tensor, normalized: bool) -> None:
     )
 
 
+SENTENCE_TRANSFORMERS_ONLY = {
+    "truncate_dim": "the embedding size is fixed by the model (config.output_dim); to cut Matryoshka-style, "
+                    "slice embeddings[..., :dim] and L2-normalise them again",
+    "pool": "multi-process encoding is not supported; encode on one device (device=... or model.to(...))",
+    "chunk_size": "multi-process encoding is not supported; encode on one device (device=... or model.to(...))",
+    "task": "an LLMEmbeddingModel has no task router; use encode_query() / encode_document() or prompt_name= "
+            "for queries and documents",
+    "processing_kwargs": "tokenization follows the model's config; change config.max_seq_length, "
+                         "config.append_eos or config.padding_side instead",
+}
+"""``SentenceTransformer.encode`` arguments that ``encode`` does not support, and what to do instead.
+Passed as ``None`` (their default: nothing asked) they are accepted; any other value is refused, so
+that no call silently gets something other than what it asked for."""
+
+
+def check_extra_arguments(kwargs: dict[str, Any]) -> None:
+    """Refuse ``encode`` keyword arguments it does not take, naming the alternative for the
+    sentence-transformers ones (see :data:`SENTENCE_TRANSFORMERS_ONLY`)."""
+    for name, value in kwargs.items():
+        if name not in SENTENCE_TRANSFORMERS_ONLY:
+            raise TypeError(f"encode() got an unexpected keyword argument {name!r}")
+        if value is not None:
+            raise ValueError(f"encode({name}={value!r}) is not supported: {SENTENCE_TRANSFORMERS_ONLY[name]}.")
+
+
+def resolve_normalize(normalize: bool | None, normalize_embeddings: bool | None) -> bool | None:
+    """The ``normalize`` value for ``forward`` (None: ``config.normalize``) from llm_embed's and
+    sentence-transformers' arguments. ``normalize_embeddings=True`` L2-normalises; ``False`` (its
+    default in sentence-transformers) adds no normalisation of its own and leaves the model's setting
+    in charge, exactly as ``SentenceTransformer.encode(normalize_embeddings=False)`` still returns
+    unit vectors from a model that normalises. ``normalize=False`` is the way to raw vectors, so
+    ``normalize=False`` with ``normalize_embeddings=True`` asks for both and is refused."""
+    for name, value in (("normalize", normalize), ("normalize_embeddings", normalize_embeddings)):
+        if value is not None and not isinstance(value, bool):
+            raise TypeError(f"encode(): {name} must be True, False or None (config.normalize), got {value!r}")
+    if normalize is False and normalize_embeddings:
+        raise ValueError(
+            "encode(): normalize=False asks for raw vectors and normalize_embeddings=True for L2-normalised ones; "
+            "pass one of them (normalize_embeddings is sentence-transformers' name, normalize llm_embed's)."
+        )
+    if normalize is not None:
+        return normalize
+    return True if normalize_embeddings else None
+
+
+EncodeOutput = np.ndarray | torch.Tensor | list[torch.Tensor]
+"""What ``encode`` returns; which one is fixed by ``convert_to_numpy`` / ``convert_to_tensor`` and by
+the input being one string or a list (see the overloads of :meth:`EncodeMixin.encode`)."""
+
+
 class EncodeMixin:
-    """Adds ``encode`` to :class:`LLMEmbeddingModel` (needs ``tokenizer``, ``config``, ``device``, ``forward``)."""
+    """Adds ``encode``, ``encode_query`` and ``encode_document`` to :class:`LLMEmbeddingModel` (needs
+    ``tokenizer``, ``config``, ``device``, ``forward``). The signatures are sentence-transformers'
+    (``SentenceTransformer.encode``), so the same user code runs on either."""
+
+    # Overloads, as sentence-transformers types them: the return type follows convert_to_tensor /
+    # convert_to_numpy and, without either, the input (one string: one tensor; a list: a list of them).
+    # Numpy and tensor results are 1-D for one string and 2-D for a list.
+    @overload
+    def encode(
+        self,
+        sentences: str | Sequence[str],
+        prompt_name: str | None = ...,
+        prompt: str | None = ...,
+        batch_size: int = ...,
+        *,
+        show_progress_bar: bool | None = ...,
+        output_value: Literal["sentence_embedding"] = ...,
+        precision: Literal["float32"] = ...,
+        convert_to_numpy: Literal[True] = ...,
+        convert_to_tensor: Literal[False] = ...,
+        device: str | torch.device | None = ...,
+        normalize_embeddings: bool | None = ...,
+        normalize: bool | None = ...,
+        packing: bool | None = ...,
+    ) -> np.ndarray: ...
+
+    @overload
+    def encode(
+        self,
+        sentences: str | Sequence[str],
+        prompt_name: str | None = ...,
+        prompt: str | None = ...,
+        batch_size: int = ...,
+        *,
+        show_progress_bar: bool | None = ...,
+        output_value: Literal["sentence_embedding"] = ...,
+        precision: Literal["float32"] = ...,
+        convert_to_numpy: bool = ...,
+        convert_to_tensor: Literal[True],
+        device: str | torch.device | None = ...,
+        normalize_embeddings: bool | None = ...,
+        normalize: bool | None = ...,
+        packing: bool | None = ...,
+    ) -> torch.Tensor: ...
+
+    @overload
+    def encode(
+        self,
+        sentences: str,
+        prompt_name: str | None = ...,
+        prompt: str | None = ...,
+        batch_size: int = ...,
+        *,
+        show_progress_bar: bool | None = ...,
+        output_value: Literal["sentence_embedding"] = ...,
+        precision: Literal["float32"] = ...,
+        convert_to_numpy: Literal[False],
+        convert_to_tensor: Literal[False] = ...,
+        device: str | torch.device | None = ...,
+        normalize_embeddings: bool | None = ...,
+        normalize: bool | None = ...,
+        packing: bool | None = ...,
+    ) -> torch.Tensor: ...
+
+    @overload
+    def encode(
+        self,
+        sentences: Sequence[str],
+        prompt_name: str | None = ...,
+        prompt: str | None = ...,
+        batch_size: int = ...,
+        *,
+        show_progress_bar: bool | None = ...,
+        output_value: Literal["sentence_embedding"] = ...,
+        precision: Literal["float32"] = ...,
+        convert_to_numpy: Literal[False],
+        convert_to_tensor: Literal[False] = ...,
+        device: str | torch.device | None = ...,
+        normalize_embeddings: bool | None = ...,
+        normalize: bool | None = ...,
+        packing: bool | None = ...,
+    ) -> list[torch.Tensor]: ...
+
+    @overload  # catch-all, for flags only known at run time
+    def encode(
+        self,
+        sentences: str | Sequence[str],
+        prompt_name: str | None = ...,
+        prompt: str | None = ...,
+        batch_size: int = ...,
+        *,
+        show_progress_bar: bool | None = ...,
+        output_value: Literal["sentence_embedding"] = ...,
+        precision: Literal["float32"] = ...,
+        convert_to_numpy: bool = ...,
+        convert_to_tensor: bool = ...,
+        device: str | torch.device | None = ...,
+        normalize_embeddings: bool | None = ...,
+        normalize: bool | None = ...,
+        packing: bool | None = ...,
+    ) -> EncodeOutput: ...
 
     def encode(
         self,
@@ -343,47 +521,196 @@ class EncodeMixin:
         prompt_name: str | None = None,
         prompt: str | None = None,
         batch_size: int = 32,
-        normalize: bool | None = None,
+        *,
+        show_progress_bar: bool | None = None,
+        output_value: str = "sentence_embedding",
+        precision: str = "float32",
         convert_to_numpy: bool = True,
         convert_to_tensor: bool = False,
-        show_progress_bar: bool | None = None,
+        device: str | torch.device | None = None,
+        normalize_embeddings: bool | None = None,
+        normalize: bool | None = None,
         packing: bool | None = None,
-    ) -> np.ndarray | torch.Tensor:
-        """Embed texts.
+        **kwargs: Any,
+    ) -> EncodeOutput:
+        """Embed texts. Takes sentence-transformers' arguments (``SentenceTransformer.encode``) and
+        returns what it returns for them; arguments after ``batch_size`` are keyword-only, so that a
+        positional argument can never land on another parameter than the caller meant.
 
         Args:
-            sentences: one string (returns one vector) or a list of strings (returns a matrix).
+            sentences: one string (returns one vector, 1-D) or a list of strings (returns one row per
+                text, 2-D).
             prompt_name: a key of ``config.prompts`` (``"query"``, ``"document"``), or
             prompt: a literal prefix; at most one of the two. Default: ``config.default_prompt_name``.
-            batch_size: texts per forward pass (texts are sorted by length first). When packing, the
-                whole call is packed into rows as long as its longest text (``L``) and each forward
-                pass takes ``batch_size`` rows: a budget of ``batch_size x L`` tokens, the size of the
-                largest padded batch (see :func:`~llm_embed.packing.plan_packed_batches`).
-            normalize: L2-normalise; defaults to ``config.normalize``.
-            convert_to_numpy / convert_to_tensor: numpy float32 array (default) or a torch tensor on the
-                model's device, in the model's dtype (``convert_to_tensor`` wins, as in sentence-transformers).
+                For retrieval, :meth:`encode_query` / :meth:`encode_document` pick the side's prompt.
+            batch_size: the size of one forward pass. Padded (the default under SDPA / eager): texts
+                per pass, after sorting by length. Packed (``packing``): the whole call is packed into
+                rows as long as its longest text (``L``) and a pass takes at most ``batch_size`` rows,
+                i.e. a budget of ``batch_size x L`` tokens (the largest padded batch), which usually
+                holds more than ``batch_size`` texts (see :func:`~llm_embed.packing.plan_packed_batches`).
             show_progress_bar: defaults to showing it when logging is at INFO or more verbose.
+            output_value: only ``"sentence_embedding"``; token embeddings are not returned by
+                ``encode`` (run the backbone, ``model.backbone(...)``, for those).
+            precision: only ``"float32"``; to quantize, pass the result to sentence-transformers'
+                ``quantize_embeddings``.
+            convert_to_numpy / convert_to_tensor: as in sentence-transformers. ``convert_to_tensor=True``
+                wins: one tensor on the model's device, in the model's dtype. Else
+                ``convert_to_numpy=True`` (default): a numpy ``float32`` array on the CPU, whatever the
+                model's dtype. Both ``False``: a list of 1-D tensors on the model's device (one tensor
+                for one string).
+            device: None (the model's device) or one device, to which the model is moved first, as
+                sentence-transformers does; a list (multi-process encoding) is not supported.
+            normalize_embeddings: sentence-transformers' switch: ``True`` L2-normalises; ``False`` or
+                None leaves it to ``config.normalize`` (see :func:`resolve_normalize`).
+            normalize: llm_embed's switch: ``True`` / ``False`` L2-normalise or not, whatever
+                ``config.normalize`` says; None: ``config.normalize``. ``normalize=False`` with
+                ``normalize_embeddings=True`` contradict each other and raise ``ValueError``.
             packing: run the texts packed end to end, without padding (``llm_embed.packing``).
                 ``None`` (default): only with ``flex_attention`` or ``flash_attention_*`` backbones;
                 ``True``: always (with SDPA / eager through a dense block-diagonal mask, slower);
                 ``False``: never. Results equal the padded ones up to floating-point rounding.
 
+        The other arguments of ``SentenceTransformer.encode`` (``truncate_dim``, ``pool``,
+        ``chunk_size``, ``task``, ``processing_kwargs``) are accepted only as None and otherwise
+        refused with the reason (:data:`SENTENCE_TRANSFORMERS_ONLY`); so is a conflicting pair of
+        ``prompt`` and ``prompt_name``, which sentence-transformers resolves with a warning.
+
         Raises ``ValueError`` rather than return a row that is not a vector (NaN / inf values, or all
         zeros when normalising): see :func:`check_embeddings`. Several threads may encode on one model
         at once (:func:`eval_mode`).
         """
+        check_extra_arguments(kwargs)
         texts, single = check_texts(sentences)
-        if normalize is not None and not isinstance(normalize, bool):
-            raise TypeError(f"encode(): normalize must be True, False or None (config.normalize), got {normalize!r}")
+        normalize = resolve_normalize(normalize, normalize_embeddings)
+        if output_value != "sentence_embedding":
+            raise ValueError(
+                f"encode(output_value={output_value!r}) is not supported: encode returns sentence embeddings "
+                "only; for token states, run the backbone: model.backbone(input_ids=..., attention_mask=...)."
+            )
+        if precision != "float32":
+            raise ValueError(
+                f"encode(precision={precision!r}) is not supported: encode returns float32 embeddings; quantize "
+                "them with sentence_transformers.quantization.quantize_embeddings(embeddings, precision=...)."
+            )
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"encode(): batch_size must be a positive integer, got {batch_size!r}")
         config = self.config
         prefix = resolve_prompt(config.prompts, config.default_prompt_name, prompt_name, prompt)
+        self._move_for_encode(device)
+        embeddings = self._embed_texts(texts, prefix, batch_size, normalize, show_progress_bar, packing)
+        if single:
+            embeddings = embeddings[0]
+        if convert_to_tensor:
+            return embeddings
+        if convert_to_numpy:
+            return embeddings.float().cpu().numpy()
+        return embeddings if single else list(embeddings)
+
+    # encode_query / encode_document take every argument of encode; overloads as for encode, shortened.
+    @overload
+    def encode_query(self, sentences: str | Sequence[str], prompt_name: str | None = ..., prompt: str | None = ...,
+                     batch_size: int = ..., *, convert_to_numpy: Literal[True] = ...,
+                     convert_to_tensor: Literal[False] = ..., **kwargs: Any) -> np.ndarray: ...
+
+    @overload
+    def encode_query(self, sentences: str | Sequence[str], prompt_name: str | None = ..., prompt: str | None = ...,
+                     batch_size: int = ..., *, convert_to_numpy: bool = ..., convert_to_tensor: Literal[True],
+                     **kwargs: Any) -> torch.Tensor: ...
+
+    @overload
+    def encode_query(self, sentences: str, prompt_name: str | None = ..., prompt: str | None = ...,
+                     batch_size: int = ..., *, convert_to_numpy: Literal[False],
+                     convert_to_tensor: Literal[False] = ..., **kwargs: Any) -> torch.Tensor: ...
+
+    @overload
+    def encode_query(self, sentences: Sequence[str], prompt_name: str | None = ..., prompt: str | None = ...,
+                     batch_size: int = ..., *, convert_to_numpy: Literal[False],
+                     convert_to_tensor: Literal[False] = ..., **kwargs: Any) -> list[torch.Tensor]: ...
+
+    @overload
+    def encode_query(self, sentences: str | Sequence[str], prompt_name: str | None = ..., prompt: str | None = ...,
+                     batch_size: int = ..., *, convert_to_numpy: bool = ..., convert_to_tensor: bool = ...,
+                     **kwargs: Any) -> EncodeOutput: ...
+
+    def encode_query(self, sentences: str | Sequence[str], prompt_name: str | None = None, prompt: str | None = None,
+                     batch_size: int = 32, **kwargs: Any) -> EncodeOutput:
+        """:meth:`encode` for queries. Without ``prompt_name`` / ``prompt``, it uses the model's prompt
+        named ``"query"`` (``config.prompts["query"]``), or none when the model has no such prompt,
+        never ``config.default_prompt_name``: sentence-transformers' ``encode_query`` rule, so a query
+        embeds the same through either library. An explicit ``prompt_name`` or ``prompt`` wins. Every
+        other argument is :meth:`encode`'s."""
+        prompt = self._side_prompt("query", prompt_name, prompt)
+        return self.encode(sentences, prompt_name, prompt, batch_size, **kwargs)
+
+    @overload
+    def encode_document(self, sentences: str | Sequence[str], prompt_name: str | None = ...,
+                        prompt: str | None = ..., batch_size: int = ..., *, convert_to_numpy: Literal[True] = ...,
+                        convert_to_tensor: Literal[False] = ..., **kwargs: Any) -> np.ndarray: ...
+
+    @overload
+    def encode_document(self, sentences: str | Sequence[str], prompt_name: str | None = ...,
+                        prompt: str | None = ..., batch_size: int = ..., *, convert_to_numpy: bool = ...,
+                        convert_to_tensor: Literal[True], **kwargs: Any) -> torch.Tensor: ...
+
+    @overload
+    def encode_document(self, sentences: str, prompt_name: str | None = ..., prompt: str | None = ...,
+                        batch_size: int = ..., *, convert_to_numpy: Literal[False],
+                        convert_to_tensor: Literal[False] = ..., **kwargs: Any) -> torch.Tensor: ...
+
+    @overload
+    def encode_document(self, sentences: Sequence[str], prompt_name: str | None = ..., prompt: str | None = ...,
+                        batch_size: int = ..., *, convert_to_numpy: Literal[False],
+                        convert_to_tensor: Literal[False] = ..., **kwargs: Any) -> list[torch.Tensor]: ...
+
+    @overload
+    def encode_document(self, sentences: str | Sequence[str], prompt_name: str | None = ...,
+                        prompt: str | None = ..., batch_size: int = ..., *, convert_to_numpy: bool = ...,
+                        convert_to_tensor: bool = ..., **kwargs: Any) -> EncodeOutput: ...
+
+    def encode_document(self, sentences: str | Sequence[str], prompt_name: str | None = None,
+                        prompt: str | None = None, batch_size: int = 32, **kwargs: Any) -> EncodeOutput:
+        """:meth:`encode` for documents (passages, corpus entries): as :meth:`encode_query`, with the
+        model's prompt named ``"document"`` (none when it has none)."""
+        prompt = self._side_prompt("document", prompt_name, prompt)
+        return self.encode(sentences, prompt_name, prompt, batch_size, **kwargs)
+
+    def _side_prompt(self, side: str, prompt_name: str | None, prompt: str | None) -> str | None:
+        """``prompt`` for ``encode`` from ``encode_query`` / ``encode_document``: the caller's when
+        given (``encode`` checks it), else the side's prefix (:func:`side_prompt_name`)."""
+        if prompt_name is not None or prompt is not None:
+            return prompt
+        prompts = self.config.prompts
+        return resolve_prompt(prompts, side_prompt_name(prompts, side), None, None)
+
+    def _move_for_encode(self, device) -> None:
+        """``encode(device=...)``: move the model there first, as sentence-transformers does (and keep it
+        there). Refused where the placement is not one device to move to."""
+        if device is None:
+            return
+        if isinstance(device, (list, tuple)):
+            raise ValueError(
+                f"encode(device={device!r}): multi-process encoding over several devices is not supported; pass "
+                "one device, or run one model per device yourself."
+            )
+        target = torch.empty(0, device=device).device  # canonical: "cuda" -> cuda:0, "cpu:0" -> cpu
+        if target == self.device:
+            return
+        if getattr(self, "hf_device_map", None):
+            raise ValueError(
+                f"encode(device={device!r}): this model was loaded with a device_map, which places its layers; "
+                "encode runs where they are: leave device=None, or load the model without device_map and "
+                "move it with model.to(device)."
+            )
+        self.to(target)
+
+    def _embed_texts(self, texts: list[str], prefix: str, batch_size: int, normalize: bool | None,
+                     show_progress_bar: bool | None, packing: bool | None) -> torch.Tensor:
+        """``(len(texts), dim)`` embeddings in the texts' order, on the model's device: tokenize,
+        batch (padded or packed), run ``forward``, restore the order, check every row."""
+        config = self.config
         tokenizer = self.tokenizer
         ids = tokenize_texts(tokenizer, texts, config.max_seq_length, config.append_eos, prefix=prefix)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        if pad_id is None:
-            raise ValueError("the tokenizer has neither a pad_token nor an eos_token; set tokenizer.pad_token.")
+        pad_id = resolve_pad_id(tokenizer)
         if show_progress_bar is None:
             show_progress_bar = logger.getEffectiveLevel() <= logging.INFO
         lengths = [len(row) for row in ids]
@@ -415,10 +742,27 @@ class EncodeMixin:
         inverse[torch.tensor(produced)] = torch.arange(len(produced))
         embeddings = batch_embeddings[inverse.to(batch_embeddings.device)]
         check_embeddings(embeddings, config.normalize if normalize is None else normalize)
-        if single:
-            embeddings = embeddings[0]
-        if convert_to_tensor:
-            return embeddings
-        if convert_to_numpy:
-            return embeddings.float().cpu().numpy()
         return embeddings
+
+
+__all__ = [
+    "PROMPT_SIDES",
+    "SENTENCE_TRANSFORMERS_ONLY",
+    "TRUNCATION_SLACK",
+    "EncodeMixin",
+    "EncodeOutput",
+    "check_embeddings",
+    "check_extra_arguments",
+    "check_texts",
+    "configure_eos",
+    "eval_mode",
+    "find_surrogate",
+    "max_token_chars",
+    "pad_arrays",
+    "pad_batch",
+    "resolve_normalize",
+    "resolve_pad_id",
+    "resolve_prompt",
+    "side_prompt_name",
+    "tokenize_texts",
+]

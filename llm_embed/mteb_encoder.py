@@ -2,7 +2,9 @@
 
 mteb hands ``encode`` a DataLoader of ``{"text": [...]}`` batches and a ``prompt_type`` (query /
 document, or None for symmetric tasks such as STS and clustering). The model's own prompts are
-used: ``query`` for queries, ``document`` for documents, and for symmetric tasks
+used, resolved as ``encode`` resolves them (:func:`~llm_embed.encoding.resolve_prompt`): queries get
+the model's ``query`` prompt and documents its ``document`` prompt, as ``encode_query`` /
+``encode_document`` do (no prefix where the model has no such prompt); symmetric tasks get
 ``symmetric_prompt_name`` (default: the model's ``default_prompt_name``, i.e. no prompt unless
 configured). ``task_prompts`` overrides by task name or task type, as mteb's own wrappers allow.
 """
@@ -14,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from .encoding import PROMPT_SIDES, resolve_prompt, side_prompt_name
 
 
 def require_mteb():
@@ -53,23 +57,18 @@ class MTEBEncoder:
     def prompt_for(self, task_metadata, prompt_type) -> str:
         """The literal prefix for this task and side."""
         kind = getattr(prompt_type, "value", prompt_type)
-        for key in (f"{task_metadata.name}-{kind}", task_metadata.name, f"{task_metadata.type}-{kind}", task_metadata.type):
+        name, task_type = task_metadata.name, task_metadata.type
+        for key in (f"{name}-{kind}", name, f"{task_type}-{kind}", task_type):
             if key in self.task_prompts:
                 return self.task_prompts[key]
         config = self.model.config
-        if kind == "query":
-            name = "query"
-        elif kind == "document":
-            name = "document"
-        else:
-            name = self.symmetric_prompt_name or config.default_prompt_name
-        if name is None:
-            return ""
-        if name not in config.prompts:
-            raise ValueError(f"the model has no prompt named {name!r}; its prompts are {sorted(config.prompts)}")
-        return config.prompts[name]
+        if kind in PROMPT_SIDES:
+            return resolve_prompt(config.prompts, side_prompt_name(config.prompts, kind), None, None)
+        return resolve_prompt(config.prompts, config.default_prompt_name, self.symmetric_prompt_name, None)
 
-    def encode(self, inputs, *, task_metadata, hf_split: str, hf_subset: str, prompt_type=None, **kwargs) -> np.ndarray:
+    def encode(
+        self, inputs, *, task_metadata, hf_split: str, hf_subset: str, prompt_type=None, **kwargs
+    ) -> np.ndarray:
         texts = [text for batch in inputs for text in batch["text"]]
         batch_size = kwargs.get("batch_size", self.batch_size)
         return self.model.encode(
@@ -124,3 +123,6 @@ class MTEBEncoder:
             use_instructions=any(config.prompts.values()),
             training_datasets=None,
         )
+
+
+__all__ = ["MTEBEncoder", "require_mteb"]

@@ -20,7 +20,13 @@ How the mask reaches the attention kernel depends on the backbone's ``attn_imple
   from the position ids, because transformers' bidirectional mask (``create_bidirectional_mask``)
   ignores packed position ids and would let packed texts see each other.
 - ``sdpa`` / ``eager``: a dense ``(rows, 1, R, R)`` mask. Correct, but a dense mask makes SDPA
-  leave its flash kernel, so ``encode`` packs for these only when asked (``packing=True``).
+  leave its flash kernel, so ``encode`` packs for these only when asked (``packing=True``). Two
+  modes, because the kernels read a mask differently: ``dense`` (SDPA) passes a boolean mask (True:
+  attend); ``dense_additive`` (eager, which adds the mask to the attention scores) passes a float
+  mask in the model's dtype, 0 where a token may attend and the dtype's minimum elsewhere. Both give
+  a :class:`PackedBatch` whose ``mode`` is ``dense``: only the mask's form differs.
+
+:data:`PACKING_MODES` lists the four modes; :func:`resolve_packing` picks one for a backbone.
 
 Backbones whose attention is windowed (``sliding_window``, ``attention_chunk_size``) smaller than a
 packed text are not packed: one prepared mask would apply to every layer type.
@@ -35,11 +41,28 @@ from typing import Any
 import numpy as np
 import torch
 
-PACKING_MODES = ("flash", "flex", "dense")
+PACKING_MODES = ("flash", "flex", "dense", "dense_additive")
+"""How a packed batch is masked (see the module docstring): ``flash`` (one row, position ids only),
+``flex`` (a ``BlockMask``), ``dense`` (a boolean 4D mask, for SDPA), ``dense_additive`` (a 4D float
+mask of 0 / dtype minimum, for eager attention, which adds the mask to its scores)."""
+
+
+def host_to_device(block: np.ndarray, device: torch.device) -> torch.Tensor:
+    """One host array on ``device`` in one copy. On CUDA the copy is asynchronous from page-locked
+    memory (PyTorch's caching host allocator reuses the pinned blocks, so no ``cudaHostAlloc`` per
+    batch once warm), so the next batch is prepared while the GPU works; a pageable copy would
+    make the host wait for the GPU's queue. Lives here, not in ``encoding`` (which imports this
+    module), because both the padded and the packed paths use it."""
+    tensor = torch.from_numpy(block)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def packing_mode(attn_implementation: str | None) -> str:
-    """How packed rows are masked for this attention implementation (see the module docstring)."""
+    """How packed rows are masked for this attention implementation (see the module docstring):
+    ``flash``, ``flex`` or ``dense``. :func:`resolve_packing` refines ``dense`` to ``dense_additive``
+    for eager attention."""
     implementation = attn_implementation or "eager"
     if implementation.startswith("flash_attention") or "flash-attn" in implementation:
         return "flash"
@@ -246,15 +269,14 @@ def pack_batch(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> PackedBatch:
-    """Pack token-id lists (one per text) for the backbone. ``mode``: ``flash`` (one row, no mask),
-    ``flex`` (BlockMask) or ``dense`` (4D mask: bool for SDPA, additive in ``dtype`` otherwise, see
-    ``dense_additive``). ``row_texts`` / ``row_length``: the layout (positions in ``rows`` per packed
-    row, and the row length), as :func:`plan_packed_batches` gives it for ``encode``; by default the
-    texts go first-fit decreasing into rows as long as the longest of them (flash: one row of every
-    token). The host arrays reach the device in one copy (asynchronous on CUDA)."""
-    from .encoding import host_to_device
-
-    if mode not in PACKING_MODES and mode != "dense_additive":
+    """Pack token-id lists (one per text) for the backbone. ``mode`` (one of :data:`PACKING_MODES`):
+    ``flash`` (one row, no mask), ``flex`` (BlockMask), ``dense`` (boolean 4D mask, for SDPA) or
+    ``dense_additive`` (4D float mask in ``dtype``, 0 / dtype minimum, for eager). ``row_texts`` /
+    ``row_length``: the layout (positions in ``rows`` per packed row, and the row length), as
+    :func:`plan_packed_batches` gives it for ``encode``; by default the texts go first-fit decreasing
+    into rows as long as the longest of them (flash: one row of every token). The host arrays reach
+    the device in one copy (asynchronous on CUDA)."""
+    if mode not in PACKING_MODES:
         raise ValueError(f"packing mode must be one of {PACKING_MODES}, got {mode!r}")
     if not rows or any(len(row) == 0 for row in rows):
         raise ValueError("pack_batch needs at least one text, each with at least one token")
@@ -336,3 +358,21 @@ def resolve_packing(model, packing: bool | None, longest: int) -> str | None:
     if mode == "dense" and (implementation or "eager") != "sdpa":
         mode = "dense_additive"  # eager adds the mask to the scores
     return mode
+
+
+__all__ = [
+    "PACKING_MODES",
+    "PADDED_FACTOR",
+    "BatchPlan",
+    "PackedBatch",
+    "attention_window",
+    "check_packable",
+    "first_fit_decreasing",
+    "flex_document_mask",
+    "host_to_device",
+    "pack_batch",
+    "packing_mode",
+    "packs_by_default",
+    "plan_packed_batches",
+    "resolve_packing",
+]

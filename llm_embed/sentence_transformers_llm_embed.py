@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from sentence_transformers.base.modules.input_module import InputModule
 
-from .encoding import pad_batch, tokenize_texts
+from .encoding import pad_batch, resolve_pad_id, tokenize_texts
 from .modeling_llm_embed import LLMEmbeddingModel
 
 
@@ -42,11 +42,10 @@ class LLMEmbeddingSTModule(InputModule):
         return self.model.config.embedding_dim
 
     def preprocess(self, inputs, prompt: str | None = None, **kwargs) -> dict[str, torch.Tensor]:
-        texts = [(prompt or "") + text for text in inputs]
+        """Token ids as ``encode`` makes them: the same helpers, the prompt passed as the prefix."""
         config, tokenizer = self.model.config, self.model.tokenizer
-        ids = tokenize_texts(tokenizer, texts, config.max_seq_length, config.append_eos)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        input_ids, attention_mask = pad_batch(ids, pad_id, config.padding_side)
+        ids = tokenize_texts(tokenizer, list(inputs), config.max_seq_length, config.append_eos, prefix=prompt or "")
+        input_ids, attention_mask = pad_batch(ids, resolve_pad_id(tokenizer), config.padding_side)
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     def tokenize(self, texts, **kwargs):  # sentence-transformers < 6 name
@@ -71,3 +70,6 @@ class LLMEmbeddingSTModule(InputModule):
             local_files_only=local_files_only, **load_kwargs,
         )
         return cls(model)
+
+
+__all__ = ["LLMEmbeddingSTModule"]
