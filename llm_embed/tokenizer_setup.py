@@ -13,14 +13,47 @@ import copy
 
 from transformers import AutoTokenizer
 
-from .encoding import configure_eos
-
 # Arguments of the load that put them into a tokenizer's init_kwargs, which save_pretrained writes to
 # tokenizer_config.json: they describe the machine that loaded it, not the tokenizer.
 LOADING_ONLY_KEYS = (
     "is_local", "local_files_only", "cache_dir", "token", "use_auth_token", "revision", "force_download",
     "proxies", "subfolder", "trust_remote_code", "_commit_hash", "code_revision",
 )
+
+
+def configure_eos(tokenizer) -> bool:
+    """Make a fast tokenizer append EOS itself (``tokenizer(text)`` then ends with EOS), keeping the
+    special tokens it already puts in front (BOS). Saved with the tokenizer, so that
+    ``AutoTokenizer.from_pretrained(model folder)`` gives ids the model was trained on even outside
+    ``encode``. Returns False (nothing changed) when it already does so; raises for a tokenizer
+    whose post-processing cannot be rewritten this way."""
+    eos_id, eos = tokenizer.eos_token_id, tokenizer.eos_token
+    if eos_id is None:
+        raise ValueError("append_eos=True but the tokenizer has no eos_token; set tokenizer.eos_token")
+    with_specials = tokenizer("a")["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    if with_specials and with_specials[-1] == eos_id:
+        return False
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    cut = len(with_specials) - len(plain)
+    if backend is None or cut < 0 or with_specials[cut:] != plain:
+        raise ValueError(
+            f"cannot use {type(tokenizer).__name__} with append_eos=True: the model's tokenizer must append EOS "
+            "itself, so that the tokenizer saved with the model gives the ids the model embeds, and this one's "
+            "post-processing cannot be made to (it is not a fast tokenizer, or it puts special tokens after the "
+            "text). Load a fast tokenizer (AutoTokenizer.from_pretrained(..., use_fast=True)), or build the model "
+            "with append_eos=False (then no EOS is appended by encode() or the training collator)."
+        )
+    from tokenizers.processors import TemplateProcessing
+
+    prefix = tokenizer.convert_ids_to_tokens(with_specials[:cut])
+    specials = dict(zip(prefix, with_specials[:cut]), **{eos: eos_id})
+    backend.post_processor = TemplateProcessing(
+        single=" ".join([*prefix, "$A", eos]),
+        pair=" ".join([*prefix, "$A", eos, "$B:1", f"{eos}:1"]),
+        special_tokens=list(specials.items()),
+    )
+    return True
 
 
 def configure_tokenizer(tokenizer, config):
@@ -77,4 +110,4 @@ def load_saved_tokenizer(name_or_path, hub_kwargs: dict, backbone_config=None):
         ) from error
 
 
-__all__ = ["LOADING_ONLY_KEYS", "configure_tokenizer", "has_tokenizer_files", "load_saved_tokenizer"]
+__all__ = ["LOADING_ONLY_KEYS", "configure_eos", "configure_tokenizer", "has_tokenizer_files", "load_saved_tokenizer"]

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from llm_embed import LLMEmbeddingModel
-from llm_embed.encoding import configure_eos, resolve_pad_id
+from llm_embed.encoding import resolve_pad_id
+from llm_embed.tokenizer_setup import configure_eos
 
 from .conftest import tiny_model
 
