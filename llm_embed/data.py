@@ -29,7 +29,7 @@ QUERY_FIELDS = ("query", "anchor")
 ROW_FORMAT = '{"query": ..., "positive": ..., "negative": ...} (or "anchor"; "negatives": [...]; or no negatives)'
 
 
-def normalize_row(row, index: int, where: str | None = None) -> tuple[str, str, list[str]]:
+def validate_row(row, index: int, where: str | None = None) -> tuple[str, str, list[str]]:
     """(query, positive, negatives) of one row; a clear error for anything missing, null, empty or
     of the wrong type. ``where`` names the row in errors (default ``row {index}``; ``file:line``
     for JSONL, so that the user can open the file at the bad line)."""
@@ -108,7 +108,7 @@ class TripletDataset(Dataset):
         if locations is not None and len(locations) != len(rows):
             raise ValueError(f"got {len(rows)} rows but {len(locations)} locations; pass one location per row")
         self.locations = list(locations) if locations is not None else [f"row {i}" for i in range(len(rows))]
-        self.rows = [dict(zip(("query", "positive", "negatives"), normalize_row(row, i, where)))
+        self.rows = [dict(zip(("query", "positive", "negatives"), validate_row(row, i, where)))
                      for i, (row, where) in enumerate(zip(rows, self.locations))]
         if not self.rows:
             raise ValueError(f"{source or 'the training data'} holds no rows; give at least one {ROW_FORMAT}")
@@ -215,7 +215,7 @@ class ContrastiveDataCollator:
         return pad_batch(ids, self.pad_id, self.config.padding_side)
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        triples = [normalize_row(row, i) for i, row in enumerate(rows)]
+        triples = [validate_row(row, i) for i, row in enumerate(rows)]
         counts = {len(negatives) for _, _, negatives in triples}
         if len(counts) > 1:
             raise ValueError(
@@ -241,5 +241,5 @@ __all__ = [
     "ContrastiveDataCollator",
     "TripletDataset",
     "check_negative_counts",
-    "normalize_row",
+    "validate_row",
 ]
