@@ -79,6 +79,7 @@ def write_stsb(data_dir: Path) -> None:
 
 
 def test_evaluate_command_exits_zero_and_writes_results(tokenizer, tmp_path):
+    pytest.importorskip("scipy", reason="STS scoring needs scipy (the evaluation extra; not in the floor venv)")
     model = tiny_model("llama", "causal", "mean")
     model.tokenizer = tokenizer
     model.save_pretrained(tmp_path / "model")
