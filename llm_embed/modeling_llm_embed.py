@@ -408,29 +408,9 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
             return self.push_to_hub(repo_id, max_shard_size=kwargs.get("max_shard_size", "5GB"), **hub_kwargs)
         return None
 
-    def push_to_hub(
-        self,
-        repo_id: str,
-        *,
-        commit_message: str | None = None,
-        private: bool | None = None,
-        token: str | bool | None = None,
-        revision: str | None = None,
-        create_pr: bool = False,
-        max_shard_size: int | str = "5GB",
-        license: str | None = None,
-        evaluation_results: dict | None = None,
-        tags: list[str] | None = None,
-    ):
-        """Upload everything ``save_pretrained`` writes (config with ``auto_map``, safetensors weights,
-        tokenizer, code files, model card) to the Hub repo ``repo_id`` in one commit. Unlike the
-        generic transformers method, the card describes the embedding design and how to use it
-        (:func:`~llm_embed.hub.push_model_to_hub`)."""
-        return push_model_to_hub(
-            self, repo_id, commit_message=commit_message, private=private, token=token, revision=revision,
-            create_pr=create_pr, max_shard_size=max_shard_size, license=license,
-            evaluation_results=evaluation_results, tags=tags,
-        )
+    # Everything save_pretrained writes (config with auto_map, weights, tokenizer, code files, the
+    # embedding model's card, the sentence-transformers files) in one Hub commit; see llm_embed.hub.
+    push_to_hub = push_model_to_hub
 
     @classmethod
     def from_backbone(
