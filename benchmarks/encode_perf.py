@@ -387,7 +387,8 @@ def main(argv=None) -> dict:
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         "meta": {
             "backbone": args.backbone, "device": args.device, "dtype": args.dtype, "attn_implementation": args.attn,
-            "batch_size": args.batch_size, "num_texts": args.num_texts, "num_docs": args.num_docs, "max_seq_length": args.max_seq_length,
+            "batch_size": args.batch_size, "num_texts": args.num_texts, "num_docs": args.num_docs,
+            "max_seq_length": args.max_seq_length,
             "repeats": args.repeats, "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "sentence_transformers": st_version,
             "machine": torch.cuda.get_device_name() if cuda else f"{platform.processor() or platform.machine()}, "
@@ -431,7 +432,8 @@ def main(argv=None) -> dict:
 
     if "1" in targets:
         section = result["targets"]["1"] = {"description": TARGETS["1"][0], "threshold": 0.97, "workloads": {}}
-        models = {head: causal if head == "last_token" else wrap(backbone, backbone_config, tokenizer, "causal", head, args)
+        models = {head: causal if head == "last_token"
+                  else wrap(backbone, backbone_config, tokenizer, "causal", head, args)
                   for head in POOLING_HEADS}
         for name, items in texts.items():
             variants = {"raw_backbone": raw_forward(backbone, batches[name][0])}
@@ -444,7 +446,8 @@ def main(argv=None) -> dict:
             section["workloads"][name] = rows
             log(f"target 1 {name}: " + ", ".join(f"{h} {rows[h]['ratio']:.3f}" for h in models))
             save()
-        ratios = [row["ratio"] for rows in section["workloads"].values() for h, row in rows.items() if h != "raw_backbone"]
+        ratios = [row["ratio"] for rows in section["workloads"].values()
+                  for h, row in rows.items() if h != "raw_backbone"]
         section.update(min_ratio=min(ratios), verdict=verdict(min(ratios), 0.97))
         del models
         save()
@@ -455,7 +458,8 @@ def main(argv=None) -> dict:
         peer = sentence_transformers_peer(causal, SHAPES["tiny"])
         check = texts["stsb"][:8] + texts["scifact"][:4]
         ours = causal.encode(check, batch_size=args.batch_size, normalize=True, convert_to_tensor=True).float()
-        theirs = peer.encode(check, batch_size=args.batch_size, normalize_embeddings=True, convert_to_tensor=True).float()
+        theirs = peer.encode(check, batch_size=args.batch_size, normalize_embeddings=True,
+                             convert_to_tensor=True).float()
         difference = float((ours - theirs.to(ours.device)).abs().max())
         tolerance = 1e-4 if dtype == torch.float32 else 3e-2
         section["sanity_max_abs_difference"] = difference
@@ -503,7 +507,8 @@ def main(argv=None) -> dict:
             section["workloads"][name] = rows
             log(f"target 2 {name}: " + ", ".join(f"{v} {r['ratio']:.3f}" for v, r in rows.items() if "ratio" in r))
             save()
-        section.update(min_ratio=min(best), verdict=verdict(min(best), threshold) if section["sanity_ok"] else "invalid")
+        section.update(min_ratio=min(best),
+                       verdict=verdict(min(best), threshold) if section["sanity_ok"] else "invalid")
         del peer
         save()
 
@@ -535,7 +540,8 @@ def main(argv=None) -> dict:
         layer_states = input_ids.numel() * hidden  # one (B, T, H) state
         section.update(
             batch=list(input_ids.shape),
-            measure="torch.cuda.max_memory_allocated" if cuda else "peak bytes of live tensor storages (TorchDispatchMode)",
+            measure=("torch.cuda.max_memory_allocated" if cuda
+                     else "peak bytes of live tensor storages (TorchDispatchMode)"),
             peak_bytes=peaks,
             analytical_bytes={"one_layer_states": layer_states,
                               "all_hidden_states": layer_states * (backbone.config.num_hidden_layers + 1)},

@@ -60,7 +60,8 @@ def batch(args, vocab):
     documents = torch.randint(5, vocab, (2 * args.queries, args.seq_len), generator=generator)
     ones = lambda t: torch.ones_like(t)
     return {k: v.to(args.device) for k, v in dict(query_input_ids=queries, query_attention_mask=ones(queries),
-                                                  document_input_ids=documents, document_attention_mask=ones(documents)).items()}
+                                                  document_input_ids=documents,
+                                                  document_attention_mask=ones(documents)).items()}
 
 
 def sync(device):
@@ -124,7 +125,8 @@ def main():
     torch.manual_seed(0)
     model = build(args, "bidirectional", "multi_layer", loss_mini_batch_size=mini_batch)
     result = measure(args, model)
-    rows.append(dict(name=f"model 5 with GradCache (mini-batch {mini_batch})", head_params=rows[-1]["head_params"], **result))
+    rows.append(dict(name=f"model 5 with GradCache (mini-batch {mini_batch})", head_params=rows[-1]["head_params"],
+                     **result))
     del model
 
     device = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
@@ -134,8 +136,8 @@ def main():
     print("|---|---|---|---|---|---|")
     for row in rows:
         peak = f"{row['peak_gib']:.2f}" if row["peak_gib"] is not None else "n/a"
-        print(f"| {row['name']} | {row['head_params']:,} | {row['step_s']:.3f} | {row['tokens_per_s']:,.0f} | {peak} | "
-              f"{row['step_s'] / rows[0]['step_s']:.2f}x |")
+        print(f"| {row['name']} | {row['head_params']:,} | {row['step_s']:.3f} | {row['tokens_per_s']:,.0f} | "
+              f"{peak} | {row['step_s'] / rows[0]['step_s']:.2f}x |")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"args": vars(args), "device": device, "rows": rows}, handle, indent=2)

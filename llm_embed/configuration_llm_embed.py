@@ -137,7 +137,8 @@ OPTIONS: tuple[ConfigOption, ...] = (
                  _one_of(lambda: LAYER_REDUCTIONS), choices=lambda: tuple(LAYER_REDUCTIONS),
                  default_help="mean with bidirectional attention, last_token with causal (the paper's choice)"),
     ConfigOption("pooling_layers", "int_list", None,
-                 "layers multi_layer pools, numbered 1..L like hidden_states[1:] (negative numbers count from the end)",
+                 "layers multi_layer pools, numbered 1..L like hidden_states[1:] "
+                 "(negative numbers count from the end)",
                  _pooling_layers, default_help="all layers"),
     ConfigOption("num_latents", "int", 16, "trainable latent queries of the trainable heads", _positive_int),
     ConfigOption("pooling_attention_heads", "int", 8,
@@ -180,7 +181,8 @@ def options_docstring() -> str:
     """The ``Args`` section of :class:`LLMEmbeddingConfig`'s docstring, from :data:`OPTIONS`."""
     lines = []
     for option in OPTIONS:
-        lines.append(f"        {option.name} (`{option.kind}`, defaults to {option.describe_default()}): {option.help}.")
+        lines.append(f"        {option.name} (`{option.kind}`, defaults to {option.describe_default()}): "
+                     f"{option.help}.")
     return "\n".join(lines)
 
 

@@ -224,3 +224,9 @@ def cached_contrastive_loss(
     result = loss.detach().requires_grad_(True)
     result.register_hook(replay)
     return result, queries.detach()
+
+
+__all__ = [
+    "InfoNCELoss", "all_gather_with_grad", "all_reduce_gradients", "cached_contrastive_loss", "distributed_world",
+    "find_ddp_wrapper",
+]

@@ -137,7 +137,8 @@ class TripletDataset(Dataset):
                     raise ValueError(f"{path}:{number} is not valid JSON: {err}") from err
                 if not isinstance(row, dict):
                     raise ValueError(
-                        f"{path}:{number} holds a JSON {_json_type(row)}, not an object; write each line as {ROW_FORMAT}"
+                        f"{path}:{number} holds a JSON {_json_type(row)}, not an object; "
+                        f"write each line as {ROW_FORMAT}"
                     )
                 rows.append(row)
                 locations.append(f"{path}:{number}")
@@ -211,7 +212,8 @@ class ContrastiveDataCollator:
         self.pad_id = resolve_pad_id(tokenizer)
 
     def _tokenize(self, texts: list[str], prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = tokenize_texts(self.tokenizer, [prefix + t for t in texts], self.config.max_seq_length, self.config.append_eos)
+        ids = tokenize_texts(self.tokenizer, [prefix + t for t in texts], self.config.max_seq_length,
+                             self.config.append_eos)
         return pad_batch(ids, self.pad_id, self.config.padding_side)
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
@@ -219,8 +221,8 @@ class ContrastiveDataCollator:
         counts = {len(negatives) for _, _, negatives in triples}
         if len(counts) > 1:
             raise ValueError(
-                f"rows of one batch have different numbers of hard negatives {sorted(counts)}; give every row the same "
-                "number of hard negatives (or none)"
+                f"rows of one batch have different numbers of hard negatives {sorted(counts)}; give every row "
+                "the same number of hard negatives (or none)"
             )
         queries = [query for query, _, _ in triples]
         documents = [positive for _, positive, _ in triples]

@@ -1,8 +1,8 @@
 """Per-layer vectors for multi-layer pooling, without keeping every layer's states at inference.
 
 ``output_hidden_states=True`` keeps every layer's (B, T, H) states alive until the forward pass
-ends (28.4 vs 20.9 GiB peak on an H100 for a Mistral-7B-shaped model at 64x512, bf16). A forward hook on each selected decoder layer
-catches its output instead:
+ends (28.4 vs 20.9 GiB peak on an H100 for a Mistral-7B-shaped model at 64x512, bf16). A forward hook
+on each selected decoder layer catches its output instead:
 
 - without gradients (inference, ``encode``) the hook reduces it to (B, H) at once (masked mean or
   last token), so the full states are freed as usual;
@@ -224,3 +224,6 @@ class LayerStateCollector:
             vectors.append(caught.to(last_hidden_state.device))
         state.caught.clear()
         return torch.stack(vectors, dim=1)
+
+
+__all__ = ["LayerStateCollector", "find_decoder_layers", "hooks_run_inside_checkpoint"]

@@ -42,7 +42,8 @@ def render_model_card(model, repo_id: str | None = None, license: str | None = N
     name = repo_id or "this model"
     load_id = repo_id or "path/to/model"
     design = [
-        ("backbone", f"{backbone.model_type} ({backbone_name or 'unnamed'}), {backbone.num_hidden_layers} layers, hidden {backbone.hidden_size}"),
+        ("backbone", f"{backbone.model_type} ({backbone_name or 'unnamed'}), {backbone.num_hidden_layers} layers, "
+                     f"hidden {backbone.hidden_size}"),
         ("attention", config.attention),
         ("pooling", config.pooling),
     ]
@@ -50,7 +51,8 @@ def render_model_card(model, repo_id: str | None = None, license: str | None = N
     design += [
         ("embedding dimension", str(config.embedding_dim)),
         ("normalised", "yes (cosine = dot product)" if config.normalize else "no"),
-        ("max sequence length", f"{config.max_seq_length} tokens (EOS {'appended' if config.append_eos else 'not appended'})"),
+        ("max sequence length",
+         f"{config.max_seq_length} tokens (EOS {'appended' if config.append_eos else 'not appended'})"),
     ]
     for prompt_name, prompt in config.prompts.items():
         design.append((f"prompt `{prompt_name}`", json.dumps(prompt) if prompt else "(none)"))
@@ -124,3 +126,6 @@ def write_model_card(model, folder: str | os.PathLike, **card_kwargs) -> bool:
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(render_model_card(model, **card_kwargs))
     return True
+
+
+__all__ = ["has_user_model_card", "looks_like_hub_id", "render_model_card", "write_model_card"]

@@ -46,7 +46,8 @@ from .tokenizer_setup import configure_tokenizer, has_tokenizer_files, load_save
 logger = logging.getLogger(__name__)
 
 # from_pretrained arguments that also locate the tokenizer saved beside the weights.
-_HUB_KWARGS = ("cache_dir", "revision", "token", "local_files_only", "subfolder", "force_download", "trust_remote_code")
+_HUB_KWARGS = ("cache_dir", "revision", "token", "local_files_only", "subfolder", "force_download",
+               "trust_remote_code")
 
 
 @dataclass
@@ -360,7 +361,8 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
         }
         problems = {key: value for key, value in problems.items() if value}
         if problems:
-            details = "; ".join(f"{key}: {value[:8]}{' ...' if len(value) > 8 else ''}" for key, value in problems.items())
+            details = "; ".join(f"{key}: {value[:8]}{' ...' if len(value) > 8 else ''}"
+                                for key, value in problems.items())
             raise ValueError(
                 f"checkpoint {pretrained_model_name_or_path} does not match {cls.__name__} "
                 f"(pooling={model.config.pooling!r}): {details}. Its weights were saved for another design or are "
@@ -450,7 +452,8 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
             backbone.hf_quantizer = None
             backbone.is_quantized = False
         backbone_config = backbone.config.to_dict()
-        config = LLMEmbeddingConfig(backbone_config=backbone_config, attention=attention, pooling=pooling, **config_kwargs)
+        config = LLMEmbeddingConfig(backbone_config=backbone_config, attention=attention, pooling=pooling,
+                                    **config_kwargs)
         config._attn_implementation = backbone.config._attn_implementation
         model = cls(config, backbone=backbone)
         parameter = next(backbone.parameters())

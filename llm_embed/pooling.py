@@ -245,7 +245,8 @@ class MultiLayerPooling(CrossAttentionPoolingHead):
 
     def __init__(self, config: HeadConfig):
         super().__init__(config)
-        self.layer_embedding = nn.Parameter(torch.empty(len(config.resolved_pooling_layers), config.backbone_hidden_size))
+        self.layer_embedding = nn.Parameter(
+            torch.empty(len(config.resolved_pooling_layers), config.backbone_hidden_size))
 
     def init_weights(self, std: float) -> None:
         super().init_weights(std)  # the latents first, as before: same draws for a given seed
@@ -259,5 +260,13 @@ class MultiLayerPooling(CrossAttentionPoolingHead):
 
     def forward(self, token_states, attention_mask, layer_states=None):
         if layer_states is None:
-            raise ValueError("multi_layer pooling needs layer_states (B, L, H); the model collects them during forward")
+            raise ValueError("multi_layer pooling needs layer_states (B, L, H); "
+                             "the model collects them during forward")
         return self.attend(layer_states + self.layer_embedding.to(layer_states.dtype), None)
+
+
+__all__ = [
+    "LAYER_REDUCTIONS", "POOLING_HEADS", "CrossAttentionPoolingHead", "LastTokenPooling", "LatentAttentionPooling",
+    "MeanPooling", "MultiLayerPooling", "PoolingHead", "WeightedMeanPooling", "last_token", "masked_mean",
+    "position_weighted_mean", "register_pooling_head",
+]

@@ -374,7 +374,8 @@ def format_markdown(runs: list[dict], tests: list[dict], claims: list[dict], env
         lines.append(f"| {design_name(design)} | " + " | ".join(cells) + " |")
     tasks = sorted({(r["category"], r["task"], r["main_metric"]) for run in runs for r in run["results"]})
     lines += ["", "Per task (mean over seeds):", "", "| design | " + " | ".join(
-        f"{task} ({metric})" for _, task, metric in tasks) + " | train s | final loss |", "|---" * (len(tasks) + 3) + "|"]
+        f"{task} ({metric})" for _, task, metric in tasks) + " | train s | final loss |",
+        "|---" * (len(tasks) + 3) + "|"]
     for design in table:
         design_runs = [run for run in runs if run["design"] == design]
         cells = [f"{np.mean([results_of(run)[task].main_score for run in design_runs]):.2f}" for _, task, _ in tasks]
@@ -382,13 +383,15 @@ def format_markdown(runs: list[dict], tests: list[dict], claims: list[dict], env
         loss = np.mean([run["losses"][-1] for run in design_runs if run["losses"]])
         lines.append(f"| {design_name(design)} | " + " | ".join(cells) + f" | {train:.0f} | {loss:.3f} |")
     lines += ["", (f"The paper's claims (per item paired tests, Holm-adjusted over all design pairs of a task and "
-                   f"seed, alpha {ALPHA}):"), "", "| claim | verdict | outcomes (task, a vs b, seed: a - b, p) |", "|---|---|---|"]
+                   f"seed, alpha {ALPHA}):"), "", "| claim | verdict | outcomes (task, a vs b, seed: a - b, p) |",
+              "|---|---|---|"]
     for claim in claims:
         outcomes = "; ".join(f"{o['task']} {o['a']} vs {o['b']} s{o['seed']}: {o['difference']:+.2f} "
                              f"(p {o['p_holm']:.3g}, {o['outcome']})" for o in claim["outcomes"])
         lines.append(f"| {claim['claim']} | **{claim['verdict']}** | {outcomes} |")
     lines += ["", "All pairwise tests (a - b with 95% bootstrap CI; p raw and Holm-adjusted):", "",
-              "| seed | task | test | a | b | a - b | 95% CI | p | p (Holm) |", "|---|---|---|---|---|---|---|---|---|"]
+              "| seed | task | test | a | b | a - b | 95% CI | p | p (Holm) |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for row in tests:
         lines.append(f"| {row['seed']} | {row['task']} | {row['test']} | {row['a']} | {row['b']} | "
                      f"{row['difference']:+.2f} | [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}] | "
@@ -402,7 +405,9 @@ def plot(runs: list[dict], path) -> None:
     try:
         import matplotlib
     except ImportError as err:
-        raise ImportError("the plot needs matplotlib: pip install 'llm-embed[evaluation]' (or pass --no-plot)") from err
+        raise ImportError(
+            "the plot needs matplotlib: pip install 'llm-embed[evaluation]' (or pass --no-plot)"
+        ) from err
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -471,7 +476,8 @@ def parse_args(argv: list[str] | None = None):
                              f"key=number with keys {', '.join(LIMIT_KEYS)}")
     parser.add_argument("--max-steps", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=256,
-                        help="queries per step (each with a positive and a negative; the others are in-batch negatives)")
+                        help="queries per step (each with a positive and a negative; "
+                             "the others are in-batch negatives)")
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--warmup-ratio", type=float, default=0.1)
     parser.add_argument("--no-lora", dest="lora", action="store_false", help="full fine-tuning instead of LoRA")
@@ -513,7 +519,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def cli() -> int:
-    """``llm-embed-study``: exit status 0 on success, 1 with a one-line reason on an error (see :mod:`llm_embed.cli`)."""
+    """``llm-embed-study``: exit status 0 on success, 1 with a one-line reason on an error
+    (see :mod:`llm_embed.cli`)."""
     from .cli import run_console
 
     return run_console(main, "llm-embed-study")

@@ -53,7 +53,9 @@ class DataArguments:
     eval_file: str | None = field(default=None, metadata={"help": "JSONL in the same format, for eval loss"})
     max_train_rows: int | None = field(default=None, metadata={"help": "use only the first N training rows"})
     max_eval_rows: int | None = field(default=None, metadata={"help": "use only the first N eval rows"})
-    query_prompt_name: str | None = field(default="query", metadata={"help": "prompt (config.prompts key) for queries"})
+    query_prompt_name: str | None = field(
+        default="query", metadata={"help": "prompt (config.prompts key) for queries"}
+    )
     document_prompt_name: str | None = field(
         default="document", metadata={"help": "prompt (config.prompts key) for positives and negatives"}
     )
@@ -188,7 +190,8 @@ def read_arguments_file(path: str) -> dict:
 
 
 def cli() -> int:
-    """``llm-embed-train``: exit status 0 on success, 1 with a one-line reason on an error (see :mod:`llm_embed.cli`)."""
+    """``llm-embed-train``: exit status 0 on success, 1 with a one-line reason on an error
+    (see :mod:`llm_embed.cli`)."""
     from .cli import run_console
 
     return run_console(main, "llm-embed-train")

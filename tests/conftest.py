@@ -64,8 +64,8 @@ ATTENTIONS = ["causal", "bidirectional"]
 def tiny_model(arch="llama", attention="bidirectional", pooling="mean", seed=0, attn_implementation="sdpa",
                head_dim=8, **kwargs) -> LLMEmbeddingModel:
     torch.manual_seed(seed)
-    config = LLMEmbeddingConfig(backbone_config=tiny_backbone_config(arch, head_dim), attention=attention, pooling=pooling,
-                                attn_implementation=attn_implementation, **kwargs)
+    config = LLMEmbeddingConfig(backbone_config=tiny_backbone_config(arch, head_dim), attention=attention,
+                                pooling=pooling, attn_implementation=attn_implementation, **kwargs)
     return LLMEmbeddingModel(config).eval()
 
 
@@ -96,7 +96,8 @@ def run_without_llm_embed(script: str, env: dict, cwd) -> str:
     import subprocess
     import sys
 
-    guard = "try:\n    import llm_embed\n    raise SystemExit('llm_embed must not be importable here')\nexcept ImportError:\n    pass\n"
+    guard = ("try:\n    import llm_embed\n    raise SystemExit('llm_embed must not be importable here')\n"
+             "except ImportError:\n    pass\n")
     # -P: do not put the working directory (a checkout holding llm_embed/) on sys.path
     result = subprocess.run([sys.executable, "-P", "-c", guard + script], env=env, cwd=cwd, capture_output=True,
                             stdin=subprocess.DEVNULL,

@@ -20,7 +20,8 @@ GLOBAL_QUERIES, NEGATIVES = 8, 1
 
 
 def rows(generator, n, low, high):
-    return [torch.randint(5, 1000, (int(torch.randint(low, high, (1,), generator=generator)),), generator=generator).tolist()
+    return [torch.randint(5, 1000, (int(torch.randint(low, high, (1,), generator=generator)),),
+                          generator=generator).tolist()
             for _ in range(n)]
 
 
@@ -35,7 +36,8 @@ def global_batch():
 def tensors(queries, positives, negatives):
     q_ids, q_mask = pad_batch(queries, 0, "right")
     d_ids, d_mask = pad_batch(positives + negatives, 0, "right")
-    return dict(query_input_ids=q_ids, query_attention_mask=q_mask, document_input_ids=d_ids, document_attention_mask=d_mask)
+    return dict(query_input_ids=q_ids, query_attention_mask=q_mask,
+                document_input_ids=d_ids, document_attention_mask=d_mask)
 
 
 def main(out_path, mode="plain"):

@@ -52,8 +52,8 @@ def test_train_command_exits_zero_and_saves(tiny_backbone_dir, tmp_path):
 
 
 def test_train_command_missing_file_is_one_line_error(tmp_path):
-    result = run_script("llm-embed-train", "--train_file", tmp_path / "missing.jsonl", "--output_dir", tmp_path / "out",
-                        "--report_to", "none", cwd=tmp_path)
+    result = run_script("llm-embed-train", "--train_file", tmp_path / "missing.jsonl",
+                        "--output_dir", tmp_path / "out", "--report_to", "none", cwd=tmp_path)
     assert_one_line_failure(result, "llm-embed-train", "missing.jsonl does not exist; pass a JSONL file")
     assert not (tmp_path / "out").exists()
 

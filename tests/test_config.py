@@ -19,7 +19,8 @@ def test_nested_backbone_config_round_trip(tmp_path):
     assert isinstance(loaded, LLMEmbeddingConfig)
     assert type(loaded.backbone_config).__name__ == "Qwen2Config"
     assert loaded.backbone_config.hidden_size == 32
-    assert (loaded.attention, loaded.pooling, loaded.num_latents, loaded.output_dim) == ("causal", "latent_attention", 4, 16)
+    assert (loaded.attention, loaded.pooling, loaded.num_latents, loaded.output_dim) == (
+        "causal", "latent_attention", 4, 16)
     assert loaded.embedding_dim == 16
     assert loaded.get_text_config() is loaded.backbone_config
 
@@ -31,7 +32,8 @@ def test_defaults_follow_the_paper():
     causal = LLMEmbeddingConfig(backbone_config=tiny_backbone_config("llama"), attention="causal")
     assert causal.layer_reduction == "last_token"
     assert causal.resolved_pooling_layers == [1, 2, 3]
-    assert LLMEmbeddingConfig(backbone_config=tiny_backbone_config("llama"), pooling_layers=[1, -1]).resolved_pooling_layers == [1, 3]
+    assert LLMEmbeddingConfig(backbone_config=tiny_backbone_config("llama"),
+                              pooling_layers=[1, -1]).resolved_pooling_layers == [1, 3]
 
 
 @pytest.mark.parametrize(

@@ -67,7 +67,8 @@ tokenizer = AutoTokenizer.from_pretrained({str(folder)!r}, trust_remote_code=Tru
 assert tokenizer("a")["input_ids"] == model.tokenizer("a")["input_ids"]
 print("RESULT", json.dumps(model.encode(["a text"]).tolist()))
 """
-    guard = "try:\n    import llm_embed\n    raise SystemExit('llm_embed must not be importable here')\nexcept ImportError:\n    pass\n"
+    guard = ("try:\n    import llm_embed\n    raise SystemExit('llm_embed must not be importable here')\n"
+             "except ImportError:\n    pass\n")
     result = subprocess.run([sys.executable, "-P", "-c", guard + script], env=dict(no_llm_embed_env, TQDM_DISABLE="1"),
                             cwd=tmp_path, capture_output=True, stdin=subprocess.DEVNULL, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -83,7 +83,8 @@ def test_utf8_byte_order_mark_is_accepted(tmp_path):
 def test_jsonl_line_that_is_not_an_object_names_file_line(tmp_path, line, kind):
     path = tmp_path / "rows.jsonl"
     write_jsonl(path, [*triplet_rows(1), line])
-    with pytest.raises(ValueError, match=re.escape(f"{path}:2 holds a JSON {kind}, not an object; write each line as")):
+    with pytest.raises(ValueError,
+                       match=re.escape(f"{path}:2 holds a JSON {kind}, not an object; write each line as")):
         TripletDataset.from_any(path)
 
 

@@ -93,7 +93,8 @@ def test_bad_input(model, call, error, message):
 
 def test_prompt_set_to_none_is_a_clear_error(model):
     model.config.prompts["query"] = None  # mutated in place, after the config validated it
-    with pytest.raises(TypeError, match=r"prompt 'query' in config\.prompts is None .*must be a string.*'' for no prefix"):
+    with pytest.raises(TypeError,
+                       match=r"prompt 'query' in config\.prompts is None .*must be a string.*'' for no prefix"):
         model.encode("a", prompt_name="query")
     model.config.default_prompt_name = "query"
     with pytest.raises(TypeError, match="prompt 'query'"):

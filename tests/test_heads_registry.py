@@ -104,7 +104,8 @@ HEAD_DIGESTS = {
 def test_initialisation_matches_the_snapshot_taken_before_the_change(pooling_name, extra):
     model = tiny_model("llama", "bidirectional", pooling_name, seed=3, **options(pooling_name, extra))
     if _digest(model, backbone=True)[:16] != BACKBONE_DIGEST:
-        pytest.skip("this torch/transformers initialises the Llama backbone differently from where the snapshot was taken")
+        pytest.skip("this torch/transformers initialises the Llama backbone differently "
+                    "from where the snapshot was taken")
     assert _digest(model, backbone=False) == HEAD_DIGESTS[pooling_name, extra]
 
 
@@ -188,8 +189,8 @@ HEAD_KEYS = [
 @pytest.mark.parametrize("pooling_name", TRAINABLE)
 def test_checkpoint_keys_are_unchanged(pooling_name):
     model = tiny_model("llama", "causal", pooling_name)
-    expected = ["pooler." + key for key in HEAD_KEYS[:1] + (["layer_embedding"] if pooling_name == "multi_layer" else [])
-                + HEAD_KEYS[1:]]
+    expected = ["pooler." + key for key in HEAD_KEYS[:1]
+                + (["layer_embedding"] if pooling_name == "multi_layer" else []) + HEAD_KEYS[1:]]
     shapes = {key: tuple(value.shape) for key, value in model.state_dict().items() if key.startswith("pooler.")}
     assert list(shapes) == expected
     assert shapes["pooler.latents"] == (16, 32) and shapes["pooler.cross_attention.to_kv.weight"] == (1024, 32)

@@ -5,8 +5,8 @@ process without llm_embed."""
 import json
 
 import numpy as np
-import torch
 import pytest
+import torch
 from huggingface_hub import CommitInfo, HfApi, RepoUrl
 
 from .conftest import run_without_llm_embed, tiny_model
@@ -36,8 +36,8 @@ def fake_hub(monkeypatch, tmp_path):
         refs.mkdir(exist_ok=True)
         (refs / "main").write_text(COMMIT)
         uploaded["_commit_message"] = commit_message
-        return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/{COMMIT}", commit_message=commit_message,
-                          commit_description="", oid=COMMIT)
+        return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/{COMMIT}",
+                          commit_message=commit_message, commit_description="", oid=COMMIT)
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "create_commit", create_commit)
@@ -82,10 +82,9 @@ def test_push_then_load_by_repo_id_with_llm_embed(fake_hub, tokenizer, monkeypat
     model = tiny_model("qwen2", "causal", "last_token")
     model.tokenizer = tokenizer
     model.push_to_hub(REPO)
-    from transformers import AutoModel
-
     # HF_HUB_OFFLINE is read when huggingface_hub is imported: set the parsed constant for this process
     import huggingface_hub.constants
+    from transformers import AutoModel
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     loaded = AutoModel.from_pretrained(REPO, cache_dir=str(cache))
@@ -136,7 +135,7 @@ def test_lora_adapters_and_head_push_and_load_by_repo_id(fake_hub, tiny_backbone
     torch.manual_seed(0)
     peft_model = apply_lora(build(), r=4, alpha=8, dropout=0.0)
     with torch.no_grad():  # stand-in for training: move adapters and head off their initial values
-        for name, param in peft_model.named_parameters():
+        for _name, param in peft_model.named_parameters():
             if param.requires_grad:
                 param.add_(0.05 * torch.randn_like(param))
     peft_model.push_to_hub(REPO)

@@ -39,7 +39,8 @@ def test_infonce_matches_reference(negatives_per_query, symmetric):
     q = torch.randn(5, 16, dtype=torch.float64)
     d = torch.randn(5 * (1 + negatives_per_query), 16, dtype=torch.float64)
     ours = InfoNCELoss(temperature=0.05, symmetric=symmetric)(q, d)
-    assert torch.allclose(ours.double(), reference_infonce(q, d, negatives_per_query, 0.05, symmetric).double(), atol=1e-4)
+    assert torch.allclose(ours.double(), reference_infonce(q, d, negatives_per_query, 0.05, symmetric).double(),
+                          atol=1e-4)
 
 
 def test_perfect_separation_gives_near_zero_loss_and_chance_gives_log_n():
@@ -73,7 +74,8 @@ def contrastive_batch(seed=0, b=6, k=2):
                                              generator=generator).tolist() for _ in range(n)]
     q_ids, q_mask = pad_batch(rows(b, 3, 9), 0, "right")
     d_ids, d_mask = pad_batch(rows(b * (1 + k), 4, 15), 0, "right")
-    return dict(query_input_ids=q_ids, query_attention_mask=q_mask, document_input_ids=d_ids, document_attention_mask=d_mask)
+    return dict(query_input_ids=q_ids, query_attention_mask=q_mask,
+                document_input_ids=d_ids, document_attention_mask=d_mask)
 
 
 def set_dropout(model, p):
@@ -106,7 +108,8 @@ def test_gradcache_equals_uncached_loss_and_gradients(pooling, scale):
     or loss scaling, which reach GradCache through the incoming gradient."""
     batch = contrastive_batch()
     plain = loss_and_grads(tiny_model("llama", "bidirectional", pooling).train(), batch, scale)
-    cached = loss_and_grads(tiny_model("llama", "bidirectional", pooling, loss_mini_batch_size=4).train(), batch, scale)
+    cached = loss_and_grads(tiny_model("llama", "bidirectional", pooling, loss_mini_batch_size=4).train(),
+                            batch, scale)
     assert_same(plain, cached)
 
 
@@ -125,11 +128,13 @@ def test_gradcache_replays_dropout(pooling):
     torch.manual_seed(123)
     q = torch.cat([reference_model.embed(batch["query_input_ids"][i:i + 4], batch["query_attention_mask"][i:i + 4])
                    for i in range(0, 6, 4)])
-    d = torch.cat([reference_model.embed(batch["document_input_ids"][i:i + 4], batch["document_attention_mask"][i:i + 4])
+    d = torch.cat([reference_model.embed(batch["document_input_ids"][i:i + 4],
+                                         batch["document_attention_mask"][i:i + 4])
                    for i in range(0, 18, 4)])
     loss = InfoNCELoss(reference_model.config.loss_temperature)(q, d)
     loss.backward()
-    reference = (loss.detach(), {n: p.grad.clone() for n, p in reference_model.named_parameters() if p.grad is not None})
+    reference = (loss.detach(),
+                 {n: p.grad.clone() for n, p in reference_model.named_parameters() if p.grad is not None})
     assert_same(reference, cached)
 
 

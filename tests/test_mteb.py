@@ -83,7 +83,8 @@ def test_mteb_sts_evaluator_on_local_stsb(smollm2_path):
     model = LLMEmbeddingModel.from_backbone(smollm2_path, attention="causal", pooling="mean")
     encoder = MTEBEncoder(model, batch_size=32)
     dataset = Dataset.from_dict({"sentence1": [r[0] for r in rows], "sentence2": [r[1] for r in rows]})
-    evaluator = AnySTSEvaluator(dataset, ("sentence1", "sentence2"), task_metadata=mteb.get_task("STSBenchmark").metadata,
+    evaluator = AnySTSEvaluator(dataset, ("sentence1", "sentence2"),
+                                task_metadata=mteb.get_task("STSBenchmark").metadata,
                                 hf_split="test", hf_subset="default", input1_prompt_type=None,
                                 input2_prompt_type=None, timer=TimingStack())
     scores = evaluator(encoder, encode_kwargs={"batch_size": 32})

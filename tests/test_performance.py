@@ -72,7 +72,7 @@ def _unpacked_slots(lengths, plan):
 @pytest.mark.parametrize("mode", ["flex", "dense", "flash"])
 def test_plan_packed_batches_places_every_text_within_the_budget(mode):
     generator = torch.Generator().manual_seed(3)
-    for trial in range(40):
+    for _ in range(40):
         count = int(torch.randint(1, 200, (1,), generator=generator))
         top = int(torch.randint(1, 300, (1,), generator=generator))
         lengths = torch.randint(1, top + 1, (count,), generator=generator).tolist()
@@ -135,7 +135,8 @@ def test_pack_batch_layout_and_mask():
         pack_batch([[1], []], pad_id=0, mode="dense", is_causal=True)
     wide = pack_batch(rows, pad_id=0, mode="dense", is_causal=False, row_texts=[[1, 2], [0]], row_length=6)
     assert wide.input_ids.tolist() == [[21, 22, 31, 32, 0, 0], [11, 12, 13, 14, 0, 0]]
-    assert wide.unpack(torch.arange(12.0).reshape(2, 6, 1))[..., 0].tolist() == [[6, 7, 8, 9], [0, 1, 0, 0], [2, 3, 0, 0]]
+    assert (wide.unpack(torch.arange(12.0).reshape(2, 6, 1))[..., 0].tolist()
+            == [[6, 7, 8, 9], [0, 1, 0, 0], [2, 3, 0, 0]])
     for bad in ([[0, 1], [2]], [[0], [1]], [[0], [0, 1, 2]]):
         with pytest.raises(ValueError, match="row_texts"):
             pack_batch(rows, pad_id=0, mode="dense", is_causal=True, row_texts=bad, row_length=4)
@@ -149,7 +150,8 @@ def test_packing_modes_and_defaults():
     assert resolve_packing(model, None, 10) is None  # sdpa: padded by default
     assert resolve_packing(model, True, 10) == "dense"
     assert resolve_packing(model, False, 10) is None
-    assert resolve_packing(tiny_model("llama", "causal", "mean", attn_implementation="eager"), True, 10) == "dense_additive"
+    assert (resolve_packing(tiny_model("llama", "causal", "mean", attn_implementation="eager"), True, 10)
+            == "dense_additive")
     with pytest.raises(TypeError, match="packing"):
         resolve_packing(model, "yes", 10)
     windowed = tiny_model("mistral", "causal", "mean")  # sliding window 4

@@ -25,7 +25,8 @@ def saved(tokenizer, tmp_path):
 def test_files_and_declared_settings(saved):
     model, folder = saved
     modules = json.loads((folder / "modules.json").read_text())
-    assert modules == [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers_llm_embed.LLMEmbeddingSTModule"}]
+    assert modules == [{"idx": 0, "name": "0", "path": "",
+                        "type": "sentence_transformers_llm_embed.LLMEmbeddingSTModule"}]
     settings = json.loads((folder / "config_sentence_transformers.json").read_text())
     assert settings["similarity_fn_name"] == "cosine" and settings["prompts"] == model.config.prompts
 
@@ -39,8 +40,8 @@ def test_sentence_transformer_gives_the_same_embeddings(saved):
     # sentence-transformers batches by character length, encode by token length: other batches, so
     # equal up to batch invariance (1e-6 here), not bit for bit
     for prompt_name in ("query", "document"):
-        np.testing.assert_allclose(st.encode(TEXTS, prompt_name=prompt_name), model.encode(TEXTS, prompt_name=prompt_name),
-                                   atol=1e-6)
+        np.testing.assert_allclose(st.encode(TEXTS, prompt_name=prompt_name),
+                                   model.encode(TEXTS, prompt_name=prompt_name), atol=1e-6)
     np.testing.assert_allclose(st.encode(TEXTS, batch_size=2), model.encode(TEXTS), atol=1e-6)
     assert not np.allclose(st.encode(TEXTS, prompt_name="query"), st.encode(TEXTS), atol=1e-4)
 
@@ -54,7 +55,8 @@ st = SentenceTransformer({str(folder)!r}, trust_remote_code=True)
 print("RESULT", json.dumps(st.encode({TEXTS!r}, prompt_name="query").tolist()))
 """
     remote = json.loads(run_without_llm_embed(script, no_llm_embed_env, cwd=tmp_path).split("RESULT ", 1)[1])
-    np.testing.assert_allclose(np.asarray(remote, dtype=np.float32), model.encode(TEXTS, prompt_name="query"), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(remote, dtype=np.float32), model.encode(TEXTS, prompt_name="query"),
+                               atol=1e-6)
 
 
 def test_sentence_transformers_trainer_with_mnrl(saved, tmp_path):

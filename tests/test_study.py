@@ -78,7 +78,8 @@ def test_fast_v_measure_equals_sklearn():
     from llm_embed.evaluation.significance import v_measure_codes
 
     rng = np.random.default_rng(1)
-    cases = [(rng.integers(0, 20, 2000), rng.integers(0, 20, 2000)), (rng.integers(0, 5, 300), rng.integers(0, 9, 300)),
+    cases = [(rng.integers(0, 20, 2000), rng.integers(0, 20, 2000)),
+             (rng.integers(0, 5, 300), rng.integers(0, 9, 300)),
              (np.arange(50) % 4, np.arange(50) % 4), (np.arange(50) % 4, np.zeros(50, dtype=int)),
              (np.zeros(50, dtype=int), np.arange(50) % 3)]
     for gold, cluster in cases:

@@ -23,7 +23,8 @@ ROUNDS = 6
 
 def same_length_batches(tokenizer, count: int, size: int) -> list[list[str]]:
     """``count`` batches of ``size`` different texts, every text the same number of tokens."""
-    words = ["apple", "river", "stone", "cloud", "piano", "tiger", "lemon", "glass", "honey", "forest", "candle", "rocket"]
+    words = ["apple", "river", "stone", "cloud", "piano", "tiger", "lemon", "glass", "honey", "forest", "candle",
+             "rocket"]
     one_token = [w for w in words if len(tokenizer(" " + w, add_special_tokens=False)["input_ids"]) == 1]
     assert len(one_token) >= 6, one_token
     batches = []
