@@ -5,12 +5,18 @@ corpus, answer a query by cosine similarity, save, reload through ``AutoModel`` 
 reloaded model gives identical embeddings. The pooling head is untrained here (fine-tune it with
 the training tools); the point is the whole path working on real weights.
 
-    python examples/quickstart.py [--attention causal] [--pooling mean] [--out DIR]
+    .venv/bin/python examples/quickstart.py [--attention causal] [--pooling mean] [--out DIR]
+
+The saved model is about 525 MiB (135M parameters in fp32). Without ``--out`` it goes to a temporary
+folder that is deleted when the script ends; with ``--out DIR`` it is kept there (the script says
+where and how big). The bundled backbone is converted once into ``~/.cache/llm_embed/`` (about
+517 MiB, about 40 s the first time) and reused by later runs.
 """
 
 import argparse
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,7 +41,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--attention", default="bidirectional", choices=llm_embed.ATTENTION_MODES)
     parser.add_argument("--pooling", default="multi_layer", choices=sorted(llm_embed.POOLING_HEADS))
-    parser.add_argument("--out", default=None, help="where to save the model (default: a temporary folder)")
+    parser.add_argument("--out", default=None,
+                        help="keep the saved model (about 525 MiB) in this folder (default: a temporary folder, "
+                             "deleted at the end)")
     args = parser.parse_args()
     torch.manual_seed(0)
 
@@ -54,20 +62,36 @@ def main() -> None:
     start = time.perf_counter()
     documents = model.encode(CORPUS, prompt_name="document", batch_size=4)
     query = model.encode(QUERY, prompt_name="query")
-    print(f"[3/5] encoded {len(CORPUS)} documents and 1 query -> {documents.shape} ({time.perf_counter() - start:.2f}s)")
+    seconds = time.perf_counter() - start
+    print(f"[3/5] encoded {len(CORPUS)} documents and 1 query -> {documents.shape} ({seconds:.2f}s)")
     scores = documents @ query
     print(f"      query: {QUERY!r}")
     for rank, index in enumerate(np.argsort(-scores)[:3], 1):
         print(f"      {rank}. {scores[index]:.4f}  {CORPUS[index]}")
 
-    out = args.out or tempfile.mkdtemp(prefix="llm_embed_quickstart_")
+    if args.out:
+        save_and_reload(model, documents, Path(args.out))
+        print(f"      kept {args.out} ({folder_size(Path(args.out)) / 2**20:.0f} MiB); delete it when done")
+    else:
+        with tempfile.TemporaryDirectory(prefix="llm_embed_quickstart_") as out:
+            save_and_reload(model, documents, Path(out))
+        print(f"      deleted the temporary folder {out} (pass --out DIR to keep the model)")
+
+
+def folder_size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def save_and_reload(model, documents: np.ndarray, out: Path) -> None:
     model.save_pretrained(out)
-    print(f"[4/5] saved to {out}: config.json (auto_map), model.safetensors, tokenizer, code files")
+    print(f"[4/5] saved to {out} ({folder_size(out) / 2**20:.0f} MiB): config.json (auto_map), model.safetensors, "
+          "tokenizer, code files")
 
     reloaded = AutoModel.from_pretrained(out)
     again = reloaded.encode(CORPUS, prompt_name="document", batch_size=4)
     difference = float(np.abs(again - documents).max())
-    print(f"[5/5] reloaded through AutoModel.from_pretrained: {type(reloaded).__name__}, max |difference| = {difference}")
+    print(f"[5/5] reloaded through AutoModel.from_pretrained: {type(reloaded).__name__}, "
+          f"max |difference| = {difference}")
     if not np.array_equal(again, documents):
         raise SystemExit("reloaded embeddings differ from the original ones")
     print("      identical embeddings after reload: OK")

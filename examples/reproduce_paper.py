@@ -1,7 +1,8 @@
 """Reproduce Tang & Yang (2024): train the five designs on one backbone and compare them.
 
     # CPU smoke run (minutes): tiny budget, a few items per task
-    python examples/reproduce_paper.py --max-steps 5 --batch-size 8 --task-limit 50 --output-dir study_out
+    python examples/reproduce_paper.py --max-steps 5 --batch-size 8 --task-limit 50 stackoverflow=1000 \
+        --output-dir study_out
     # the real study (GPU, bf16; docs/results.md has the run and its command)
     python examples/reproduce_paper.py --seeds 0 1 --max-steps 200 --batch-size 64 --bf16 --output-dir study_out
 

@@ -109,7 +109,8 @@ def test_study_smoke_run_on_cpu(tiny_backbone_dir, tmp_path, monkeypatch):
 
     out = tmp_path / "study"
     argv = ["--backbone", str(tiny_backbone_dir), "--data-dir", str(SHARED_DATA), "--output-dir", str(out),
-            "--task-limit", "12", "--max-steps", "2", "--batch-size", "4", "--max-train-rows", "16",
+            "--task-limit", "12", "stackoverflow=600", "--max-steps", "2", "--batch-size", "4",
+            "--max-train-rows", "16",
             "--num-latents", "4", "--pooling-heads", "2", "--pooling-head-dim", "8", "--score-workers", "1",
             "--score-threads", "1", "--eval-batch-size", "16", "--max-seq-length", "64"]
     report = study.main(argv)

@@ -1,6 +1,8 @@
 """Run tasks on a model, print a table, write JSON with per-item scores: ``llm-embed-evaluate``.
 
     llm-embed-evaluate path/to/model --data-dir ../shared/data --tasks stsb sick scifact --output results.json
+
+(``.venv/bin/llm-embed-evaluate`` unless the virtualenv is activated.)
 """
 
 from __future__ import annotations
@@ -9,11 +11,34 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .tasks import LIMIT_KEYS, TaskResult, default_tasks, parse_task_limit
+from .tasks import LIMIT_KEYS, TASK_FILES, SmallSampleWarning, TaskResult, default_tasks, parse_task_limit
+
+__all__ = ["cli", "evaluate", "format_table", "main"]
+
+DATA_HELP = """\
+The data folder (--data-dir) holds one folder per task, at fixed paths. Nothing is downloaded:
+the files are plain copies of public data sets (in this project: ../shared/data, whose README
+gives rows, licenses and sources; elsewhere, fetch them yourself, see docs/evaluation.md):
+
+{layout}
+
+Formats: STS-B TSV without header (genre, file, year, id, score, sentence1, sentence2); SICK TSV
+with header (pair_ID, sentence_A, sentence_B, relatedness_score, ...); SciFact in the BEIR layout
+(corpus.jsonl {{_id, title, text}}, queries.jsonl {{_id, text}}, qrels TSV query-id, corpus-id,
+score with a header); Banking77 CSV text,category; StackOverflow one title a line and its label on
+the same line of StackOverflow_gnd.txt. A --limit too small for a task's metric is refused (or
+warned about when the score is merely noisy); see docs/evaluation.md.
+"""
+
+
+def data_layout() -> str:
+    return "\n".join(f"  {name:<14} {', '.join(files)}\n  {'':<14} from: {source}"
+                     for name, (files, source) in TASK_FILES.items())
 
 
 def evaluate(model, tasks, batch_size: int = 32, show_progress_bar: bool = True) -> list[TaskResult]:
@@ -27,24 +52,39 @@ def evaluate(model, tasks, batch_size: int = 32, show_progress_bar: bool = True)
 
 
 def format_table(results: list[TaskResult]) -> str:
+    """A markdown table of the main scores; a task whose subset is small for its metric gets a ``*``
+    and its warnings below the table."""
     lines = ["| task | category | metric | score |", "|---|---|---|---|"]
-    lines += [f"| {r.task} | {r.category} | {r.main_metric} | {r.main_score:.2f} |" for r in results]
+    lines += [f"| {r.task} | {r.category} | {r.main_metric} | {r.main_score:.2f}{' *' if r.warnings else ''} |"
+              for r in results]
+    notes = [f"* {r.task}: {warning}" for r in results for warning in r.warnings]
+    if notes:
+        lines += ["", "Small subsets: these scores are noisy or biased (see docs/evaluation.md):", *notes]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> list[TaskResult]:
     """Parse the arguments (``sys.argv`` by default), evaluate, print the table; returns the results.
     The console command runs :func:`cli`, which turns this into an exit status."""
-    parser = argparse.ArgumentParser(description="Evaluate a saved llm_embed model on local data.")
+    parser = argparse.ArgumentParser(
+        description="Evaluate a saved llm_embed model on local data files: STS-B and SICK (STS),\n"
+                    "SciFact (retrieval), Banking77 (classification), StackOverflow (clustering).",
+        epilog=DATA_HELP.format(layout=data_layout()), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="saved model folder or Hub id (loaded with AutoModel)")
-    parser.add_argument("--data-dir", default="../shared/data")
-    parser.add_argument("--tasks", nargs="+", default=None, help="stsb sick scifact banking77 stackoverflow (default: all)")
+    parser.add_argument("--data-dir", default="../shared/data",
+                        help="folder holding the task files (layout below); a relative path is taken from the "
+                             "current folder (default: %(default)s, the project's shared data when run from the "
+                             "repository root)")
+    parser.add_argument("--tasks", nargs="+", default=None, choices=list(TASK_FILES), metavar="TASK",
+                        help=f"tasks to run, among {' '.join(TASK_FILES)} (default: all five)")
     parser.add_argument("--limit", nargs="+", default=None,
-                        help="seeded random subsets for a quick run: one number for every task, or key=number with "
-                             f"keys {', '.join(LIMIT_KEYS)}")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--output", default=None, help="JSON file for scores and per-item scores")
-    parser.add_argument("--no-progress", action="store_true")
+                        help="seeded random subsets for a quick run: one number for every task (SciFact's corpus and "
+                             "Banking77's training set at ten times it), key=number pairs (only the keys named), or a "
+                             f"number then key=number pairs; keys: {', '.join(LIMIT_KEYS)} (default: whole test sets)")
+    parser.add_argument("--batch-size", type=int, default=32, help="texts per encode batch (default: %(default)s)")
+    parser.add_argument("--output", default=None,
+                        help="JSON file for scores and per-item scores (default: none, the table only)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars (default: shown)")
     args = parser.parse_args(argv)
     try:
         args.limit = parse_task_limit(args.limit)
@@ -52,13 +92,23 @@ def main(argv: list[str] | None = None) -> list[TaskResult]:
         parser.error(str(error))
 
     if not Path(args.data_dir).is_dir():
-        parser.error(f"--data-dir {args.data_dir} is not a folder; pass the folder that holds the task data "
-                     "(stsb/, sick/, scifact/, banking77/, clustering_stackoverflow/)")
+        parser.error(f"--data-dir {args.data_dir}: no such folder (looked at {Path(args.data_dir).resolve()}, "
+                     f"relative to the current folder {Path.cwd()}); pass the folder that holds the task data "
+                     "(stsb/, sick/, scifact/, banking77/, clustering_stackoverflow/: see --help; nothing is "
+                     "downloaded)")
     if args.output and not Path(args.output).resolve().parent.is_dir():
         parser.error(f"--output {args.output}: its folder does not exist; create it first (checked now, before the "
                      "evaluation runs)")
-    # the task files first: a missing or malformed one fails before the model loads
-    tasks = default_tasks(args.data_dir, args.tasks, args.limit)
+    # the task files first: a missing or malformed one, or a subset too small for its metric, fails before the
+    # model loads; small-subset warnings are printed now and again under the table
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SmallSampleWarning)
+        tasks = default_tasks(args.data_dir, args.tasks, args.limit)
+    for warning in caught:
+        if issubclass(warning.category, SmallSampleWarning):
+            print(f"{parser.prog}: warning: {warning.message}", file=sys.stderr, flush=True)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
 
     from transformers import AutoModel
 
@@ -74,7 +124,8 @@ def main(argv: list[str] | None = None) -> list[TaskResult]:
 
 
 def cli() -> int:
-    """``llm-embed-evaluate``: exit status 0 on success, 1 with a one-line reason on an error (see :mod:`llm_embed.cli`)."""
+    """``llm-embed-evaluate``: exit status 0 on success, 1 with a one-line reason on an error
+    (see :mod:`llm_embed.cli`)."""
     from ..cli import run_console
 
     return run_console(main, "llm-embed-evaluate")

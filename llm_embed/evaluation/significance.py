@@ -173,3 +173,9 @@ def holm(p_values: list[float]) -> list[float]:
         running = max(running, (len(p_values) - rank) * p_values[index])
         adjusted[index] = min(1.0, running)
     return adjusted.tolist()
+
+
+__all__ = [
+    "COMPARISONS", "Comparison", "bootstrap_p_value", "compare", "compare_classification", "compare_clustering",
+    "compare_retrieval", "compare_sts", "holm",
+]

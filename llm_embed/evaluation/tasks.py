@@ -4,10 +4,31 @@ Each task takes file paths, embeds with ``model.encode`` and returns a :class:`T
 main score (x100, as MTEB reports), secondary scores, and per-item scores (what the study's
 significance tests pair across designs). ``evaluate`` is ``score(embed(model))``: the two phases
 are separate so that a caller can embed on the GPU and score (k-means, logistic regression) on
-CPU workers while the GPU goes on with the next model; ``score`` takes only numpy arrays. Prompts follow the paper and its peers: retrieval
+CPU workers while the GPU goes on with the next model; ``score`` takes only numpy arrays.
+Prompts follow the paper and its peers: retrieval
 queries get the ``query`` instruction, documents the ``document`` prompt; symmetric tasks (STS,
 classification, clustering) use ``prompt_name`` (default: none, i.e. the model's default).
 scikit-learn and scipy are needed (``pip install llm-embed[evaluation]``).
+
+Small subsets (``limit``) are checked when a task is built, before any model runs: a subset on
+which the metric cannot mean anything raises :class:`SampleTooSmallError` (a ``ValueError``); one
+on which it is merely noisy or biased emits a :class:`SmallSampleWarning` and the reason is kept in
+``task.warnings`` and in the result's ``warnings``. The rules, per task class:
+
+- STS: fewer than 3 pairs, or constant gold scores, are refused (no correlation); under 100 pairs
+  warns with the spread of Spearman x100 under no correlation, 100 / sqrt(n - 1);
+- retrieval: refused when no query has a relevant document (qrels score > 0) in the corpus (every
+  score would be 0); warns when some queries have none (they score 0 whatever the model), under
+  50 queries (standard error up to 50 / sqrt(n) points), or a corpus of 100 documents or fewer
+  (recall@100 is then 100 for any model);
+- classification: refused with fewer than 2 classes in training, fewer training rows than the
+  task's classes (counted over both whole files), or no test item whose class is in training;
+  warns when some test classes are absent from training (accuracy ceiling), under 5 training rows
+  per class, or under 100 test items (standard error up to 50 / sqrt(n) points);
+- clustering: refused with fewer than 2 gold labels or clusters, at least as many clusters as
+  texts, or when a random assignment of the texts to the clusters already scores a V-measure of 50
+  or more (V-measure rises as clusters get as many as texts: 20 texts in 13 clusters score about
+  79 at random); warns from 10 (``scores["v_measure_chance"]`` gives that chance level).
 """
 
 from __future__ import annotations
@@ -16,12 +37,39 @@ import csv
 import importlib
 import json
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+
+__all__ = [
+    "LIMIT_KEYS",
+    "TASK_FILES",
+    "ClassificationTask",
+    "ClusteringTask",
+    "EvaluationTask",
+    "RetrievalTask",
+    "STSTask",
+    "SampleTooSmallError",
+    "SmallSampleWarning",
+    "TaskResult",
+    "chance_v_measure",
+    "check_task_files",
+    "cosine_pairs",
+    "default_tasks",
+    "ndcg_at_k",
+    "parse_task_limit",
+    "read_labelled_csv",
+    "read_sick",
+    "read_stsb",
+    "recall_at_k",
+    "require",
+    "seeded_subset",
+    "task_limits",
+]
 
 
 def require(module: str, extra: str = "evaluation"):
@@ -39,20 +87,53 @@ class TaskResult:
     main_score: float
     scores: dict[str, float]
     per_item: dict[str, list] = field(default_factory=dict)
+    #: why this score is noisy or biased (small subsets, see the module docstring); empty when it is not
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
 
+class SampleTooSmallError(ValueError):
+    """A task's items (usually a ``limit`` subset) are too few for its metric to mean anything."""
+
+
+class SmallSampleWarning(UserWarning):
+    """A task's items are few enough that its score is noisy or biased; the task still runs."""
+
+
 class EvaluationTask:
     """What every task has: ``name``, ``category``, ``embed(model)`` and ``score(embeddings)``;
-    ``evaluate`` runs both."""
+    ``evaluate`` runs both. ``warnings`` lists why the score of this subset is noisy (empty if it is not)."""
 
     name: str
     category: str
 
+    @property
+    def warnings(self) -> list[str]:
+        return self.__dict__.setdefault("_warnings", [])
+
+    def warn_small(self, message: str) -> None:
+        """Record and emit a :class:`SmallSampleWarning` naming this task."""
+        self.warnings.append(message)
+        warnings.warn(f"{self.name}: {message}", SmallSampleWarning, stacklevel=3)
+
+    def refuse(self, message: str):
+        raise SampleTooSmallError(f"{self.name}: {message}")
+
     def evaluate(self, model, batch_size: int = 32, show_progress_bar: bool = False) -> TaskResult:
         return self.score(self.embed(model, batch_size=batch_size, show_progress_bar=show_progress_bar))
+
+
+#: sample-size rules (see the module docstring): below a MIN a task refuses, below a NOISY it warns
+MIN_STS_PAIRS = 3
+NOISY_STS_PAIRS = 100
+NOISY_QUERIES = 50
+MIN_ROWS_PER_CLASS = 5
+NOISY_TEST_ITEMS = 100
+MIN_TEXTS_PER_CLUSTER = 50
+REFUSED_CHANCE_V_MEASURE = 50.0
+NOISY_CHANCE_V_MEASURE = 10.0
 
 
 def seeded_subset(rows: list, limit: int | None, seed: int = 0) -> list:
@@ -86,7 +167,8 @@ class STSTask(EvaluationTask):
 
     category = "sts"
 
-    def __init__(self, name: str, path, format: str = "stsb", limit: int | None = None, prompt_name: str | None = None):
+    def __init__(self, name: str, path, format: str = "stsb", limit: int | None = None,
+                 prompt_name: str | None = None):
         readers = {"stsb": read_stsb, "sick": read_sick}
         if format not in readers:
             raise ValueError(f"format must be one of {sorted(readers)}, got {format!r}")
@@ -94,6 +176,19 @@ class STSTask(EvaluationTask):
         self.pairs = readers[format](path, limit)
         if not self.pairs:
             raise ValueError(f"{path} holds no pairs")
+        self.check_sample()
+
+    def check_sample(self) -> None:
+        n = len(self.pairs)
+        if n < MIN_STS_PAIRS:
+            self.refuse(f"{n} pair(s): a Spearman correlation needs at least {MIN_STS_PAIRS} (with 2 it can only be "
+                        "+1 or -1); raise the limit")
+        if len({p[2] for p in self.pairs}) < 2:
+            self.refuse(f"all {n} gold scores are equal: no correlation is defined; raise the limit or check the file")
+        if n < NOISY_STS_PAIRS:
+            self.warn_small(f"only {n} pairs: even with no real correlation, Spearman x100 over {n} pairs scatters by "
+                            f"+-{100 / math.sqrt(n - 1):.0f} (one standard deviation); use {NOISY_STS_PAIRS}+ pairs "
+                            "for a score worth reading")
 
     def embed(self, model, batch_size: int = 32, show_progress_bar: bool = False) -> dict[str, np.ndarray]:
         encode = lambda texts: model.encode(texts, prompt_name=self.prompt_name, batch_size=batch_size,
@@ -106,7 +201,7 @@ class STSTask(EvaluationTask):
         gold = [p[2] for p in self.pairs]
         spearman = 100 * float(spearmanr(cosine, gold).statistic)
         return TaskResult(self.name, self.category, "spearman", spearman, {"spearman": spearman},
-                          {"cosine": cosine.tolist(), "gold": gold})
+                          {"cosine": cosine.tolist(), "gold": gold}, list(self.warnings))
 
 
 def cosine_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -162,6 +257,27 @@ class RetrievalTask(EvaluationTask):
                 self.documents.append((item.get("title", "") + " " + item["text"]).strip())
         if not self.query_ids:
             raise ValueError(f"no query of {queries_path} appears in {qrels_path}")
+        self.check_sample()
+
+    def check_sample(self) -> None:
+        in_corpus = set(self.corpus_ids)
+        lost = [q for q in self.query_ids
+                if not any(score > 0 and doc in in_corpus for doc, score in self.qrels[q].items())]
+        n = len(self.query_ids)
+        if len(lost) == n:
+            self.refuse(f"none of the {n} queries has a relevant document (qrels score > 0) in the corpus of "
+                        f"{len(self.corpus_ids)}: nDCG@10 and recall@100 would be 0 whatever the model; check that "
+                        "the qrels' corpus-id values are corpus.jsonl _id values")
+        if lost:
+            self.warn_small(f"{len(lost)} of {n} queries have no relevant document in the corpus (e.g. {lost[0]!r}): "
+                            "they score 0 whatever the model and pull the mean down")
+        if n < NOISY_QUERIES:
+            self.warn_small(f"only {n} queries: per-query nDCG@10 ranges 0-100, so the mean has a standard error "
+                            f"of up "
+                            f"to {50 / math.sqrt(n):.0f} points; use {NOISY_QUERIES}+ queries")
+        if len(self.corpus_ids) <= 100:
+            self.warn_small(f"the corpus holds only {len(self.corpus_ids)} documents: recall@100 is 100 for any model "
+                            "(nDCG@10 still ranks them)")
 
     def embed(self, model, batch_size: int = 32, show_progress_bar: bool = False) -> dict[str, np.ndarray]:
         return {
@@ -187,13 +303,18 @@ class RetrievalTask(EvaluationTask):
                 recall.append(recall_at_k(ranked, relevant, 100))
         scores = {"ndcg_at_10": 100 * float(np.mean(ndcg)), "recall_at_100": 100 * float(np.mean(recall))}
         return TaskResult(self.name, self.category, "ndcg_at_10", scores["ndcg_at_10"], scores,
-                          {"query_ids": self.query_ids, "ndcg_at_10": ndcg, "recall_at_100": recall})
+                          {"query_ids": self.query_ids, "ndcg_at_10": ndcg, "recall_at_100": recall},
+                          list(self.warnings))
 
 
-def read_labelled_csv(path, limit: int | None = None, seed: int = 0) -> tuple[list[str], list[str]]:
-    """CSV text,category. ``limit`` keeps a seeded random subset (the files are sorted by label)."""
+def read_labelled_csv(path, limit: int | None = None, seed: int = 0, all_labels: set | None = None
+                      ) -> tuple[list[str], list[str]]:
+    """CSV text,category. ``limit`` keeps a seeded random subset (the files are sorted by label);
+    ``all_labels``, if given, receives the labels of the whole file."""
     with open(path, encoding="utf-8") as handle:
         rows = [(row["text"], row["category"]) for row in csv.DictReader(handle)]
+    if all_labels is not None:
+        all_labels.update(label for _, label in rows)
     rows = seeded_subset(rows, limit, seed)
     return [text for text, _ in rows], [label for _, label in rows]
 
@@ -206,8 +327,39 @@ class ClassificationTask(EvaluationTask):
     def __init__(self, name: str, train_path, test_path, limit_train: int | None = None, limit_test: int | None = None,
                  prompt_name: str | None = None, seed: int = 0):
         self.name, self.prompt_name, self.seed = name, prompt_name, seed
-        self.train_texts, self.train_labels = read_labelled_csv(train_path, limit_train, seed)
-        self.test_texts, self.test_labels = read_labelled_csv(test_path, limit_test, seed)
+        classes: set[str] = set()
+        self.train_texts, self.train_labels = read_labelled_csv(train_path, limit_train, seed, classes)
+        self.test_texts, self.test_labels = read_labelled_csv(test_path, limit_test, seed, classes)
+        self.n_classes = len(classes)  # over both whole files, before any limit
+        if not self.train_texts or not self.test_texts:
+            raise ValueError(f"{train_path if not self.train_texts else test_path} holds no rows")
+        self.check_sample()
+
+    def check_sample(self) -> None:
+        n_train, n_test, classes = len(self.train_texts), len(self.test_texts), self.n_classes
+        trained = set(self.train_labels)
+        if len(trained) < 2:
+            self.refuse(f"{n_train} training row(s) of {len(trained)} class: a classifier needs at least 2 classes; "
+                        "raise the training limit")
+        if n_train < classes:
+            self.refuse(f"{n_train} training rows for {classes} classes: at least {classes - n_train} classes cannot "
+                        "have a training example, so their test items are wrong by construction; raise the training "
+                        f"limit to at least {classes} (better {MIN_ROWS_PER_CLASS * classes})")
+        unseen = [label for label in self.test_labels if label not in trained]
+        if len(unseen) == n_test:
+            self.refuse(f"none of the {n_test} test items has a class seen in the {n_train} training rows: accuracy "
+                        "would be 0 whatever the model; raise the training limit")
+        if unseen:
+            n_unseen = len(set(unseen))
+            self.warn_small(f"{len(unseen)} of {n_test} test items ({n_unseen} class{'es' if n_unseen > 1 else ''}) "
+                            "have no training example: they are wrong whatever the model, so accuracy cannot exceed "
+                            f"{100 * (1 - len(unseen) / n_test):.1f}")
+        if n_train < MIN_ROWS_PER_CLASS * classes:
+            self.warn_small(f"only {n_train / classes:.1f} training rows per class ({n_train} rows, {classes} "
+                            f"classes): a few-shot classifier; use {MIN_ROWS_PER_CLASS}+ per class")
+        if n_test < NOISY_TEST_ITEMS:
+            self.warn_small(f"only {n_test} test items: accuracy has a standard error of up to "
+                            f"{50 / math.sqrt(n_test):.0f} points; use {NOISY_TEST_ITEMS}+")
 
     def embed(self, model, batch_size: int = 32, show_progress_bar: bool = False) -> dict[str, np.ndarray]:
         encode = lambda texts: model.encode(texts, prompt_name=self.prompt_name, batch_size=batch_size,
@@ -222,7 +374,7 @@ class ClassificationTask(EvaluationTask):
         correct = [bool(p == g) for p, g in zip(predicted, self.test_labels)]
         accuracy = 100 * float(np.mean(correct))
         return TaskResult(self.name, self.category, "accuracy", accuracy, {"accuracy": accuracy},
-                          {"correct": correct, "predicted": [str(p) for p in predicted]})
+                          {"correct": correct, "predicted": [str(p) for p in predicted]}, list(self.warnings))
 
 
 class ClusteringTask(EvaluationTask):
@@ -241,6 +393,29 @@ class ClusteringTask(EvaluationTask):
         rows = seeded_subset(list(zip(texts, labels)), limit, seed)
         self.texts, self.labels = [t for t, _ in rows], [label for _, label in rows]
         self.n_clusters = n_clusters or len(set(self.labels))
+        self.check_sample(n_clusters or len(set(labels)))
+
+    def check_sample(self, full_k: int) -> None:
+        """``full_k``: the cluster count on the whole file (what a larger limit tends to), for the advice."""
+        n, k, n_gold = len(self.texts), self.n_clusters, len(set(self.labels))
+        if n_gold < 2 or k < 2:
+            self.refuse(f"{n} texts with {n_gold} gold label(s) into {k} cluster(s): V-measure needs at least 2 of "
+                        "each; raise the limit")
+        if k >= n:
+            self.refuse(f"{k} clusters for {n} texts: k-means cannot make more clusters than texts, and with as many "
+                        "each text is its own cluster and the score depends on the labels only; raise the limit "
+                        f"(at least {MIN_TEXTS_PER_CLUSTER * full_k} texts)")
+        self.chance_v_measure = chance_v_measure(self.labels, k, self.seed)
+        advice = (f"raise the limit to {MIN_TEXTS_PER_CLUSTER * full_k}+ texts "
+                  f"({MIN_TEXTS_PER_CLUSTER} per cluster of "
+                  f"{full_k} bring it under about {NOISY_CHANCE_V_MEASURE:.0f})")
+        if self.chance_v_measure >= REFUSED_CHANCE_V_MEASURE:
+            self.refuse(f"a random assignment of these {n} texts to {k} clusters already scores a V-measure of "
+                        f"{self.chance_v_measure:.1f} (it rises as clusters get as many as texts): a score here would "
+                        f"measure the subset size, not the embeddings; {advice}")
+        if self.chance_v_measure >= NOISY_CHANCE_V_MEASURE:
+            self.warn_small(f"a random assignment of these {n} texts to {k} clusters already scores a V-measure of "
+                            f"{self.chance_v_measure:.1f}: read the score against that, not against 0; {advice}")
 
     def embed(self, model, batch_size: int = 32, show_progress_bar: bool = False) -> dict[str, np.ndarray]:
         return {"texts": model.encode(self.texts, prompt_name=self.prompt_name, batch_size=batch_size,
@@ -251,8 +426,19 @@ class ClusteringTask(EvaluationTask):
         assigned = cluster.KMeans(n_clusters=self.n_clusters, n_init=10, random_state=self.seed).fit_predict(
             embeddings["texts"])
         v_measure = 100 * float(metrics.v_measure_score(self.labels, assigned))
-        return TaskResult(self.name, self.category, "v_measure", v_measure, {"v_measure": v_measure},
-                          {"cluster": assigned.tolist(), "gold": list(self.labels)})
+        scores = {"v_measure": v_measure, "v_measure_chance": self.chance_v_measure}
+        return TaskResult(self.name, self.category, "v_measure", v_measure, scores,
+                          {"cluster": assigned.tolist(), "gold": list(self.labels)}, list(self.warnings))
+
+
+def chance_v_measure(labels: list, n_clusters: int, seed: int = 0, repeats: int = 10) -> float:
+    """V-measure (x100) of a random assignment of the texts to ``n_clusters`` clusters of equal size
+    (mean of ``repeats`` seeded shuffles): what a clustering unrelated to the texts scores on these
+    labels. Near 0 when there are many texts per cluster; near 100 when clusters are as many as texts."""
+    v_measure_score = require("sklearn.metrics").v_measure_score
+    rng = np.random.default_rng(seed)
+    base = np.arange(len(labels)) % n_clusters
+    return 100 * float(np.mean([v_measure_score(labels, rng.permutation(base)) for _ in range(repeats)]))
 
 
 #: keys of a per-task ``limit`` mapping: each task's items, plus the SciFact corpus (documents beyond
@@ -273,36 +459,87 @@ def task_limits(limit: int | Mapping[str, int] | None) -> dict[str, int | None]:
 
 
 def parse_task_limit(values: list[str] | None) -> int | dict[str, int] | None:
-    """Command-line form of a limit: ``500`` (every task) or ``stsb=500 scifact_corpus=1000 ...``."""
+    """Command-line form of a limit: ``500`` (every task), ``stsb=500 scifact_corpus=1000 ...`` (only
+    the keys named), or both: ``20 stackoverflow=1000`` (every task at 20, as one number does, except
+    the keys named)."""
     if not values:
         return None
-    if len(values) == 1 and "=" not in values[0]:
-        return int(values[0])
+    numbers = [value for value in values if "=" not in value]
+    if len(values) == 1 and numbers:
+        return int(values[0]) if values[0].isdigit() else _bad_limit(values[0])
+    if len(numbers) > 1:
+        _bad_limit(" ".join(numbers))
     limits = {}
     for value in values:
-        key, sep, number = value.partition("=")
-        if not sep or not number.isdigit():
-            raise ValueError(f"task limit {value!r}: write one number, or key=number with keys {list(LIMIT_KEYS)}")
+        if value in numbers:
+            continue
+        key, _, number = value.partition("=")
+        if not number.isdigit():
+            _bad_limit(value)
         limits[key] = int(number)
     task_limits(limits)  # names unknown keys now rather than after a model is loaded
+    if numbers:
+        if not numbers[0].isdigit():
+            _bad_limit(numbers[0])
+        limits = {**task_limits(int(numbers[0])), **limits}
     return limits
+
+
+def _bad_limit(value: str):
+    raise ValueError(f"task limit {value!r}: write one number, key=number pairs with keys {list(LIMIT_KEYS)}, or "
+                     "one number followed by key=number pairs (e.g. 20 stackoverflow=1000)")
+
+
+#: what each built-in task reads under the data folder, and the public data set it comes from
+TASK_FILES = {
+    "stsb": (["stsb/sts-test.csv"], "STS Benchmark (STS-B) test split"),
+    "sick": (["sick/SICK_test_annotated.txt"], "SICK (SemEval-2014 task 1) test split"),
+    "scifact": (["scifact/corpus.jsonl", "scifact/queries.jsonl", "scifact/qrels/test.tsv"],
+                "SciFact in the BEIR layout"),
+    "banking77": (["banking77/train.csv", "banking77/test.csv"], "Banking77 (PolyAI)"),
+    "stackoverflow": (["clustering_stackoverflow/StackOverflow.txt", "clustering_stackoverflow/StackOverflow_gnd.txt"],
+                      "StackOverflow short-text clustering (jacoxu/STC2)"),
+}
+
+#: the ``limit`` key that sets each task's item count (named in refusals so that the fix is plain)
+TASK_LIMIT_KEY = {"stsb": ("stsb", 100), "sick": ("sick", 100), "scifact": ("scifact", 50),
+                  "banking77": ("banking77_train", 400), "stackoverflow": ("stackoverflow", 1000)}
+
+
+def check_task_files(data_dir, names: list[str]) -> None:
+    """Every file the named tasks read exists under ``data_dir``; otherwise one error listing the
+    missing ones by absolute path (nothing is downloaded: see docs/evaluation.md for the sources)."""
+    data = Path(data_dir)
+    if not data.is_dir():
+        raise FileNotFoundError(f"data folder {data_dir} not found (looked at {data.resolve()}); pass the folder that "
+                                "holds stsb/, sick/, scifact/, banking77/ and clustering_stackoverflow/ (see "
+                                "docs/evaluation.md: nothing is downloaded)")
+    missing = [f"{name}: {(data / file).resolve()}" for name in names for file in TASK_FILES[name][0]
+               if not (data / file).is_file()]
+    if missing:
+        raise FileNotFoundError(f"missing task files under {data.resolve()}: {'; '.join(missing)}. Each task reads "
+                                "its files at fixed paths there (see docs/evaluation.md, 'The data folder'); nothing "
+                                "is downloaded")
 
 
 def default_tasks(data_dir, names: list[str] | None = None, limit: int | Mapping[str, int] | None = None) -> list:
     """The shared data sets as tasks. ``limit`` (see :func:`task_limits`) keeps seeded random subsets
-    for quick or CPU-sized runs."""
+    for quick or CPU-sized runs; a subset too small for its metric raises :class:`SampleTooSmallError`
+    naming the limit key to raise (see the module docstring)."""
     data = Path(data_dir)
     caps = task_limits(limit)
     factories = {
         "stsb": lambda: STSTask("STS-B", data / "stsb" / "sts-test.csv", "stsb", caps["stsb"]),
         "sick": lambda: STSTask("SICK-R", data / "sick" / "SICK_test_annotated.txt", "sick", caps["sick"]),
-        "scifact": lambda: RetrievalTask("SciFact", data / "scifact" / "corpus.jsonl", data / "scifact" / "queries.jsonl",
+        "scifact": lambda: RetrievalTask("SciFact", data / "scifact" / "corpus.jsonl",
+                                         data / "scifact" / "queries.jsonl",
                                          data / "scifact" / "qrels" / "test.tsv", limit_queries=caps["scifact"],
                                          corpus_limit=caps["scifact_corpus"]),
         "banking77": lambda: ClassificationTask("Banking77", data / "banking77" / "train.csv",
                                                 data / "banking77" / "test.csv", limit_train=caps["banking77_train"],
                                                 limit_test=caps["banking77"]),
-        "stackoverflow": lambda: ClusteringTask("StackOverflow", data / "clustering_stackoverflow" / "StackOverflow.txt",
+        "stackoverflow": lambda: ClusteringTask("StackOverflow",
+                                                data / "clustering_stackoverflow" / "StackOverflow.txt",
                                                 data / "clustering_stackoverflow" / "StackOverflow_gnd.txt", None,
                                                 caps["stackoverflow"]),
     }
@@ -310,4 +547,13 @@ def default_tasks(data_dir, names: list[str] | None = None, limit: int | Mapping
     unknown = [n for n in names if n not in factories]
     if unknown:
         raise ValueError(f"unknown tasks {unknown}; choose from {sorted(factories)}")
-    return [factories[n]() for n in names]
+    check_task_files(data, names)
+    tasks = []
+    for name in names:
+        try:
+            tasks.append(factories[name]())
+        except SampleTooSmallError as error:
+            key, example = TASK_LIMIT_KEY[name]
+            raise SampleTooSmallError(f"{error} (raise it with the limit key {key!r}, e.g. on the command line "
+                                      f"--limit 20 {key}={example}, or leave {name} out of the tasks)") from None
+    return tasks
