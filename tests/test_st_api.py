@@ -66,7 +66,9 @@ def both(request, tokenizer, tmp_path):
     """(LLMEmbeddingModel, SentenceTransformer) of one saved folder: the defaults (normalising, query
     and document prompts, no default prompt), or raw vectors with only a query prompt that is also
     the default prompt (so that encode_document must not fall back to it)."""
-    from sentence_transformers import SentenceTransformer
+    SentenceTransformer = pytest.importorskip(
+        "sentence_transformers", reason="the comparison needs sentence-transformers (the floor venv has none)"
+    ).SentenceTransformer
 
     if request.param == "defaults":
         model = tiny_model("llama", "bidirectional", "mean")
