@@ -12,6 +12,22 @@ import os
 import tempfile
 
 
+def has_saved_file(name_or_path, filename: str, hub_kwargs: dict) -> bool:
+    """Whether a local folder or Hub repo holds ``filename``, with the Hub arguments of a
+    ``from_pretrained`` call (``trust_remote_code`` is not one of the file lookup's)."""
+    from transformers.utils import cached_file
+
+    kwargs = {key: value for key, value in hub_kwargs.items() if key != "trust_remote_code"}
+    found = cached_file(
+        name_or_path,
+        filename,
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+        **kwargs,
+    )
+    return found is not None
+
+
 def push_model_to_hub(
     model,
     repo_id: str,
@@ -52,4 +68,4 @@ def push_model_to_hub(
         )
 
 
-__all__ = ["push_model_to_hub"]
+__all__ = ["has_saved_file", "push_model_to_hub"]

@@ -35,13 +35,13 @@ from .contrastive import (
     find_ddp_wrapper,
 )
 from .encoding import EncodeMixin
-from .hub import push_model_to_hub
+from .hub import has_saved_file, push_model_to_hub
 from .layer_states import LayerStateCollector, find_decoder_layers
 from .model_card import has_user_model_card, write_model_card
 from .packing import PackedBatch
 from .pooling import LAYER_REDUCTIONS, POOLING_HEADS, PoolingHead
 from .sentence_transformers_files import write_sentence_transformers_files
-from .tokenizer_setup import configure_tokenizer, has_tokenizer_files, load_saved_tokenizer
+from .tokenizer_setup import configure_tokenizer, load_saved_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -66,14 +66,9 @@ class LLMEmbeddingOutput(ModelOutput):
 def check_has_config(name_or_path, hub_kwargs: dict) -> None:
     """Refuse a folder (or repo) without ``config.json`` at once: without it transformers would build
     the model from a default config (a randomly initialised Llama-7B) before failing."""
-    from transformers.utils import CONFIG_NAME, cached_file
+    from transformers.utils import CONFIG_NAME
 
-    kwargs = {key: value for key, value in hub_kwargs.items() if key != "trust_remote_code"}
-    found = cached_file(
-        name_or_path, CONFIG_NAME, _raise_exceptions_for_missing_entries=False,
-        _raise_exceptions_for_connection_errors=False, **kwargs,
-    )
-    if found is None:
+    if not has_saved_file(name_or_path, CONFIG_NAME, hub_kwargs):
         raise OSError(
             f"{name_or_path} holds no {CONFIG_NAME}, so it is not a saved llm_embed model (save one with "
             "model.save_pretrained(folder)); to build a new embedding model on a decoder's weights use "
@@ -369,7 +364,7 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
                 "incomplete; refusing to fill them with random values."
             )
         tokenizer_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
-        if has_tokenizer_files(pretrained_model_name_or_path, tokenizer_kwargs):
+        if has_saved_file(pretrained_model_name_or_path, "tokenizer_config.json", tokenizer_kwargs):
             model.tokenizer = load_saved_tokenizer(pretrained_model_name_or_path, tokenizer_kwargs,
                                                    backbone_config=model.config.backbone_config)
         return (model, info) if want_info else model
@@ -392,7 +387,7 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
                       if key in kwargs}
         target = check_save_target(save_directory)
         write_card = not has_user_model_card(target)
-        tokenizer = self.tokenizer if self._tokenizer is not None else None
+        tokenizer = self._tokenizer
 
         def write(folder: str) -> None:
             super(LLMEmbeddingModel, self).save_pretrained(folder, *args, **kwargs)

@@ -75,21 +75,6 @@ def configure_tokenizer(tokenizer, config):
     return tokenizer
 
 
-def has_tokenizer_files(name_or_path, hub_kwargs: dict) -> bool:
-    """Whether a local folder or Hub repo holds a saved tokenizer (``tokenizer_config.json``)."""
-    from transformers.utils import cached_file
-
-    kwargs = {key: value for key, value in hub_kwargs.items() if key != "trust_remote_code"}
-    found = cached_file(
-        name_or_path,
-        "tokenizer_config.json",
-        _raise_exceptions_for_missing_entries=False,
-        _raise_exceptions_for_connection_errors=False,
-        **kwargs,
-    )
-    return found is not None
-
-
 def load_saved_tokenizer(name_or_path, hub_kwargs: dict, backbone_config=None):
     """The tokenizer saved beside a checkpoint, loaded now (not on first use: the folder may be
     overwritten or deleted by then). A broken tokenizer file fails here, naming the checkpoint.
@@ -110,4 +95,4 @@ def load_saved_tokenizer(name_or_path, hub_kwargs: dict, backbone_config=None):
         ) from error
 
 
-__all__ = ["LOADING_ONLY_KEYS", "configure_eos", "configure_tokenizer", "has_tokenizer_files", "load_saved_tokenizer"]
+__all__ = ["LOADING_ONLY_KEYS", "configure_eos", "configure_tokenizer", "load_saved_tokenizer"]
