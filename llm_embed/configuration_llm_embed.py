@@ -147,6 +147,11 @@ OPTIONS: tuple[ConfigOption, ...] = (
     ConfigOption("pooling_head_dim", "int", 64, "width of each cross-attention head", _positive_int),
     ConfigOption("pooling_ff_mult", "float", 1.0, "feed-forward width of the trainable heads, as a multiple of the "
                  "hidden size", _positive_number),
+    ConfigOption("pooling_residual", "bool", True,
+                 "the trainable heads start at their baseline pooling: they add a zero-initialised correction to the "
+                 "last layer's layer_reduction (latent_attention) or the mean of the per-layer reductions "
+                 "(multi_layer); false is the paper's head, a random projection until trained (a config.json "
+                 "saved before this option existed loads as false)", _boolean),
     ConfigOption("output_dim", "int", None, "add a linear projection to this many dimensions",
                  _optional_positive_int, default_help="no projection: the backbone's hidden size"),
     ConfigOption("normalize", "bool", True, "L2-normalise embeddings (cosine similarity = dot product)", _boolean),
@@ -175,6 +180,11 @@ OPTIONS: tuple[ConfigOption, ...] = (
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 # Config keys that older checkpoints use, and the option each one now is.
 RENAMED_OPTIONS = {"pooling_heads": "pooling_attention_heads"}
+# Options added after checkpoints were saved without them, and the value that reproduces what
+# those checkpoints compute. A config.json without the key loads with this value, not the default;
+# so that a new save never lacks it, these keys are always written (transformers' diff-based
+# serialisation would otherwise leave out a value equal to the default).
+ABSENT_OPTION_VALUES = {"pooling_residual": False}
 
 
 def options_docstring() -> str:
@@ -244,6 +254,7 @@ class LLMEmbeddingConfig(PreTrainedConfig):
         pooling_attention_heads: int = 8,
         pooling_head_dim: int = 64,
         pooling_ff_mult: float = 1.0,
+        pooling_residual: bool = True,
         output_dim: int | None = None,
         normalize: bool = True,
         prompts: dict[str, str] | None = None,
@@ -286,6 +297,7 @@ class LLMEmbeddingConfig(PreTrainedConfig):
         self.pooling_attention_heads = pooling_attention_heads
         self.pooling_head_dim = pooling_head_dim
         self.pooling_ff_mult = pooling_ff_mult
+        self.pooling_residual = pooling_residual
         self.output_dim = output_dim
         self.normalize = normalize
         self.prompts = dict(DEFAULT_PROMPTS) if prompts is None else prompts
@@ -316,6 +328,23 @@ class LLMEmbeddingConfig(PreTrainedConfig):
         for section in (output, output.get("backbone_config") or {}):
             if not looks_like_hub_id(section.get("_name_or_path")):
                 section.pop("_name_or_path", None)
+        return output
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """transformers' loading path (``from_pretrained``, also under ``trust_remote_code``): a saved
+        config without an option of :data:`ABSENT_OPTION_VALUES` gets the value that reproduces the
+        checkpoint, not today's default."""
+        missing = {key: value for key, value in ABSENT_OPTION_VALUES.items()
+                   if key not in config_dict and key not in kwargs}
+        return super().from_dict({**config_dict, **missing}, **kwargs)
+
+    def to_diff_dict(self) -> dict:
+        """What ``save_pretrained`` writes: transformers' values that differ from the defaults, plus
+        every option of :data:`ABSENT_OPTION_VALUES` (see there)."""
+        output = super().to_diff_dict()
+        full = self.to_dict()
+        output.update({key: full[key] for key in ABSENT_OPTION_VALUES})
         return output
 
     def check_backbone_given(self) -> None:
@@ -395,4 +424,6 @@ class LLMEmbeddingConfig(PreTrainedConfig):
 LLM_EMBEDDING_OPTIONS = tuple(inspect.signature(LLMEmbeddingConfig.__init__).parameters)[1:-1]
 LLMEmbeddingConfig.__doc__ += options_docstring() + "\n"
 
-__all__ = ["ATTENTION_MODES", "OPTIONS", "ConfigOption", "LLMEmbeddingConfig", "RENAMED_OPTIONS"]
+__all__ = [
+    "ABSENT_OPTION_VALUES", "ATTENTION_MODES", "OPTIONS", "ConfigOption", "LLMEmbeddingConfig", "RENAMED_OPTIONS",
+]

@@ -11,6 +11,16 @@ The trainable heads follow Tang & Yang (2024) with the reference code's defects 
 the cross-attention masks padding, sizes come from the config, and the latents enter only as
 queries (no residual from the input-independent latents, which would add the same constant to
 every embedding).
+
+By default (``config.pooling_residual``) a trainable head also starts at its baseline: it adds its
+cross-attention and feed-forward output to a parameter-free reduction of its input (the last
+layer's ``layer_reduction`` for ``latent_attention``, the mean of the per-layer reductions for
+``multi_layer``, each RMS-normalised first), and the two output projections start at zero
+(ReZero / zero-init residual, as ControlNet's zero convolutions and GPT-2-style "init the last
+layer of a residual branch small").
+An untrained head then returns exactly the baseline pooling instead of a random projection of it,
+and training can only move away from the baseline where the loss says so. The paper's head (a
+random projection until trained) stays reachable with ``pooling_residual=False``.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ class HeadConfig(Protocol):
     pooling_layers: list[int] | None
     resolved_pooling_layers: list[int]
     layer_reduction: str
+    pooling_residual: bool
 
 
 POOLING_HEADS: dict[str, type[PoolingHead]] = {}
@@ -88,6 +99,14 @@ def position_weighted_mean(states: torch.Tensor, attention_mask: torch.Tensor) -
 
 
 LAYER_REDUCTIONS = {"mean": masked_mean, "last_token": last_token}
+
+
+def rms_normalize(vectors: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Scale each vector to root-mean-square 1 (direction kept). A decoder's layers differ in scale by
+    orders of magnitude (a few "massive activation" dimensions grow with depth), so a plain mean over
+    layers is the last layers' vector; after this every layer counts alike, and the baseline is on
+    the scale of the head's LayerNorm-fed correction."""
+    return F.rms_norm(vectors, vectors.shape[-1:], eps=eps)
 
 
 # ----------------------------------------------------------------------------- heads
@@ -195,13 +214,15 @@ class CrossAttentionPoolingHead(PoolingHead):
     """Base of the trainable heads (not registered itself): trainable latents cross-attend to a
     context; GEGLU feed-forward with residual; mean over latents.
 
-    Subclasses choose the context: the last layer's token states (``latent_attention``), or one
-    vector per layer (``multi_layer``).
+    Subclasses choose the context (the last layer's token states for ``latent_attention``, one
+    vector per layer for ``multi_layer``) and the baseline: the parameter-free pooling of the same
+    input that the head starts from when ``config.pooling_residual`` is set (module docstring).
     """
 
     def __init__(self, config: HeadConfig):
         super().__init__(config)
         dim = config.backbone_hidden_size
+        self.residual = config.pooling_residual
         self.latents = nn.Parameter(torch.empty(config.num_latents, dim))
         self.cross_attention = CrossAttention(dim, config.pooling_attention_heads, config.pooling_head_dim)
         self.feed_forward = GEGLUFeedForward(dim, config.pooling_ff_mult)
@@ -209,27 +230,52 @@ class CrossAttentionPoolingHead(PoolingHead):
     def init_weights(self, std: float) -> None:
         super().init_weights(std)
         init.normal_(self.latents, mean=0.0, std=std)
+        if self.residual:
+            # The last projection of each residual branch starts at zero, so the untrained head returns
+            # the baseline exactly. Their gradients are not zero (their inputs are not), so they move
+            # on the first step and the rest of the head trains from the second.
+            for projection in (self.cross_attention.to_out, self.feed_forward.proj_out):
+                init.zeros_(projection.weight)
+                if projection.bias is not None:
+                    init.zeros_(projection.bias)
 
     def card_rows(self, config: HeadConfig, parameters: int) -> list[tuple[str, str]]:
+        start = "its baseline pooling plus a zero-initialised correction" if config.pooling_residual else \
+            "random (the paper's head, pooling_residual=false)"
         return super().card_rows(config, parameters) + [
             ("pooling head", f"{config.num_latents} latents, {config.pooling_attention_heads} heads x "
                              f"{config.pooling_head_dim}, feed-forward x{config.pooling_ff_mult}, "
                              f"{parameters:,} parameters"),
+            ("pooling head at initialisation", start),
         ]
 
-    def attend(self, context: torch.Tensor, context_mask: torch.Tensor | None) -> torch.Tensor:
+    def attend(self, context: torch.Tensor, context_mask: torch.Tensor | None,
+               baseline: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents cross-attend to ``context`` (B, N, H); ``baseline`` (B, H), when given, is added
+        to every latent's attention output before the feed-forward."""
         queries = self.latents.to(context.dtype).unsqueeze(0).expand(context.shape[0], -1, -1)
         x = self.cross_attention(queries, context, context_mask)
+        if baseline is not None:
+            x = x + baseline.unsqueeze(1)
         x = x + self.feed_forward(x)
         return x.mean(dim=1)
 
 
 @register_pooling_head("latent_attention")
 class LatentAttentionPooling(CrossAttentionPoolingHead):
-    """Last-layer trainable pooling (paper's models 2 and 4): latents attend over the last layer's tokens."""
+    """Last-layer trainable pooling (paper's models 2 and 4): latents attend over the last layer's tokens.
+
+    Its baseline (``pooling_residual``) is the last layer reduced by ``layer_reduction``: last
+    token with causal attention (design 2 starts as design 1, EOS pooling), mean with bidirectional.
+    """
+
+    def __init__(self, config: HeadConfig):
+        super().__init__(config)
+        self.reduce = LAYER_REDUCTIONS[config.layer_reduction]
 
     def forward(self, token_states, attention_mask, layer_states=None):
-        return self.attend(token_states, attention_mask)
+        baseline = rms_normalize(self.reduce(token_states, attention_mask)) if self.residual else None
+        return self.attend(token_states, attention_mask, baseline)
 
 
 @register_pooling_head("multi_layer")
@@ -239,6 +285,10 @@ class MultiLayerPooling(CrossAttentionPoolingHead):
     Each selected layer is reduced to one vector (masked mean or last token, done by the model as
     the layer runs), a trainable per-layer embedding is added, and the latents cross-attend over
     the resulting (B, L, H) stack. No padding exists across layers, so no mask is needed here.
+
+    Its baseline (``pooling_residual``) is the mean over the pooled layers of the RMS-normalised
+    per-layer vectors: on SmolLM2 untrained, that scores above the last layer alone, while the
+    plain mean is the largest layers' vector and scores below it (docs/results.md, layer probe).
     """
 
     needs_layer_states = True
@@ -262,11 +312,12 @@ class MultiLayerPooling(CrossAttentionPoolingHead):
         if layer_states is None:
             raise ValueError("multi_layer pooling needs layer_states (B, L, H); "
                              "the model collects them during forward")
-        return self.attend(layer_states + self.layer_embedding.to(layer_states.dtype), None)
+        baseline = rms_normalize(layer_states).mean(dim=1) if self.residual else None
+        return self.attend(layer_states + self.layer_embedding.to(layer_states.dtype), None, baseline)
 
 
 __all__ = [
     "LAYER_REDUCTIONS", "POOLING_HEADS", "CrossAttentionPoolingHead", "LastTokenPooling", "LatentAttentionPooling",
     "MeanPooling", "MultiLayerPooling", "PoolingHead", "WeightedMeanPooling", "last_token", "masked_mean",
-    "position_weighted_mean", "register_pooling_head",
+    "position_weighted_mean", "register_pooling_head", "rms_normalize",
 ]

@@ -137,9 +137,10 @@ def build_model(args, design: int, backbone_path):
 
 def train_design(args, design: int, seed: int, backbone_path, train_data):
     """Fine-tune one design (LoRA by default, as the paper) and return the plain model plus its log."""
-    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers import TrainingArguments, set_seed
 
     from .data import ContrastiveDataCollator
+    from .optimization import EmbeddingTrainer
 
     set_seed(seed)
     model = build_model(args, design, backbone_path)
@@ -157,8 +158,8 @@ def train_design(args, design: int, seed: int, backbone_path, train_data):
         logging_steps=max(1, args.max_steps // 20), save_strategy="no", report_to=[], remove_unused_columns=False,
         dataloader_drop_last=True, disable_tqdm=True, use_cpu=args.device == "cpu",
     )
-    trainer = Trainer(model=model, args=training_args, train_dataset=train_data, data_collator=collator,
-                      processing_class=tokenizer)
+    trainer = EmbeddingTrainer(model=model, args=training_args, train_dataset=train_data, data_collator=collator,
+                               processing_class=tokenizer, head_learning_rate=args.head_learning_rate)
     start = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - start
@@ -479,6 +480,9 @@ def parse_args(argv: list[str] | None = None):
                         help="queries per step (each with a positive and a negative; "
                              "the others are in-batch negatives)")
     parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--head-learning-rate", type=float, default=None,
+                        help="learning rate of the pooling head (trained from its initialisation while the backbone "
+                             "is pretrained); None: --learning-rate")
     parser.add_argument("--warmup-ratio", type=float, default=0.1)
     parser.add_argument("--no-lora", dest="lora", action="store_false", help="full fine-tuning instead of LoRA")
     parser.add_argument("--lora-r", type=int, default=16)
@@ -496,6 +500,8 @@ def parse_args(argv: list[str] | None = None):
     # Every LLMEmbeddingConfig option but the two each design fixes (--designs picks them).
     add_config_arguments(parser, dashes=True, exclude=DESIGN_OPTIONS)
     args = parser.parse_args(argv)
+    if args.head_learning_rate is not None and not args.head_learning_rate > 0:
+        parser.error(f"--head-learning-rate must be > 0, got {args.head_learning_rate}")
     if args.max_steps < 1 or args.batch_size < 2:
         parser.error("--max-steps must be >= 1 and --batch-size >= 2 (in-batch negatives need two queries)")
     try:

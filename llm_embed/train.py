@@ -20,10 +20,11 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from .data import ContrastiveDataCollator, TripletDataset
 from .modeling_llm_embed import LLMEmbeddingModel
+from .optimization import EmbeddingTrainer, check_head_learning_rate
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,12 @@ class ModelArguments:
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (paper: 16)"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (paper: 32)"})
     lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout (paper: 0.1)"})
+    head_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "learning rate of the parameters outside the backbone (pooling head, projection), which "
+                          "start from their initialisation while the backbone is pretrained; the schedule scales it "
+                          "like --learning_rate. None: --learning_rate for everything"},
+    )
 
 
 @dataclass
@@ -106,6 +113,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     """Train and save; returns the folder of the final (merged) model. ``config_options``:
     :class:`LLMEmbeddingConfig` values (the rest keep the config's defaults)."""
     set_seed(training_args.seed)
+    check_head_learning_rate(model_args.head_learning_rate)
     # data and settings first: a bad row or option fails in seconds, not after the backbone has loaded
     train_data = TripletDataset.from_any(data_args.train_file, data_args.max_train_rows)
     eval_data = TripletDataset.from_any(data_args.eval_file, data_args.max_eval_rows) if data_args.eval_file else None
@@ -122,8 +130,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
 
         model = apply_lora(model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout)
         model.print_trainable_parameters()
-    trainer = Trainer(
+    trainer = EmbeddingTrainer(
         model=model,
+        head_learning_rate=model_args.head_learning_rate,
         args=training_args,
         train_dataset=train_data,
         eval_dataset=eval_data,

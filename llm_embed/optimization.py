@@ -1,0 +1,104 @@
+"""A learning rate of its own for the pooling head, through optimizer parameter groups.
+
+The backbone arrives pretrained (and is often LoRA-adapted at a small rate such as 1e-4), while a
+trainable pooling head and the optional projection start from their initialisation: the rate that
+suits the one is too small for the other. :func:`set_head_learning_rate` moves every parameter
+outside the backbone into parameter groups of their own, at ``head_learning_rate``, keeping each
+group's other settings (weight decay, betas, ...). The ``Trainer``'s schedule (warm-up, decay)
+then scales both rates alike, since a scheduler scales each group's initial rate.
+
+Two ways to use it, both with transformers' ``Trainer``:
+
+- :class:`EmbeddingTrainer` (``Trainer`` plus ``head_learning_rate=``) regroups the optimizer the
+  ``Trainer`` builds from its arguments (``--optim``, weight decay, FSDP / DeepSpeed wrapping), via
+  the documented ``create_optimizer`` hook. ``llm-embed-train`` and ``llm-embed-study`` use it.
+- With the plain ``Trainer``, build the optimizer yourself and pass it in::
+
+      optimizer = set_head_learning_rate(torch.optim.AdamW(model.parameters(), lr=1e-4), model, 1e-3)
+      trainer = Trainer(model=model, args=args, optimizers=(optimizer, None), ...)
+
+  (transformers refuses ``optimizers=`` under FSDP and DeepSpeed; use :class:`EmbeddingTrainer` there.)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from transformers import Trainer
+
+BACKBONE_ATTRIBUTE = "backbone"  # LLMEmbeddingModel.base_model_prefix
+
+
+def is_head_parameter(name: str) -> bool:
+    """A parameter outside the backbone: the pooling head or the projection, whatever wraps the model
+    (PEFT's ``base_model.model.``, DDP's ``module.``, FSDP's ``_fsdp_wrapped_module.``)."""
+    return BACKBONE_ATTRIBUTE not in name.split(".")
+
+
+def check_head_learning_rate(value) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not 0 < value < math.inf):
+        raise ValueError(f"head_learning_rate must be a positive number or None (the backbone's rate), got {value!r}")
+
+
+def set_head_learning_rate(optimizer: torch.optim.Optimizer, model: nn.Module,
+                           head_learning_rate: float | None) -> torch.optim.Optimizer:
+    """Give ``model``'s trainable parameters outside the backbone the rate ``head_learning_rate``:
+    each parameter group that holds some is split in two, the head's part with ``lr`` (and
+    ``initial_lr``, if a scheduler already set it) replaced. Call it before the scheduler is built
+    and before the first step. ``None`` changes nothing. Returns ``optimizer``."""
+    check_head_learning_rate(head_learning_rate)
+    if head_learning_rate is None:
+        return optimizer
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    flat = [name for name in names.values() if "_flat_param" in name]
+    if flat:
+        raise ValueError(
+            "head_learning_rate needs the model's own parameter names, but FSDP flattened them "
+            f"({flat[0]}); use FSDP2 (fsdp_version 2) or fsdp_use_orig_params true"
+        )
+    if any(optimizer.state.get(parameter) for group in optimizer.param_groups for parameter in group["params"]):
+        raise ValueError("set_head_learning_rate must run before the first optimizer step (the optimizer has state)")
+    head_groups = []
+    for group in optimizer.param_groups:
+        head = [parameter for parameter in group["params"] if is_head_parameter(names.get(id(parameter), ""))]
+        if not head:
+            continue
+        moved = {id(parameter) for parameter in head}
+        group["params"] = [parameter for parameter in group["params"] if id(parameter) not in moved]
+        settings = {key: value for key, value in group.items() if key != "params"}
+        settings["lr"] = head_learning_rate
+        if "initial_lr" in settings:
+            settings["initial_lr"] = head_learning_rate
+        head_groups.append(dict(settings, params=head))
+    if not head_groups:
+        raise ValueError("head_learning_rate is set but the optimizer holds no trainable parameter outside the "
+                         "backbone (a mean / last_token model without output_dim has none, or the head is frozen)")
+    optimizer.param_groups[:] = [group for group in optimizer.param_groups if group["params"]]
+    for group in head_groups:
+        optimizer.add_param_group(group)
+    return optimizer
+
+
+class EmbeddingTrainer(Trainer):
+    """``transformers.Trainer`` with ``head_learning_rate``: the optimizer it builds from its
+    arguments gets the head's parameter groups (:func:`set_head_learning_rate`). Everything else is
+    the plain ``Trainer``."""
+
+    def __init__(self, *args, head_learning_rate: float | None = None, **kwargs):
+        check_head_learning_rate(head_learning_rate)
+        self.head_learning_rate = head_learning_rate
+        self._head_groups_made = False
+        super().__init__(*args, **kwargs)
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        optimizer = super().create_optimizer(model)
+        if self.head_learning_rate is not None and not self._head_groups_made:
+            set_head_learning_rate(optimizer, self.model if model is None else model, self.head_learning_rate)
+            self._head_groups_made = True
+        return optimizer
+
+
+__all__ = ["EmbeddingTrainer", "check_head_learning_rate", "is_head_parameter", "set_head_learning_rate"]
