@@ -147,11 +147,11 @@ OPTIONS: tuple[ConfigOption, ...] = (
     ConfigOption("pooling_head_dim", "int", 64, "width of each cross-attention head", _positive_int),
     ConfigOption("pooling_ff_mult", "float", 1.0, "feed-forward width of the trainable heads, as a multiple of the "
                  "hidden size", _positive_number),
-    ConfigOption("pooling_residual", "bool", True,
+    ConfigOption("pooling_residual", "bool", False,
                  "the trainable heads start at their baseline pooling: they add a zero-initialised correction to the "
-                 "last layer's layer_reduction (latent_attention) or the mean of the per-layer reductions "
-                 "(multi_layer); false is the paper's head, a random projection until trained (a config.json "
-                 "saved before this option existed loads as false)", _boolean),
+                 "last layer's layer_reduction (latent_attention) or the mean of the RMS-normalised per-layer "
+                 "reductions (multi_layer). False (the paper's head, a random projection until trained) trained "
+                 "better in our CPU runs at the default head rate (docs/results.md)", _boolean),
     ConfigOption("output_dim", "int", None, "add a linear projection to this many dimensions",
                  _optional_positive_int, default_help="no projection: the backbone's hidden size"),
     ConfigOption("normalize", "bool", True, "L2-normalise embeddings (cosine similarity = dot product)", _boolean),
@@ -254,7 +254,7 @@ class LLMEmbeddingConfig(PreTrainedConfig):
         pooling_attention_heads: int = 8,
         pooling_head_dim: int = 64,
         pooling_ff_mult: float = 1.0,
-        pooling_residual: bool = True,
+        pooling_residual: bool = False,
         output_dim: int | None = None,
         normalize: bool = True,
         prompts: dict[str, str] | None = None,

@@ -12,15 +12,16 @@ the cross-attention masks padding, sizes come from the config, and the latents e
 queries (no residual from the input-independent latents, which would add the same constant to
 every embedding).
 
-By default (``config.pooling_residual``) a trainable head also starts at its baseline: it adds its
+With ``config.pooling_residual`` a trainable head starts at its baseline instead: it adds its
 cross-attention and feed-forward output to a parameter-free reduction of its input (the last
 layer's ``layer_reduction`` for ``latent_attention``, the mean of the per-layer reductions for
 ``multi_layer``, each RMS-normalised first), and the two output projections start at zero
 (ReZero / zero-init residual, as ControlNet's zero convolutions and GPT-2-style "init the last
 layer of a residual branch small").
 An untrained head then returns exactly the baseline pooling instead of a random projection of it,
-and training can only move away from the baseline where the loss says so. The paper's head (a
-random projection until trained) stays reachable with ``pooling_residual=False``.
+and training can only move away from the baseline where the loss says so. The default is the
+paper's head (``pooling_residual=False``): at the study's head learning rate the zero-initialised
+branches grow too slowly and the residual heads trained worse (docs/results.md).
 """
 
 from __future__ import annotations

@@ -47,8 +47,7 @@ def hand_baseline(model, ids, mask) -> torch.Tensor:
 @pytest.mark.parametrize("attention", ATTENTIONS)
 @pytest.mark.parametrize("pooling", TRAINABLE)
 def test_an_untrained_head_returns_its_baseline(arch, attention, pooling):
-    model = tiny_model(arch, attention, pooling)
-    assert model.config.pooling_residual is True  # the default
+    model = tiny_model(arch, attention, pooling, pooling_residual=True)
     ids, mask = batch()
     with torch.no_grad():
         embeddings = model(ids, mask, normalize=False).embeddings
@@ -59,7 +58,7 @@ def test_latent_attention_starts_as_the_design_it_extends():
     """Causal latent_attention starts as last-token (EOS) pooling, bidirectional as mean pooling: the same
     normalised vectors as those designs on the same backbone weights."""
     for attention, plain in (("causal", "last_token"), ("bidirectional", "mean")):
-        head = tiny_model("llama", attention, "latent_attention", seed=1)
+        head = tiny_model("llama", attention, "latent_attention", seed=1, pooling_residual=True)
         reference = tiny_model("llama", attention, plain, seed=1)
         reference.backbone.load_state_dict(head.backbone.state_dict())
         ids, mask = batch(1)
@@ -69,8 +68,9 @@ def test_latent_attention_starts_as_the_design_it_extends():
 
 
 @pytest.mark.parametrize("pooling", TRAINABLE)
-def test_the_papers_head_stays_reachable(pooling):
-    model = tiny_model("llama", "bidirectional", pooling, pooling_residual=False)
+def test_the_papers_head_is_the_default(pooling):
+    model = tiny_model("llama", "bidirectional", pooling)
+    assert model.config.pooling_residual is False
     ids, mask = batch()
     with torch.no_grad():
         embeddings = model(ids, mask, normalize=False).embeddings
@@ -84,7 +84,7 @@ def test_the_papers_head_stays_reachable(pooling):
 def test_every_head_parameter_trains_from_the_second_step(pooling):
     """Zero-initialised output projections get gradients at once (their inputs are not zero); after they
     have moved, the latents, queries and keys get gradients too: nothing is stuck at its start."""
-    model = tiny_model("llama", "bidirectional", pooling).train()
+    model = tiny_model("llama", "bidirectional", pooling, pooling_residual=True).train()
     optimizer = torch.optim.AdamW([p for n, p in model.named_parameters() if is_head_parameter(n)], lr=1e-2)
     queries, documents = batch(2), batch(3)
     grads = []
@@ -120,7 +120,7 @@ def test_a_checkpoint_saved_before_the_option_loads_as_the_papers_head(tmp_path)
 def test_a_new_save_always_writes_the_option(tmp_path):
     """transformers leaves values equal to the default out of config.json; this one must be written,
     or the checkpoint would reload as the legacy head."""
-    model = tiny_model("llama", "bidirectional", "latent_attention")
+    model = tiny_model("llama", "bidirectional", "latent_attention", pooling_residual=True)
     ids, mask = batch()
     with torch.no_grad():
         before = model(ids, mask).embeddings

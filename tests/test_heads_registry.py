@@ -229,7 +229,7 @@ def test_card_rows_are_the_heads_and_unchanged(pooling_name, extra):
     parameters = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("backbone."))
     rows = model.pooler.card_rows(model.config, parameters)
     start = [value for key, value in rows if key == "pooling head at initialisation"]  # added with pooling_residual
-    assert start == (["its baseline pooling plus a zero-initialised correction"] if pooling_name in TRAINABLE else [])
+    assert start == (["random (the paper's head, pooling_residual=false)"] if pooling_name in TRAINABLE else [])
     assert [row for row in rows if row[0] != "pooling head at initialisation"] == old_card_rows(model.config,
                                                                                                parameters)
     card = render_model_card(model)

@@ -25,7 +25,7 @@ SAMPLES = {
     "pooling_attention_heads": 2,
     "pooling_head_dim": 8,
     "pooling_ff_mult": 2.0,
-    "pooling_residual": False,
+    "pooling_residual": True,
     "output_dim": 16,
     "normalize": False,
     "prompts": {"query": "Q: ", "document": "D: "},
