@@ -201,3 +201,24 @@ def test_embedding_trainer_schedules_the_head_rate_like_the_backbone_rate(tmp_pa
     for step in rates:
         assert step[2:] == pytest.approx([100 * rate for rate in step[:2]])  # the schedule scales both alike
     assert [step[2] for step in rates] == pytest.approx([0, 0.5e-2, 1e-2, 0.5e-2])  # warm-up, then decay
+
+
+def test_the_entry_points_expose_head_learning_rate():
+    from llm_embed.study import parse_args
+    from llm_embed.train import build_parser
+
+    assert parse_args(["--head-learning-rate", "1e-3"]).head_learning_rate == 1e-3
+    assert parse_args([]).head_learning_rate is None
+    with pytest.raises(SystemExit):
+        parse_args(["--head-learning-rate", "0"])
+    model_args, *_ = build_parser().parse_args_into_dataclasses(
+        ["--train_file", "x.jsonl", "--output_dir", "out", "--head_learning_rate", "2e-3"])
+    assert model_args.head_learning_rate == 2e-3
+
+
+def test_llm_embed_train_refuses_a_bad_head_rate_before_loading_anything(tmp_path):
+    from llm_embed.train import main
+
+    with pytest.raises(ValueError, match="head_learning_rate must be a positive number"):
+        main(["--train_file", str(tmp_path / "missing.jsonl"), "--output_dir", str(tmp_path / "out"),
+              "--head_learning_rate", "-1"])
