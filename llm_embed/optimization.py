@@ -93,8 +93,10 @@ class EmbeddingTrainer(Trainer):
         self._head_groups_made = False
         super().__init__(*args, **kwargs)
 
-    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
-        optimizer = super().create_optimizer(model)
+    def create_optimizer(self, *args, **kwargs) -> torch.optim.Optimizer:
+        # transformers >= 5.x passes an optional ``model``; 5.2's create_optimizer takes no argument
+        optimizer = super().create_optimizer(*args, **kwargs)
+        model = args[0] if args else kwargs.get("model")
         if self.head_learning_rate is not None and not self._head_groups_made:
             set_head_learning_rate(optimizer, self.model if model is None else model, self.head_learning_rate)
             self._head_groups_made = True
