@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from llm_embed.bundled import smollm2_backbone_path
 from llm_embed.evaluation.tasks import default_tasks, parse_task_limit
 from llm_embed.study import build_model, parse_args, read_triplets, train_design
 
@@ -80,15 +81,12 @@ def main() -> None:
                                  *(["--bf16"] if args.bf16 else []), *(["--backbone", args.backbone]
                                                                        if args.backbone else []), *options])
         start = time.perf_counter()
+        backbone = args.backbone or smollm2_backbone_path()
         if args.steps == 0:
-            from llm_embed.bundled import smollm2_backbone_path
-
             torch.manual_seed(0)
-            model, log = build_model(study_args, design, args.backbone or smollm2_backbone_path()), {"losses": []}
+            model, log = build_model(study_args, design, backbone), {"losses": []}
         else:
-            from llm_embed.bundled import smollm2_backbone_path
-
-            model, log = train_design(study_args, design, 0, args.backbone or smollm2_backbone_path(), train_data)
+            model, log = train_design(study_args, design, 0, backbone, train_data)
         train_seconds = time.perf_counter() - start
         model.eval()
         if args.bf16:
