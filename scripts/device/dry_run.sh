@@ -14,6 +14,7 @@ rm -rf "$OUT" && mkdir -p "$OUT"
 PATH="$(dirname "$PY"):$PATH" STUDY_SECONDS=900 bash scripts/device/study.sh --backbone .gpu/tiny --device cpu \
     --max-steps 2 --batch-size 4 --eval-batch-size 16 --score-workers 1 --max-seq-length 32 \
     --task-limit 20 scifact_corpus=40 banking77_train=154 banking77=77 stackoverflow=100
+mkdir -p "$OUT/study" && tar xzf "$OUT/study_runs.tgz" -C "$OUT/study"
 ls "$OUT/study/runs"
 $PY -m llm_embed.study --report-only --no-plot --output-dir "$OUT/study" > /dev/null
 echo "dry run OK: $(ls "$OUT"/study/runs/design*.json | wc -l) runs, reports in $OUT/study"
