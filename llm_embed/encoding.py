@@ -20,6 +20,7 @@ import threading
 import warnings
 import weakref
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Literal, overload
 
@@ -185,7 +186,28 @@ def tokenize_texts(
     tokenizer, texts: list[str], max_seq_length: int, append_eos: bool, prefix: str = ""
 ) -> list[list[int]]:
     """Token ids of ``prefix + text`` per text, truncated to ``max_seq_length`` (EOS included), with one
-    warning if any was cut.
+    warning if any was cut (see :func:`tokenize_counting_truncation`)."""
+    ids, truncated = tokenize_counting_truncation(tokenizer, texts, max_seq_length, append_eos, prefix)
+    warn_truncated(truncated, len(texts), max_seq_length, stacklevel=3)
+    return ids
+
+
+def warn_truncated(truncated: int, total: int, max_seq_length: int, stacklevel: int) -> None:
+    """The one warning of a call whose texts were cut to ``max_seq_length``."""
+    if truncated:
+        warnings.warn(
+            f"{truncated} of {total} texts were longer than max_seq_length={max_seq_length} tokens "
+            "and were truncated.",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
+
+
+def tokenize_counting_truncation(
+    tokenizer, texts: list[str], max_seq_length: int, append_eos: bool, prefix: str = "", first_index: int = 0
+) -> tuple[list[list[int]], int]:
+    """Token ids of ``prefix + text`` per text, truncated to ``max_seq_length`` (EOS included), and how
+    many texts were cut (the caller warns once per call, however many pieces it tokenizes in).
 
     The tokenizer runs without truncation (so that EOS goes after the truncated text, and truncation is
     counted), but a text far longer than any text that fits is first cut to
@@ -193,7 +215,8 @@ def tokenize_texts(
     its first 512 tokens would otherwise take seconds and a gigabyte. Such a cut prefix has at least
     ``max_seq_length + TRUNCATION_SLACK`` tokens (see :func:`max_token_chars`), of which only the last
     few can differ from the full text's; when it has fewer (a tokenizer that breaks the bound), the text
-    is tokenized in full. Texts that fit are never cut, so their ids are exactly the tokenizer's."""
+    is tokenized in full. Texts that fit are never cut, so their ids are exactly the tokenizer's.
+    ``first_index``: the index of ``texts[0]`` in the caller's list, for error messages."""
     eos_id = tokenizer.eos_token_id
     if append_eos and eos_id is None:
         raise ValueError(
@@ -208,10 +231,10 @@ def tokenize_texts(
         inputs = [prefix + text if len(text) <= room else prefix[:cap] + text[: max(room, 0)] for text in texts]
     else:
         inputs = [prefix + text for text in texts] if prefix else texts
-    ids = _run_tokenizer(tokenizer, inputs, list(range(len(texts))), prefix)
+    ids = _run_tokenizer(tokenizer, inputs, list(range(first_index, first_index + len(texts))), prefix)
     for i in cut:
         if len(ids[i]) < keep:  # fewer tokens than the bound promises: the cut may have changed the kept ones
-            ids[i] = _run_tokenizer(tokenizer, [prefix + texts[i]], [i], prefix)[0]
+            ids[i] = _run_tokenizer(tokenizer, [prefix + texts[i]], [first_index + i], prefix)[0]
     budget = max_seq_length - 1 if append_eos else max_seq_length
     truncated = 0
     for i, row in enumerate(ids):
@@ -225,16 +248,10 @@ def tokenize_texts(
         ids[i] = row + [eos_id] if append_eos else row
         if not ids[i]:
             raise ValueError(
-                f"encode(): text {i} {texts[i]!r:.80} produced no tokens; embed non-empty text or use append_eos=True."
+                f"encode(): text {first_index + i} {texts[i]!r:.80} produced no tokens; embed non-empty text or use "
+                "append_eos=True."
             )
-    if truncated:
-        warnings.warn(
-            f"{truncated} of {len(texts)} texts were longer than max_seq_length={max_seq_length} tokens "
-            "and were truncated.",
-            UserWarning,
-            stacklevel=3,
-        )
-    return ids
+    return ids, truncated
 
 
 def pad_arrays(rows: list[list[int]], pad_id: int, padding_side: str) -> np.ndarray:
@@ -563,12 +580,17 @@ class EncodeMixin:
         prefix = resolve_prompt(config.prompts, config.default_prompt_name, prompt_name, prompt)
         self._move_for_encode(device)
         embeddings = self._embed_texts(texts, prefix, batch_size, normalize, show_progress_bar, packing)
+        normalized = config.normalize if normalize is None else normalize
+        if convert_to_numpy and not convert_to_tensor:
+            # checked after the one copy to the host, so the check adds no wait for the device
+            embeddings = embeddings.float().cpu()
+            check_embeddings(embeddings, normalized)
+            return embeddings[0].numpy() if single else embeddings.numpy()
+        check_embeddings(embeddings, normalized)  # one read-back per call, never per batch
         if single:
             embeddings = embeddings[0]
         if convert_to_tensor:
             return embeddings
-        if convert_to_numpy:
-            return embeddings.float().cpu().numpy()
         return embeddings if single else list(embeddings)
 
     # encode_query / encode_document take every argument of encode; overloads as for encode, shortened.
@@ -670,44 +692,91 @@ class EncodeMixin:
 
     def _embed_texts(self, texts: list[str], prefix: str, batch_size: int, normalize: bool | None,
                      show_progress_bar: bool | None, packing: bool | None) -> torch.Tensor:
-        """``(len(texts), dim)`` embeddings in the texts' order, on the model's device: tokenize,
-        batch (padded or packed), run ``forward``, restore the order, check every row."""
+        """``(len(texts), dim)`` embeddings in the texts' order, on the model's device, not yet checked
+        (:func:`check_embeddings`; ``encode`` checks them where the check costs no extra wait).
+
+        The call is cut into pieces (:func:`tokenize_pieces`). Each piece is tokenized, batched (sorted
+        by length and padded, or packed) and run through ``forward``; the next piece is tokenized in a
+        background thread meanwhile (the tokenizers library releases the GIL), so tokenizing overlaps
+        the device's work whatever ``TOKENIZERS_PARALLELISM`` says. Nothing in the loop reads a value
+        back from the device: the batches are queued and the host runs ahead; the order is restored
+        with one index copied asynchronously from pinned memory."""
         config = self.config
         tokenizer = self.tokenizer
-        ids = tokenize_texts(tokenizer, texts, config.max_seq_length, config.append_eos, prefix=prefix)
         pad_id = resolve_pad_id(tokenizer)
         if show_progress_bar is None:
             show_progress_bar = logger.getEffectiveLevel() <= logging.INFO
-        lengths = [len(row) for row in ids]
         device = self.device
-        packing_mode = resolve_packing(self, packing, max(lengths))
-        if packing_mode is not None:
-            plans = plan_packed_batches(lengths, batch_size, packing_mode)
-        else:
-            order = sorted(range(len(ids)), key=lambda i: -lengths[i])
-            plans = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
         is_causal = getattr(self.backbone.config, "is_causal", True) is not False
         chunks, produced = [], []  # embeddings per batch; the text indices they belong to, in that order
-        with eval_mode(self), torch.inference_mode():
-            for plan in tqdm(plans, desc="Batches", disable=not show_progress_bar):
+        truncated = 0
+        progress = tqdm(total=len(texts), desc="Texts", unit="text", disable=not show_progress_bar)
+        with eval_mode(self), torch.inference_mode(), progress:
+            for first, ids, cut in tokenize_pieces(tokenizer, texts, batch_size, config.max_seq_length,
+                                                   config.append_eos, prefix):
+                truncated += cut
+                lengths = [len(row) for row in ids]
+                packing_mode = resolve_packing(self, packing, max(lengths))
                 if packing_mode is not None:
-                    packed = pack_batch([ids[i] for i in plan.texts], pad_id, mode=packing_mode,
-                                        is_causal=is_causal, row_texts=plan.row_texts,
-                                        row_length=plan.row_length, device=device, dtype=self.dtype)
-                    output = self(packed=packed, normalize=normalize)
-                    produced.extend(plan.texts)
-                else:
+                    for plan in plan_packed_batches(lengths, batch_size, packing_mode):
+                        packed = pack_batch([ids[i] for i in plan.texts], pad_id, mode=packing_mode,
+                                            is_causal=is_causal, row_texts=plan.row_texts,
+                                            row_length=plan.row_length, device=device, dtype=self.dtype)
+                        chunks.append(self(packed=packed, normalize=normalize).embeddings)
+                        produced.extend(first + i for i in plan.texts)
+                        progress.update(len(plan.texts))
+                    continue
+                order = sorted(range(len(ids)), key=lambda i: -lengths[i])
+                for start in range(0, len(order), batch_size):
+                    plan = order[start : start + batch_size]
                     block = host_to_device(pad_arrays([ids[i] for i in plan], pad_id, config.padding_side), device)
                     input_ids, attention_mask = block.unbind(0)
-                    output = self(input_ids=input_ids, attention_mask=attention_mask, normalize=normalize)
-                    produced.extend(plan)
-                chunks.append(output.embeddings)
+                    chunks.append(self(input_ids=input_ids, attention_mask=attention_mask,
+                                       normalize=normalize).embeddings)
+                    produced.extend(first + i for i in plan)
+                    progress.update(len(plan))
+        warn_truncated(truncated, len(texts), config.max_seq_length, stacklevel=3)
         batch_embeddings = torch.cat(chunks)
-        inverse = torch.empty(len(produced), dtype=torch.long)
-        inverse[torch.tensor(produced)] = torch.arange(len(produced))
-        embeddings = batch_embeddings[inverse.to(batch_embeddings.device)]
-        check_embeddings(embeddings, config.normalize if normalize is None else normalize)
-        return embeddings
+        inverse = np.empty(len(produced), dtype=np.int64)
+        inverse[np.asarray(produced, dtype=np.int64)] = np.arange(len(produced), dtype=np.int64)
+        return batch_embeddings[host_to_device(inverse, batch_embeddings.device)]
+
+
+FIRST_PIECE_BATCHES = 2
+"""Batches in the first piece of an ``encode`` call: small, so the device starts early."""
+MAX_PIECE_TEXTS = 4096
+"""Texts in a later piece at most (each piece is twice the previous one up to this): large enough that
+sorting by length within a piece leaves about as little padding as sorting the whole call."""
+
+
+def tokenize_pieces(tokenizer, texts: list[str], batch_size: int, max_seq_length: int, append_eos: bool,
+                    prefix: str) -> Iterator[tuple[int, list[list[int]], int]]:
+    """``(index of the piece's first text, its token ids, how many were truncated)`` for consecutive
+    pieces of ``texts``: the first ``FIRST_PIECE_BATCHES x batch_size`` texts, then pieces twice as large
+    up to ``MAX_PIECE_TEXTS``. The first piece is tokenized on the caller's thread, each next one in a
+    worker thread while the caller runs the current one. An error in any piece is raised when the caller
+    reaches it, with the text's index in the whole call."""
+    bounds, start, size = [], 0, max(FIRST_PIECE_BATCHES * batch_size, 1)
+    while start < len(texts):
+        bounds.append((start, min(start + size, len(texts))))
+        start, size = start + size, min(2 * size, max(MAX_PIECE_TEXTS, batch_size))
+
+    def tokenize(bound: tuple[int, int]) -> tuple[int, list[list[int]], int]:
+        first, end = bound
+        ids, cut = tokenize_counting_truncation(tokenizer, texts[first:end], max_seq_length, append_eos, prefix,
+                                                first_index=first)
+        return first, ids, cut
+
+    if len(bounds) == 1:
+        yield tokenize(bounds[0])
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm_embed-tokenize") as pool:
+        current = tokenize(bounds[0])  # on the caller's thread: nothing to overlap with yet
+        for bound in bounds[1:]:
+            pending = pool.submit(tokenize, bound)
+            yield current
+            current = pending.result()
+        yield current
 
 
 __all__ = [
@@ -728,5 +797,8 @@ __all__ = [
     "resolve_pad_id",
     "resolve_prompt",
     "side_prompt_name",
+    "tokenize_counting_truncation",
+    "tokenize_pieces",
     "tokenize_texts",
+    "warn_truncated",
 ]

@@ -57,3 +57,43 @@ def test_batch_invariance_on_cuda(impl, pooling, attention):
     for side in ("left", "right"):
         in_batch = embed([rows[1], rows[0], rows[2], rows[3]], side)[1]
         assert (alone - in_batch).abs().max() <= 1e-5, (side, float((alone - in_batch).abs().max()))
+
+
+def _cuda_syncs(run) -> int:
+    """Host-device synchronisations while ``run()`` runs, as torch's sync debug mode reports them (one
+    warning per synchronising call: stream syncs, blocking copies, scalar reads)."""
+    import warnings
+
+    torch.cuda.synchronize()
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run()
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_encode_syncs_no_more_than_the_backbone_per_batch_on_cuda(tokenizer, pooling, attention):
+    """Issue 13: per batch, encode synchronises the host with the GPU no more often than the raw
+    backbone does on the same padded batch (transformers' SDPA mask check reads whether a batch has
+    padding; that one is the backbone's). Per-call syncs (the output's copy and check) cancel out in
+    the difference between a 2-batch and a 4-batch call."""
+    model = on_cuda(tiny_model("llama", attention, pooling, head_dim=16), torch.bfloat16)
+    model.tokenizer = tokenizer
+    texts = [f"sentence {i} " + "word " * (i % 3) for i in range(32)]
+    model.encode(texts[:8], batch_size=4)  # warm-up: pinned host blocks, kernels
+    per_call = [_cuda_syncs(lambda n=n: model.encode(texts[: n * 4], batch_size=4, packing=False)) for n in (2, 4)]
+    ours = (per_call[1] - per_call[0]) / 2
+    ids, mask = pad_batch([tokenizer(t)["input_ids"] for t in texts[:4]], 0, model.config.padding_side)
+    ids, mask = ids.cuda(), mask.cuda()
+
+    def raw():
+        with torch.inference_mode():
+            model.backbone(input_ids=ids, attention_mask=mask)
+
+    assert ours <= _cuda_syncs(raw), (per_call, _cuda_syncs(raw))
