@@ -1,8 +1,9 @@
 """``encode``: texts in, embeddings out, the sentence-transformers way.
 
-Texts are tokenized once, sorted by token length so that each batch carries little padding (or,
-when packing, packed across the whole call into rows of one length and batched by a token budget),
-run through the model batch by batch, and put back in the caller's order. The prompt prefix,
+A call is cut into pieces (a small first one, so the device starts early, then up to 4,096 texts);
+each piece is tokenized while the previous one runs, sorted by token length so that each batch
+carries little padding (or, when packing, packed into rows of one length and batched by a token
+budget), run through the model batch by batch, and put back in the caller's order. The prompt prefix,
 EOS and truncation to ``max_seq_length`` are applied here, so that every caller (search, training
 evaluation, mteb) embeds a text the same way.
 
@@ -526,8 +527,9 @@ class EncodeMixin:
             prompt: a literal prefix; at most one of the two. Default: ``config.default_prompt_name``.
                 For retrieval, :meth:`encode_query` / :meth:`encode_document` pick the side's prompt.
             batch_size: the size of one forward pass. Padded (the default under SDPA / eager): texts
-                per pass, after sorting by length. Packed (``packing``): the whole call is packed into
-                rows as long as its longest text (``L``) and a pass takes at most ``batch_size`` rows,
+                per pass, after sorting by length. Packed (``packing``): each piece of the call (see
+                :func:`tokenize_pieces`: the first ``2 x batch_size`` texts, then up to 4,096) is packed
+                into rows as long as its longest text (``L``) and a pass takes at most ``batch_size`` rows,
                 i.e. a budget of ``batch_size x L`` tokens (the largest padded batch), which usually
                 holds more than ``batch_size`` texts (see :func:`~llm_embed.packing.plan_packed_batches`).
             show_progress_bar: defaults to showing it when logging is at INFO or more verbose.

@@ -121,12 +121,14 @@ def find_decoder_layers(backbone: nn.Module, num_layers: int) -> nn.ModuleList:
 class _CallState:
     """What one forward pass collects: its mask, its unpacking, and the layer vectors caught so far."""
 
-    __slots__ = ("attention_mask", "unpack", "caught")
+    __slots__ = ("attention_mask", "unpack", "caught", "reduce")
 
-    def __init__(self, attention_mask: torch.Tensor, unpack: Callable[[torch.Tensor], torch.Tensor] | None):
+    def __init__(self, attention_mask: torch.Tensor, unpack: Callable[[torch.Tensor], torch.Tensor] | None,
+                 reduce: Callable[[torch.Tensor], torch.Tensor]):
         self.attention_mask = attention_mask
         self.unpack = unpack
         self.caught: dict[int, torch.Tensor] = {}
+        self.reduce = reduce  # the layer reduction prepared for this call's mask (LayerReduction.prepare)
 
 
 class _LayerHook:
@@ -162,6 +164,8 @@ class LayerStateCollector:
         layer_numbers: list[int],
         reduce: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     ):
+        """``reduce(states, attention_mask)``: a ``LayerReduction`` (prepared once per call, see
+        ``pooling.LayerReduction``) or any such function (called per layer)."""
         self.layer_numbers = list(layer_numbers)
         self.num_layers = len(layers)
         self.reduce = reduce
@@ -192,14 +196,20 @@ class LayerStateCollector:
         if state.unpack is not None:
             hidden = state.unpack(hidden)
         keep_states = torch.is_grad_enabled() and hooks_run_inside_checkpoint(module)
-        state.caught[number] = hidden if keep_states else self.reduce(hidden, state.attention_mask)
+        state.caught[number] = hidden if keep_states else state.reduce(hidden)
 
     @contextmanager
     def collect(self, attention_mask: torch.Tensor, unpack: Callable[[torch.Tensor], torch.Tensor] | None = None):
         """Collect during the ``with`` block, which yields this call's state; pass it to :meth:`stack`
         after the block. ``unpack`` maps a packed batch's layer output to the padded layout
         ``attention_mask`` describes."""
-        state = _CallState(attention_mask, unpack)
+        prepare = getattr(self.reduce, "prepare", None)  # a LayerReduction; a plain function runs per layer
+        if prepare is not None:
+            reduce = prepare(attention_mask)
+        else:
+            def reduce(states):
+                return self.reduce(states, attention_mask)
+        state = _CallState(attention_mask, unpack, reduce)
         token = self._active.set(state)
         try:
             yield state
@@ -211,7 +221,9 @@ class LayerStateCollector:
         vectors = []
         for number in self.layer_numbers:
             if number == self.num_layers:
-                vectors.append(self.reduce(last_hidden_state, attention_mask))
+                same_mask = attention_mask is state.attention_mask
+                vectors.append(state.reduce(last_hidden_state) if same_mask
+                               else self.reduce(last_hidden_state, attention_mask))
                 continue
             caught = state.caught.get(number)
             if caught is None:
@@ -220,7 +232,8 @@ class LayerStateCollector:
                     "caught nothing); the backbone skipped it or was called outside LLMEmbeddingModel.embed"
                 )
             if caught.dim() == 3:  # kept as states (see the module docstring): reduce now, outside any checkpoint
-                caught = self.reduce(caught, attention_mask.to(caught.device))
+                caught = (state.reduce(caught) if attention_mask is state.attention_mask
+                          else self.reduce(caught, attention_mask.to(caught.device)))
             vectors.append(caught.to(last_hidden_state.device))
         state.caught.clear()
         return torch.stack(vectors, dim=1)

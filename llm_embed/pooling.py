@@ -99,7 +99,50 @@ def position_weighted_mean(states: torch.Tensor, attention_mask: torch.Tensor) -
     return summed / weights.sum(dim=1)
 
 
-LAYER_REDUCTIONS = {"mean": masked_mean, "last_token": last_token}
+class LayerReduction:
+    """A reduction over tokens applied to many layers of one forward pass (multi-layer pooling).
+
+    Everything that depends only on the mask is computed once per pass by :meth:`prepare`, so each
+    layer costs one kernel (last token: one gather) or three (mean: ``where``, ``sum``, divide) instead
+    of the six small kernels of :func:`last_token` / :func:`masked_mean` per layer, which dominate the
+    multi_layer head's cost on short batches. The results are the same operations on the same values,
+    so they equal those functions exactly. Called directly, it prepares and reduces one tensor."""
+
+    def prepare(self, attention_mask: torch.Tensor):
+        """A function ``(B, T, H) -> (B, H)`` for this mask."""
+        raise NotImplementedError
+
+    def __call__(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.prepare(attention_mask)(states)
+
+
+class MeanReduction(LayerReduction):
+    """:func:`masked_mean`, prepared once per pass."""
+
+    def prepare(self, attention_mask):
+        valid = attention_mask.bool().unsqueeze(-1)
+        count = valid.sum(dim=1)
+        per_dtype: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]] = {}  # (zero, count) in the states' dtype
+
+        def reduce(states: torch.Tensor) -> torch.Tensor:
+            if states.dtype not in per_dtype:
+                per_dtype[states.dtype] = (states.new_zeros(()), count.to(states.dtype))
+            zero, typed_count = per_dtype[states.dtype]
+            return torch.where(valid, states, zero).sum(dim=1) / typed_count
+
+        return reduce
+
+
+class LastTokenReduction(LayerReduction):
+    """:func:`last_token`, prepared once per pass: one gather per layer."""
+
+    def prepare(self, attention_mask):
+        rows = torch.arange(attention_mask.shape[0], device=attention_mask.device)
+        index = last_token_index(attention_mask)
+        return lambda states: states[rows, index]
+
+
+LAYER_REDUCTIONS: dict[str, LayerReduction] = {"mean": MeanReduction(), "last_token": LastTokenReduction()}
 
 
 def rms_normalize(vectors: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -318,7 +361,8 @@ class MultiLayerPooling(CrossAttentionPoolingHead):
 
 
 __all__ = [
-    "LAYER_REDUCTIONS", "POOLING_HEADS", "CrossAttentionPoolingHead", "LastTokenPooling", "LatentAttentionPooling",
+    "LAYER_REDUCTIONS", "POOLING_HEADS", "LastTokenReduction", "LayerReduction", "MeanReduction",
+    "CrossAttentionPoolingHead", "LastTokenPooling", "LatentAttentionPooling",
     "MeanPooling", "MultiLayerPooling", "PoolingHead", "WeightedMeanPooling", "last_token", "masked_mean",
     "position_weighted_mean", "register_pooling_head", "rms_normalize",
 ]

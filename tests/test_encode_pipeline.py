@@ -152,3 +152,34 @@ def test_audit_catches_the_usual_syncs():
     assert [sync.op for sync in audit.syncs] == ["_local_scalar_dense", "_local_scalar_dense", "index", "nonzero",
                                                  "repeat_interleave"]
     assert all("test_encode_pipeline.py" in sync.where for sync in audit.syncs)
+
+
+class _OpCounter(__import__("torch").utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ not in ("detach", "alias", "view", "unsqueeze", "_unsafe_view", "expand"):
+            self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", ["mean", "last_token"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_prepared_layer_reduction_equals_the_function_and_runs_fewer_ops(name, side):
+    """Multi-layer pooling reduces every layer with the same mask: prepared once per pass, a layer
+    costs at most three ops (mean) or one (last token) and gives exactly the plain function's result."""
+    from llm_embed.pooling import LAYER_REDUCTIONS, last_token, masked_mean
+
+    function = {"mean": masked_mean, "last_token": last_token}[name]
+    _, mask = pad_batch([[1] * n for n in (3, 7, 1, 5)], 0, side)
+    states = torch.randn(4, 7, 16, dtype=torch.bfloat16)
+    reduce = LAYER_REDUCTIONS[name].prepare(mask)
+    reduce(states)  # first call per dtype may cast the counts once
+    with _OpCounter() as prepared:
+        ours = reduce(states)
+    with _OpCounter() as plain:
+        expected = function(states, mask)
+    assert torch.equal(ours, expected)
+    assert prepared.ops <= {"mean": 3, "last_token": 1}[name] < plain.ops, (prepared.ops, plain.ops)

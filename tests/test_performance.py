@@ -184,8 +184,10 @@ def test_call_packed_equals_padded_varied_lengths(attach, batch_size, pooling, a
 
 
 def test_encode_packs_across_the_call_in_the_callers_order(attach, monkeypatch):
-    """encode packs the whole call into rows of its longest text (not per text-count batch), at most
-    batch_size rows per forward pass, and returns the embeddings in the caller's order."""
+    """encode packs each piece of a call (the whole call when it is one piece) into rows of its longest
+    text (not per text-count batch), at most batch_size rows per forward pass, and returns the
+    embeddings in the caller's order."""
+    monkeypatch.setattr(llm_embed.encoding, "FIRST_PIECE_BATCHES", 1000)  # one piece
     calls = []
 
     def spy(rows, pad_id, **kwargs):
