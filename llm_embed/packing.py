@@ -19,7 +19,10 @@ How the mask reaches the attention kernel depends on the backbone's ``attn_imple
   attention mask; ``masking_utils`` returns a prepared mask as is. It is built here, not detected
   from the position ids, because transformers' bidirectional mask (``create_bidirectional_mask``)
   ignores packed position ids and would let packed texts see each other.
-- ``sdpa`` / ``eager``: a dense ``(rows, 1, R, R)`` mask. Correct, but a dense mask makes SDPA
+- ``sdpa`` on CUDA: ``encode`` switches the backbone to ``packed_attention.SDPA_WITH_FLEX`` (SDPA for
+  every tensor mask, flex attention for a ``BlockMask``) and packs as under ``flex_attention``; the
+  padded and training paths keep SDPA.
+- ``sdpa`` elsewhere / ``eager``: a dense ``(rows, 1, R, R)`` mask. Correct, but a dense mask makes SDPA
   leave its flash kernel, so ``encode`` packs for these only when asked (``packing=True``). Two
   modes, because the kernels read a mask differently: ``dense`` (SDPA) passes a boolean mask (True:
   attend); ``dense_additive`` (eager, which adds the mask to the attention scores) passes a float
@@ -40,6 +43,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from .packed_attention import SDPA_WITH_FLEX, enable_packed_flex
 
 PACKING_MODES = ("flash", "flex", "dense", "dense_additive")
 """How a packed batch is masked (see the module docstring): ``flash`` (one row, position ids only),
@@ -66,7 +71,7 @@ def packing_mode(attn_implementation: str | None) -> str:
     implementation = attn_implementation or "eager"
     if implementation.startswith("flash_attention") or "flash-attn" in implementation:
         return "flash"
-    if implementation == "flex_attention":
+    if implementation in ("flex_attention", SDPA_WITH_FLEX):
         return "flex"
     return "dense"
 
@@ -340,12 +345,16 @@ def flex_document_mask(documents: torch.Tensor, is_causal: bool, device: torch.d
 
 def resolve_packing(model, packing: bool | None, longest: int) -> str | None:
     """The packing mode ``encode`` uses for this call (None: pad as usual). ``packing=None`` packs where
-    the attention kernel takes it without a dense mask; ``True`` always packs (dense mask with
-    SDPA / eager) and raises where packing would not be exact; ``False`` never packs."""
+    the attention kernel takes it without a dense mask (flash, flex, and SDPA on CUDA through
+    :func:`~llm_embed.packed_attention.enable_packed_flex` where the backbone supports flex); ``True``
+    always packs (dense mask with SDPA / eager elsewhere) and raises where packing would not be exact;
+    ``False`` never packs."""
     if packing is not None and not isinstance(packing, bool):
         raise TypeError(f"encode(): packing must be True, False or None, got {packing!r}")
     if packing is False:
         return None
+    if packing is None and model.device.type == "cuda":
+        enable_packed_flex(model.backbone)  # the fastest exact path by default, where the backbone supports it
     implementation = getattr(model.backbone.config, "_attn_implementation", None)
     if packing is None and not packs_by_default(implementation):
         return None

@@ -97,3 +97,21 @@ def test_encode_syncs_no_more_than_the_backbone_per_batch_on_cuda(tokenizer, poo
             model.backbone(input_ids=ids, attention_mask=mask)
 
     assert ours <= _cuda_syncs(raw), (per_call, _cuda_syncs(raw))
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+@pytest.mark.parametrize("pooling", ["last_token", "multi_layer"])
+def test_encode_packs_through_flex_by_default_on_cuda(tokenizer, pooling, attention):
+    """Issue 13: on CUDA an SDPA backbone that supports flex attention is encoded packed by default
+    (SDPA_WITH_FLEX), equal to the padded path within bf16 rounding."""
+    from llm_embed.packed_attention import SDPA_WITH_FLEX
+    from llm_embed.packing import resolve_packing
+
+    model = on_cuda(tiny_model("llama", attention, pooling, head_dim=16), torch.bfloat16)
+    model.tokenizer = tokenizer
+    texts = [f"sentence {i} " + "about the weather " * (i % 4) for i in range(40)]
+    padded = model.encode(texts, batch_size=8, packing=False)
+    default = model.encode(texts, batch_size=8)
+    assert model.backbone.config._attn_implementation == SDPA_WITH_FLEX
+    assert resolve_packing(model, None, 40) == "flex"
+    assert abs(default - padded).max() <= 2e-2, abs(default - padded).max()
