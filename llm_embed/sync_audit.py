@@ -74,12 +74,16 @@ def _caller() -> str:
 class HostSyncAudit(TorchDispatchMode):
     """Records every host-syncing operation run while active (see the module docstring)."""
 
+    supports_higher_order_operators = True  # flex attention is one; it runs as is (its kernel reads nothing back)
+
     def __init__(self) -> None:
         super().__init__()
         self.syncs: list[HostSync] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if not isinstance(func, torch._ops.OpOverload):
+            return func(*args, **kwargs)
         if _is_sync(func, args, kwargs):
             self.syncs.append(HostSync(func.overloadpacket.__name__, _caller()))
         return func(*args, **kwargs)

@@ -80,8 +80,13 @@ def test_default_packs_through_flex_exactly_on_cuda(tokenizer):
 
 
 @pytest.mark.parametrize("attention", ["causal", "bidirectional"])
-def test_packed_through_the_switch_equals_padded(tokenizer, attention):
-    """flex attention compiles on the CPU in this torch (tens of seconds)."""
+def test_packed_through_the_switch_equals_padded(tokenizer, attention, monkeypatch):
+    """flex attention compiles on the CPU in this torch (tens of seconds). One piece, few shapes: on
+    the CPU (torch 2.13) flex attention was seen to return NaN for some texts of later compiled shapes
+    (docs/performance.md); the CPU is never switched to it by default."""
+    import llm_embed.encoding
+
+    monkeypatch.setattr(llm_embed.encoding, "FIRST_PIECE_BATCHES", 100)
     model = _model(tokenizer, attention)
     padded = model.encode(TEXTS, batch_size=2, packing=False)
     enable_packed_flex(model.backbone)
