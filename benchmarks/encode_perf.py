@@ -1,4 +1,4 @@
-"""Inference cost of the embedding wrapper, each target measured as a ratio within one run (issue 6).
+"""Inference cost of the embedding wrapper, each target measured as a ratio within one run (issues 6, 13).
 
     # CPU, real SmolLM2-135M (bundled), a subset of texts:
     PYTHONPATH=. python benchmarks/encode_perf.py --backbone smollm2 --num-texts 48 --json out.json
@@ -11,14 +11,16 @@
 Workloads: STS-B test sentences (short) and SciFact documents (title + abstract, long), the first
 ``--num-texts`` sentences and ``--num-docs`` documents (CUDA defaults 2048 and 256). Targets:
 
-1. ``encode`` vs the raw backbone forward over the same length-sorted padded batches (token ids
-   already on the device), for every registered pooling head (causal): throughput ratio >= 0.97.
-2. ``encode`` (causal, last_token) vs sentence-transformers on the same backbone module
+1. ``encode`` (its default path: packed through flex attention on CUDA, padded elsewhere) vs the raw
+   backbone forward over the same length-sorted padded batches (token ids already on the device), for
+   every registered pooling head (causal): throughput ratio >= 0.98 on both workloads; also last_token
+   with the tokenizers library's parallelism off (``TOKENIZERS_PARALLELISM=false``, as after a fork).
+2. ``encode`` (causal, last_token, default path) vs sentence-transformers on the same backbone module
    (``Transformer`` + ``Pooling('lasttoken')``, same tokenizer, texts, batch size), after checking
-   both give the same embeddings: >= 1.0 on CPU, >= 1.2 on GPU. On CUDA the packed variant
-   (flex attention, ``llm_embed.packing``: the whole call packed into rows of its longest text,
-   ``--batch-size`` rows per forward pass) is measured too, after checking it equals the padded output.
-3. Peak inference memory of multi_layer vs last_token pooling on the longest batch (<= 1.05), and of
+   both give the same embeddings: >= 1.0 on CPU, >= 1.3 on GPU. The padded path (``packing=False``)
+   is timed beside it, after checking that the default equals it. On GPU the fraction of the bf16
+   matmul peak reached by the default path (real tokens only) is target 5: >= 0.60 on both workloads.
+3. Peak inference memory of multi_layer vs last_token pooling on the longest batch (<= 1.02), and of
    the naive ``output_hidden_states=True`` multi-layer reduction. GPU: ``torch.cuda.max_memory_allocated``
    over the allocation before the forward. CPU: the peak bytes of tensor storages alive at once
    during the forward, counted op by op by a ``TorchDispatchMode`` (the process's resident set
@@ -54,16 +56,19 @@ from torch.utils._pytree import tree_leaves
 import llm_embed  # noqa: F401  (registers the Auto classes)
 from llm_embed import LLMEmbeddingConfig, LLMEmbeddingModel
 from llm_embed.encoding import pad_batch, tokenize_texts
+from llm_embed.packing import resolve_packing
 from llm_embed.pooling import LAYER_REDUCTIONS, POOLING_HEADS
 
 START = time.perf_counter()
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TARGETS = {
-    "1": ("encode / raw backbone forward (throughput)", 0.97),
-    "2": ("encode / sentence-transformers, last_token (throughput)", None),  # 1.0 CPU, 1.2 GPU
-    "3": ("multi_layer / last_token peak memory", 1.05),
+    "1": ("encode / raw backbone forward (throughput)", 0.98),
+    "2": ("encode / sentence-transformers, last_token (throughput)", None),  # 1.0 CPU, 1.3 GPU
+    "3": ("multi_layer / last_token peak memory", 1.02),
     "4": ("bidirectional / causal encode (throughput)", 0.98),
 }
+MATMUL_PEAK_FRACTION = 0.60
+"""Target 5 (GPU): the default encode path's share of the measured bf16 matmul peak, real tokens only."""
 SHAPES = {
     "mistral7b-shape": {"model_type": "mistral", "hidden_size": 4096, "num_hidden_layers": 32,
                         "num_attention_heads": 32, "num_key_value_heads": 8, "intermediate_size": 14336,
@@ -256,6 +261,23 @@ def encoder(model, texts, batch_size, **kwargs):
     return lambda: model.encode(texts, batch_size=batch_size, **kwargs)
 
 
+def without_tokenizer_parallelism(run):
+    """``run`` with the tokenizers library's own thread pool off, as in a forked worker (it reads the
+    variable on every call)."""
+    def wrapped():
+        previous = os.environ.get("TOKENIZERS_PARALLELISM")
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        try:
+            return run()
+        finally:
+            if previous is None:
+                del os.environ["TOKENIZERS_PARALLELISM"]
+            else:
+                os.environ["TOKENIZERS_PARALLELISM"] = previous
+
+    return wrapped
+
+
 def matmul_peak_tflops(device: str, dtype: torch.dtype) -> float:
     """A big matmul loop: the achievable dense matmul rate in this dtype (TFLOP/s)."""
     n, iterations = (8192, 50) if device.startswith("cuda") else (1024, 5)
@@ -347,9 +369,6 @@ def main(argv=None) -> dict:
     parser.add_argument("--tokenizer", default=None,
                         help="smollm2, train (BPE trained on the data with the backbone's vocab; the default for "
                              "mistral7b-shape) or a tokenizer path")
-    parser.add_argument("--packed-variant", choices=["auto", "on", "off"], default="auto",
-                        help="also time encode packed with flex attention in target 2 (auto: on CUDA only; the "
-                             "CPU flex kernel is compiled per shape)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -431,29 +450,33 @@ def main(argv=None) -> dict:
         return out
 
     if "1" in targets:
-        section = result["targets"]["1"] = {"description": TARGETS["1"][0], "threshold": 0.97, "workloads": {}}
+        section = result["targets"]["1"] = {"description": TARGETS["1"][0], "threshold": 0.98, "workloads": {}}
         models = {head: causal if head == "last_token"
                   else wrap(backbone, backbone_config, tokenizer, "causal", head, args)
                   for head in POOLING_HEADS}
         for name, items in texts.items():
             variants = {"raw_backbone": raw_forward(backbone, batches[name][0])}
             variants.update({head: encoder(model, items, args.batch_size) for head, model in models.items()})
+            variants["last_token, TOKENIZERS_PARALLELISM=false"] = without_tokenizer_parallelism(
+                encoder(models["last_token"], items, args.batch_size))
             medians = interleaved(variants, args.device, args.repeats)
             rows = {"raw_backbone": rate(name, medians["raw_backbone"])}
-            for head in models:
-                ratio = medians["raw_backbone"] / medians[head]
-                rows[head] = dict(rate(name, medians[head]), ratio=round(ratio, 4), verdict=verdict(ratio, 0.97))
+            for variant in variants:
+                if variant == "raw_backbone":
+                    continue
+                ratio = medians["raw_backbone"] / medians[variant]
+                rows[variant] = dict(rate(name, medians[variant]), ratio=round(ratio, 4), verdict=verdict(ratio, 0.98))
             section["workloads"][name] = rows
-            log(f"target 1 {name}: " + ", ".join(f"{h} {rows[h]['ratio']:.3f}" for h in models))
+            log(f"target 1 {name}: " + ", ".join(f"{v} {r['ratio']:.3f}" for v, r in rows.items() if "ratio" in r))
             save()
         ratios = [row["ratio"] for rows in section["workloads"].values()
                   for h, row in rows.items() if h != "raw_backbone"]
-        section.update(min_ratio=min(ratios), verdict=verdict(min(ratios), 0.97))
+        section.update(min_ratio=min(ratios), verdict=verdict(min(ratios), 0.98))
         del models
         save()
 
     if "2" in targets:
-        threshold = 1.2 if cuda else 1.0
+        threshold = 1.3 if cuda else 1.0
         section = result["targets"]["2"] = {"description": TARGETS["2"][0], "threshold": threshold, "workloads": {}}
         peer = sentence_transformers_peer(causal, SHAPES["tiny"])
         check = texts["stsb"][:8] + texts["scifact"][:4]
@@ -464,38 +487,22 @@ def main(argv=None) -> dict:
         tolerance = 1e-4 if dtype == torch.float32 else 3e-2
         section["sanity_max_abs_difference"] = difference
         log(f"target 2 sanity: max |ours - sentence-transformers| = {difference:.2e} (tolerance {tolerance})")
-        section["sanity_ok"] = difference <= tolerance
+        padded = causal.encode(check, batch_size=args.batch_size, normalize=True, packing=False)
+        section["default_path"] = "packed" if resolve_packing(causal, None, args.max_seq_length) else "padded"
+        section["default_vs_padded_max_abs_difference"] = float(abs(ours.cpu().numpy() - padded).max())
+        log(f"target 2: default path {section['default_path']}, max |default - padded| = "
+            f"{section['default_vs_padded_max_abs_difference']:.2e}")
+        section["sanity_ok"] = difference <= tolerance and section["default_vs_padded_max_abs_difference"] <= tolerance
         if not section["sanity_ok"]:
-            log("target 2: sentence-transformers disagrees with encode beyond the tolerance: ratios marked invalid")
-        with_packed = args.packed_variant == "on" or (args.packed_variant == "auto" and cuda)
-        implementation = backbone.config._attn_implementation
-
-        def packed_encode(items):
-            def run():
-                backbone.config._attn_implementation = "flex_attention"
-                try:
-                    return causal.encode(items, batch_size=args.batch_size, normalize=True)
-                finally:
-                    backbone.config._attn_implementation = implementation
-
-            return run
-
-        if with_packed:
-            packed, padded = packed_encode(check)(), causal.encode(check, batch_size=args.batch_size, normalize=True)
-            section["packed_max_abs_difference"] = float(abs(packed - padded).max())
-            log(f"target 2 packed (flex) vs padded: max abs difference {section['packed_max_abs_difference']:.2e}")
-            if not section["packed_max_abs_difference"] <= tolerance:
-                log("target 2: packed encode disagrees with padded encode beyond the tolerance: not timing it")
-                with_packed = False
+            log("target 2: an output disagrees beyond the tolerance: ratios marked invalid")
         best = []
         for name, items in texts.items():
             variants = {
                 "sentence_transformers": lambda items=items: peer.encode(items, batch_size=args.batch_size,
                                                                          normalize_embeddings=True),
                 "llm_embed": encoder(causal, items, args.batch_size, normalize=True),
+                "llm_embed_padded": encoder(causal, items, args.batch_size, normalize=True, packing=False),
             }
-            if with_packed:
-                variants["llm_embed_packed_flex"] = packed_encode(items)
             medians = interleaved(variants, args.device, args.repeats)
             rows = {"sentence_transformers": rate(name, medians["sentence_transformers"])}
             for variant in variants:
@@ -503,17 +510,26 @@ def main(argv=None) -> dict:
                     ratio = medians["sentence_transformers"] / medians[variant]
                     rows[variant] = dict(rate(name, medians[variant]), ratio=round(ratio, 4),
                                          verdict=verdict(ratio, threshold))
-            best.append(max(row["ratio"] for v, row in rows.items() if v != "sentence_transformers"))
+            best.append(rows["llm_embed"]["ratio"])  # the default is what users get
             section["workloads"][name] = rows
             log(f"target 2 {name}: " + ", ".join(f"{v} {r['ratio']:.3f}" for v, r in rows.items() if "ratio" in r))
             save()
         section.update(min_ratio=min(best),
                        verdict=verdict(min(best), threshold) if section["sanity_ok"] else "invalid")
+        fractions = [rows["llm_embed"].get("matmul_peak_fraction") for rows in section["workloads"].values()]
+        if all(f is not None for f in fractions):
+            result["targets"]["5"] = {
+                "description": "default encode path, fraction of the bf16 matmul peak (real tokens)",
+                "threshold": MATMUL_PEAK_FRACTION, "min_fraction": min(fractions),
+                "verdict": verdict(min(fractions), MATMUL_PEAK_FRACTION),
+                "workloads": {name: rows["llm_embed"]["matmul_peak_fraction"]
+                              for name, rows in section["workloads"].items()},
+            }
         del peer
         save()
 
     if "3" in targets:
-        section = result["targets"]["3"] = {"description": TARGETS["3"][0], "threshold": 1.05}
+        section = result["targets"]["3"] = {"description": TARGETS["3"][0], "threshold": 1.02}
         multi = wrap(backbone, backbone_config, tokenizer, "causal", "multi_layer", args)
         input_ids, mask = batches["scifact"][0][0]  # the longest batch
         reduce = LAYER_REDUCTIONS[multi.config.layer_reduction]
@@ -548,7 +564,7 @@ def main(argv=None) -> dict:
             ratio=round(peaks["multi_layer"] / peaks["last_token"], 4),
             naive_ratio=round(peaks["naive_output_hidden_states"] / peaks["last_token"], 4),
         )
-        section["verdict"] = verdict(section["ratio"], 1.05, higher_is_better=False)
+        section["verdict"] = verdict(section["ratio"], 1.02, higher_is_better=False)
         log("target 3: peaks MiB " + ", ".join(f"{k} {v / 2**20:.1f}" for k, v in peaks.items())
             + f"; ratio {section['ratio']}, naive {section['naive_ratio']}")
         del multi
@@ -586,6 +602,10 @@ def main(argv=None) -> dict:
 def print_table(result: dict) -> None:
     print("\n| target | workload | variant | tokens/s | ratio | verdict |\n|---|---|---|---|---|---|", flush=True)
     for number, section in result["targets"].items():
+        if number == "5":
+            print(f"| 5 | {', '.join(f'{k} {v:.1%}' for k, v in section['workloads'].items())} | "
+                  f"default encode, share of matmul peak | - | {section['min_fraction']:.3f} | {section['verdict']} |")
+            continue
         if number == "3":
             print(f"| 3 | longest batch {section['batch']} | multi_layer / last_token peak | - | {section['ratio']} | "
                   f"{section['verdict']} (naive output_hidden_states: {section['naive_ratio']}) |")

@@ -156,12 +156,20 @@ class BatchPlan:
     row_length: int | None
 
 
+FLEX_ROW_MULTIPLE = 128
+"""Row length granularity of flex packing: flex attention's default block size (see
+:func:`plan_packed_batches`)."""
+
+
 def plan_packed_batches(lengths: list[int], batch_size: int, mode: str) -> list[BatchPlan]:
     """Pack a whole ``encode`` call: rows of a fixed length ``L`` (the call's longest text) filled
     first-fit decreasing with texts from the entire call, grouped into forward batches by a token
     budget of ``batch_size x L`` (the worst case of a padded batch of ``batch_size`` texts): at most
     ``batch_size`` rows per batch. ``flash`` mode (one row per batch, no padding at all) takes the
-    length-sorted texts in turn up to that budget. A text never spans two rows or batches.
+    length-sorted texts in turn up to that budget. A text never spans two rows or batches. Under
+    ``flex``, ``L`` is rounded up to a multiple of ``FLEX_ROW_MULTIPLE`` (flex attention's block size):
+    the rows hold more short texts instead of padding, and every piece of a call of short texts
+    has the same row length, so flex attention compiles for few shapes.
 
     Every batch also keeps its unpacked layout (texts x its longest text) within
     ``PADDED_FACTOR x batch_size x L`` slots: a row holds at most ``PADDED_FACTOR x L`` padded slots
@@ -170,6 +178,8 @@ def plan_packed_batches(lengths: list[int], batch_size: int, mode: str) -> list[
     if not lengths or min(lengths) < 1:
         raise ValueError("plan_packed_batches needs at least one text, each with at least one token")
     row_length = max(lengths)
+    if mode == "flex":  # whole flex blocks: fewer shapes to compile, and short texts fill bigger batches
+        row_length = -(-row_length // FLEX_ROW_MULTIPLE) * FLEX_ROW_MULTIPLE
     budget = batch_size * row_length
     max_padded = PADDED_FACTOR * budget
     if mode == "flash":
@@ -370,6 +380,7 @@ def resolve_packing(model, packing: bool | None, longest: int) -> str | None:
 
 
 __all__ = [
+    "FLEX_ROW_MULTIPLE",
     "PACKING_MODES",
     "PADDED_FACTOR",
     "BatchPlan",

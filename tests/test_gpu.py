@@ -59,6 +59,23 @@ def test_batch_invariance_on_cuda(impl, pooling, attention):
         assert (alone - in_batch).abs().max() <= 1e-5, (side, float((alone - in_batch).abs().max()))
 
 
+@pytest.fixture(scope="module")
+def small_tokenizer():
+    """A byte-level BPE trained here on a few sentences: the GPU machine need not have the bundled
+    SmolLM2 (its GGUF travels only with the study's device calls)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator([f"sentence {i} about the weather and words" for i in range(200)], trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="</s>")
+
+
 def _cuda_syncs(run) -> int:
     """Host-device synchronisations while ``run()`` runs, as torch's sync debug mode reports them (one
     warning per synchronising call: stream syncs, blocking copies, scalar reads)."""
@@ -78,18 +95,18 @@ def _cuda_syncs(run) -> int:
 
 @pytest.mark.parametrize("attention", ATTENTIONS)
 @pytest.mark.parametrize("pooling", POOLINGS)
-def test_encode_syncs_no_more_than_the_backbone_per_batch_on_cuda(tokenizer, pooling, attention):
+def test_encode_syncs_no_more_than_the_backbone_per_batch_on_cuda(small_tokenizer, pooling, attention):
     """Issue 13: per batch, encode synchronises the host with the GPU no more often than the raw
     backbone does on the same padded batch (transformers' SDPA mask check reads whether a batch has
     padding; that one is the backbone's). Per-call syncs (the output's copy and check) cancel out in
     the difference between a 2-batch and a 4-batch call."""
     model = on_cuda(tiny_model("llama", attention, pooling, head_dim=16), torch.bfloat16)
-    model.tokenizer = tokenizer
+    model.tokenizer = small_tokenizer
     texts = [f"sentence {i} " + "word " * (i % 3) for i in range(32)]
     model.encode(texts[:8], batch_size=4)  # warm-up: pinned host blocks, kernels
     per_call = [_cuda_syncs(lambda n=n: model.encode(texts[: n * 4], batch_size=4, packing=False)) for n in (2, 4)]
     ours = (per_call[1] - per_call[0]) / 2
-    ids, mask = pad_batch([tokenizer(t)["input_ids"] for t in texts[:4]], 0, model.config.padding_side)
+    ids, mask = pad_batch([small_tokenizer(t)["input_ids"] for t in texts[:4]], 0, model.config.padding_side)
     ids, mask = ids.cuda(), mask.cuda()
 
     def raw():
@@ -101,14 +118,14 @@ def test_encode_syncs_no_more_than_the_backbone_per_batch_on_cuda(tokenizer, poo
 
 @pytest.mark.parametrize("attention", ATTENTIONS)
 @pytest.mark.parametrize("pooling", ["last_token", "multi_layer"])
-def test_encode_packs_through_flex_by_default_on_cuda(tokenizer, pooling, attention):
+def test_encode_packs_through_flex_by_default_on_cuda(small_tokenizer, pooling, attention):
     """Issue 13: on CUDA an SDPA backbone that supports flex attention is encoded packed by default
     (SDPA_WITH_FLEX), equal to the padded path within bf16 rounding."""
     from llm_embed.packed_attention import SDPA_WITH_FLEX
     from llm_embed.packing import resolve_packing
 
     model = on_cuda(tiny_model("llama", attention, pooling, head_dim=16), torch.bfloat16)
-    model.tokenizer = tokenizer
+    model.tokenizer = small_tokenizer
     texts = [f"sentence {i} " + "about the weather " * (i % 4) for i in range(40)]
     padded = model.encode(texts, batch_size=8, packing=False)
     default = model.encode(texts, batch_size=8)

@@ -21,6 +21,7 @@ import torch
 
 import llm_embed.encoding
 from llm_embed.packing import (
+    FLEX_ROW_MULTIPLE,
     PADDED_FACTOR,
     first_fit_decreasing,
     pack_batch,
@@ -80,7 +81,10 @@ def test_plan_packed_batches_places_every_text_within_the_budget(mode):
         plans = plan_packed_batches(lengths, batch_size, mode)
         placed = sorted(i for plan in plans for i in plan.texts)
         assert placed == list(range(count))
-        longest, budget = max(lengths), batch_size * max(lengths)
+        longest = max(lengths)
+        if mode == "flex":  # whole flex blocks (test_flex_rows_are_whole_blocks)
+            longest = -(-longest // FLEX_ROW_MULTIPLE) * FLEX_ROW_MULTIPLE
+        budget = batch_size * longest
         for plan in plans:
             assert sorted(i for row in plan.row_texts for i in row) == list(range(len(plan.texts)))
             assert _unpacked_slots(lengths, plan) <= PADDED_FACTOR * budget
@@ -111,6 +115,17 @@ def test_plan_packs_across_batches_and_bounds_the_unpacked_layout():
     assert max(_unpacked_slots(lengths, plan) for plan in flash) <= PADDED_FACTOR * 64 * 512
     with pytest.raises(ValueError, match="at least one"):
         plan_packed_batches([], 4, "flex")
+
+
+def test_flex_rows_are_whole_blocks():
+    """Under flex the row length is rounded up to flex's block size (fewer shapes to compile; rows of
+    short texts hold more of them); the dense and flash layouts keep the longest text's length."""
+    lengths = [20, 7, 5, 13] * 10
+    flex = plan_packed_batches(lengths, 2, "flex")
+    assert {plan.row_length for plan in flex} == {FLEX_ROW_MULTIPLE}
+    assert sum(len(plan.row_texts) for plan in flex) == 4  # 40 texts, 450 tokens, in rows of 128
+    assert {plan.row_length for plan in plan_packed_batches(lengths, 2, "dense")} == {20}
+    assert {plan.row_length for plan in plan_packed_batches([130, 5], 2, "flex")} == {256}
 
 
 def test_pack_batch_layout_and_mask():
@@ -317,7 +332,8 @@ def test_benchmark_smoke(tmp_path, smollm2_path):
         for rows in section["workloads"].values():
             assert all(row["tokens_per_s"] > 0 for row in rows.values())
     heads = set(report["targets"]["1"]["workloads"]["stsb"]) - {"raw_backbone"}
-    assert heads == {"last_token", "mean", "weighted_mean", "latent_attention", "multi_layer"}
+    assert heads == {"last_token", "mean", "weighted_mean", "latent_attention", "multi_layer",
+                     "last_token, TOKENIZERS_PARALLELISM=false"}
     if with_peer:
         assert report["targets"]["2"]["sanity_max_abs_difference"] <= 1e-4
     memory = report["targets"]["3"]
