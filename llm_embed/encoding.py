@@ -700,9 +700,10 @@ class EncodeMixin:
         The call is cut into pieces (:func:`tokenize_pieces`). Each piece is tokenized, batched (sorted
         by length and padded, or packed) and run through ``forward``; the next piece is tokenized in a
         background thread meanwhile (the tokenizers library releases the GIL), so tokenizing overlaps
-        the device's work whatever ``TOKENIZERS_PARALLELISM`` says. Nothing in the loop reads a value
-        back from the device: the batches are queued and the host runs ahead; the order is restored
-        with one index copied asynchronously from pinned memory."""
+        the device's work whatever ``TOKENIZERS_PARALLELISM`` says (not on the CPU, see
+        ``OVERLAP_ON_CPU``). Nothing in the loop reads a value back from the device: the batches are
+        queued and the host runs ahead; the order is restored with one index copied asynchronously
+        from pinned memory."""
         config = self.config
         tokenizer = self.tokenizer
         pad_id = resolve_pad_id(tokenizer)
@@ -714,8 +715,9 @@ class EncodeMixin:
         truncated = 0
         progress = tqdm(total=len(texts), desc="Texts", unit="text", disable=not show_progress_bar)
         with eval_mode(self), torch.inference_mode(), progress:
+            overlap = device.type != "cpu" or OVERLAP_ON_CPU
             for first, ids, cut in tokenize_pieces(tokenizer, texts, batch_size, config.max_seq_length,
-                                                   config.append_eos, prefix):
+                                                   config.append_eos, prefix, overlap=overlap):
                 truncated += cut
                 lengths = [len(row) for row in ids]
                 packing_mode = resolve_packing(self, packing, max(lengths))
@@ -751,13 +753,19 @@ MAX_PIECE_TEXTS = 4096
 sorting by length within a piece leaves about as little padding as sorting the whole call."""
 
 
+OVERLAP_ON_CPU = False
+"""Whether a model on the CPU also tokenizes the next piece in a worker thread. Off: there the model's
+own threads already use every core, so a tokenizing thread competes with them instead of filling idle
+time (it pays on an accelerator, whose host thread waits otherwise)."""
+
+
 def tokenize_pieces(tokenizer, texts: list[str], batch_size: int, max_seq_length: int, append_eos: bool,
-                    prefix: str) -> Iterator[tuple[int, list[list[int]], int]]:
+                    prefix: str, overlap: bool = True) -> Iterator[tuple[int, list[list[int]], int]]:
     """``(index of the piece's first text, its token ids, how many were truncated)`` for consecutive
     pieces of ``texts``: the first ``FIRST_PIECE_BATCHES x batch_size`` texts, then pieces twice as large
     up to ``MAX_PIECE_TEXTS``. The first piece is tokenized on the caller's thread, each next one in a
-    worker thread while the caller runs the current one. An error in any piece is raised when the caller
-    reaches it, with the text's index in the whole call."""
+    worker thread while the caller runs the current one (``overlap``; else each when it is reached).
+    An error in any piece is raised when the caller reaches it, with the text's index in the whole call."""
     bounds, start, size = [], 0, max(FIRST_PIECE_BATCHES * batch_size, 1)
     while start < len(texts):
         bounds.append((start, min(start + size, len(texts))))
@@ -769,8 +777,9 @@ def tokenize_pieces(tokenizer, texts: list[str], batch_size: int, max_seq_length
                                                 first_index=first)
         return first, ids, cut
 
-    if len(bounds) == 1:
-        yield tokenize(bounds[0])
+    if len(bounds) == 1 or not overlap:
+        for bound in bounds:
+            yield tokenize(bound)
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm_embed-tokenize") as pool:
         current = tokenize(bounds[0])  # on the caller's thread: nothing to overlap with yet

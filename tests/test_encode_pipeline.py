@@ -67,9 +67,11 @@ def test_error_in_a_later_piece_names_the_text_in_the_whole_call(tokenizer, smal
         model.encode(texts, batch_size=4)
 
 
-def test_next_piece_is_tokenized_while_the_current_one_runs(tokenizer, small_pieces):
+def test_next_piece_is_tokenized_while_the_current_one_runs(tokenizer, small_pieces, monkeypatch):
     """Deterministic overlap check: the forward of the first piece's batch waits until the second
-    piece's tokenization has started. Tokenizing after the forward (no overlap) times out and fails."""
+    piece's tokenization has started. Tokenizing after the forward (no overlap) times out and fails.
+    (On an accelerator always; on the CPU only when asked, see OVERLAP_ON_CPU.)"""
+    monkeypatch.setattr(encoding, "OVERLAP_ON_CPU", True)
     model = _model(tokenizer)
     second_piece_started = threading.Event()
     threads = []
@@ -183,3 +185,19 @@ def test_prepared_layer_reduction_equals_the_function_and_runs_fewer_ops(name, s
         expected = function(states, mask)
     assert torch.equal(ours, expected)
     assert prepared.ops <= {"mean": 3, "last_token": 1}[name] < plain.ops, (prepared.ops, plain.ops)
+
+
+def test_no_tokenizing_thread_on_the_cpu(tokenizer, small_pieces):
+    """On the CPU the model's own threads use every core: pieces are tokenized in turn, on the caller."""
+    model = _model(tokenizer)
+    names = []
+    real = encoding.tokenize_counting_truncation
+
+    def spy(*args, **kwargs):
+        names.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(encoding, "tokenize_counting_truncation", spy)
+        model.encode(TEXTS, batch_size=4)
+    assert len(names) > 1 and set(names) == {threading.current_thread().name}
