@@ -1,0 +1,647 @@
+"""Embed a corpus into sharded, resumable safetensors files: ``llm-embed-encode``.
+
+    llm-embed-encode path/to/model corpus.jsonl --output-dir embeddings/ --prompt-name document
+
+(``.venv/bin/llm-embed-encode`` unless the virtualenv is activated; ``torchrun --nproc-per-node 4 -m
+llm_embed.corpus ...`` or ``accelerate launch -m llm_embed.corpus ...`` for several processes.)
+
+Output, in ``--output-dir``:
+
+- ``shard-00000.safetensors``, ``shard-00001.safetensors``, ...: shard ``k`` holds rows
+  ``[k * shard_size, (k + 1) * shard_size)`` of the corpus (the input files one after the other, in
+  file order) as two tensors: ``embeddings`` (float32, ``(rows, dim)``) and ``ids``. safetensors holds
+  only tensors, so ``ids`` is the UTF-8 bytes of a JSON list of strings, as a uint8 tensor, inside the
+  shard file rather than in a sidecar file: one file per shard means one atomic rename makes a shard's
+  embeddings and ids appear together (a sidecar would leave a window, after a kill, where one exists
+  without the other, and resume would have to check pairs), and one checksum covers both.
+- ``run.json``: the arguments that decide the shards' content (model, dtype, fields, prompt, shard
+  size, inputs), written before the first shard; a rerun with other arguments is refused.
+- ``manifest.json``: written last, once every shard exists: the run's arguments, the model's
+  attention and pooling, the dimension, and per shard its file, row count and sha256.
+
+Every file is written to a hidden temporary name in the output folder, fsynced, then renamed
+(``os.replace``), so a file with a final name is always whole. A rerun with the same arguments skips
+the shards whose file exists (after checking their ids against the input), so a run killed at any
+point and run again gives the same files, byte for byte, as one run without interruption (on the same
+device and software: the embeddings of a shard are computed the same way whichever run computes them).
+
+Several processes (``RANK`` / ``WORLD_SIZE``, as torchrun and accelerate set them) split the shards:
+rank ``r`` embeds the shards ``k`` with ``k % WORLD_SIZE == r``. Each rank still reads the whole input
+(rows of other ranks' shards are parsed, never embedded), so a shard's rows do not depend on how many
+processes ran; rank 0 writes the manifest after every shard file exists (it polls the folder: no process
+group needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import hashlib
+import json
+import os
+import sys
+import time
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+__all__ = ["Document", "cli", "encode_corpus", "load_shards", "main", "read_documents", "shard_name"]
+
+FORMAT = "llm_embed.corpus/1"
+MANIFEST = "manifest.json"
+RUN_FILE = "run.json"
+FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
+
+FAIL_AFTER_SHARDS_ENV = "LLM_EMBED_CORPUS_FAIL_AFTER_SHARDS"
+"""Test hook: with ``N`` set, the process writes ``N`` shards, then half of the next one's temporary file,
+and exits at once (``os._exit(1)``), as a kill at the worst moment would. For the resume tests only."""
+
+WAIT_POLL_SECONDS = 0.5
+"""How often rank 0 looks for the other ranks' shard files."""
+
+_MISSING = object()
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.safetensors"
+
+
+# ----------------------------------------------------------------------------- reading the input
+
+
+class Document(NamedTuple):
+    """One corpus row: its id, the text to embed (title and text joined), and where it was read
+    (``path:line``, or ``path: row n`` for Parquet), for error messages."""
+
+    id: str
+    text: str
+    where: str
+
+
+def input_format(path: str | os.PathLike) -> str:
+    """The format of an input file, from its extension; checked for every input before the model loads."""
+    suffix = Path(path).suffix.lower()
+    kind = FORMATS.get(suffix)
+    if kind is None:
+        raise ValueError(f"{path}: unknown input format {suffix or '(no extension)'!r}; pass .jsonl, .csv, .tsv or "
+                         ".parquet files (the format is taken from the extension)")
+    if kind == "parquet":
+        try:
+            import pyarrow.parquet  # noqa: F401
+        except ImportError as error:
+            raise ImportError(f"{path}: reading Parquet needs pyarrow: pip install pyarrow") from error
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such input file (looked at {Path(path).resolve()})")
+    return kind
+
+
+def _jsonl_records(path: str) -> Iterator[tuple[Any, str]]:
+    with open(path, encoding="utf-8-sig") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue  # blank lines (a trailing one, most often) are not rows
+            where = f"{path}:{number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{where}: not valid JSON ({error.msg}, column {error.colno})") from error
+            if not isinstance(record, dict):
+                raise ValueError(f"{where}: expected a JSON object {{...}} per line, got {type(record).__name__}")
+            yield record, where
+
+
+def _csv_records(path: str, delimiter: str, fields: tuple[str, ...]) -> Iterator[tuple[Any, str]]:
+    """CSV: the csv module's dialect (quoted fields may hold commas and newlines). TSV: no quoting, as
+    in BEIR's and MS MARCO's files (a field holds no tab or newline; a ``"`` is an ordinary character)."""
+    csv.field_size_limit(2**31 - 1)  # documents longer than the default 128 KiB per field are still documents
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        reader = csv.DictReader(handle, delimiter=delimiter, quoting=quoting)
+        header = reader.fieldnames or []
+        for field in fields:
+            if field not in header:
+                raise ValueError(f"{path}:1: missing field {field!r}: the header has no such column (its columns: "
+                                 f"{', '.join(map(str, header)) or 'none'})")
+        for record in reader:
+            yield record, f"{path}:{reader.line_num}"
+
+
+def _parquet_records(path: str, fields: tuple[str, ...]) -> Iterator[tuple[Any, str]]:
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(path)
+    columns = parquet.schema_arrow.names
+    for field in fields:
+        if field not in columns:
+            raise ValueError(f"{path}: row 1: missing field {field!r}: the file has no such column (its columns: "
+                             f"{', '.join(columns)})")
+    number = 0
+    for batch in parquet.iter_batches(batch_size=1024, columns=list(dict.fromkeys(fields))):
+        for record in batch.to_pylist():
+            number += 1
+            yield record, f"{path}: row {number}"
+
+
+def _field(record: Mapping, field: str, option: str, where: str) -> Any:
+    value = record.get(field, _MISSING)
+    if value is _MISSING or (value is None and option != "--title-field"):
+        what = "is null" if value is None else "is missing"
+        keys = ", ".join(str(key) for key in record if key is not None)
+        raise ValueError(f"{where}: missing field {field!r} ({option}): it {what} in this row (its fields: {keys})")
+    return value
+
+
+def _document(record: Mapping, where: str, text_field: str, title_field: str | None, id_field: str) -> Document:
+    doc_id = _field(record, id_field, "--id-field", where)
+    if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)):
+        raise ValueError(f"{where}: field {id_field!r} (--id-field) must be a string or an integer, "
+                         f"got {type(doc_id).__name__}")
+    doc_id = str(doc_id)
+    if not doc_id:
+        raise ValueError(f"{where}: field {id_field!r} (--id-field) is empty; every row needs an id")
+    text = _field(record, text_field, "--text-field", where)
+    if not isinstance(text, str):
+        raise ValueError(f"{where}: field {text_field!r} (--text-field) must be a string, got {type(text).__name__}")
+    if title_field is not None:
+        title = _field(record, title_field, "--title-field", where)
+        if title is None:
+            title = ""  # a document without a title, as BEIR corpora write it
+        if not isinstance(title, str):
+            raise ValueError(f"{where}: field {title_field!r} (--title-field) must be a string, "
+                             f"got {type(title).__name__}")
+        text = f"{title} {text}".strip()  # as BEIR joins them
+    return Document(doc_id, text, where)
+
+
+def read_documents(inputs: Iterable[str | os.PathLike], text_field: str = "text", title_field: str | None = None,
+                   id_field: str = "id") -> Iterator[Document]:
+    """The rows of the input files, one after the other, as :class:`Document`; streamed (a generator:
+    one row, or one Parquet batch, in memory at a time). A row without one of the fields is an error
+    naming the file, the line and the field."""
+    for path in inputs:
+        path = os.fspath(path)
+        kind = input_format(path)
+        fields = (id_field, text_field) + ((title_field,) if title_field is not None else ())
+        if kind == "jsonl":
+            records = _jsonl_records(path)
+        elif kind == "parquet":
+            records = _parquet_records(path, fields)
+        else:
+            records = _csv_records(path, "," if kind == "csv" else "\t", fields)
+        for record, where in records:
+            yield _document(record, where, text_field, title_field, id_field)
+
+
+def count_rows(inputs: Iterable[str | os.PathLike]) -> int:
+    """How many rows the inputs hold, for the progress bar's total and ETA: one cheap pass (no field is
+    checked; Parquet from its metadata)."""
+    total = 0
+    for path in inputs:
+        kind = input_format(path)
+        if kind == "jsonl":
+            with open(path, "rb") as handle:
+                total += sum(1 for line in handle if line.strip())
+        elif kind == "parquet":
+            import pyarrow.parquet as pq
+
+            total += pq.ParquetFile(path).metadata.num_rows
+        else:
+            quoting = csv.QUOTE_NONE if kind == "tsv" else csv.QUOTE_MINIMAL
+            csv.field_size_limit(2**31 - 1)
+            with open(path, encoding="utf-8-sig", newline="") as handle:
+                reader = csv.reader(handle, delimiter="," if kind == "csv" else "\t", quoting=quoting)
+                total += max(sum(1 for row in reader if row) - 1, 0)  # less the header
+    return total
+
+
+def shards_of(documents: Iterable[Document], shard_size: int) -> Iterator[list[Document]]:
+    """The documents in consecutive groups of ``shard_size`` (the last one shorter): one shard in memory."""
+    shard: list[Document] = []
+    for document in documents:
+        shard.append(document)
+        if len(shard) == shard_size:
+            yield shard
+            shard = []
+    if shard:
+        yield shard
+
+
+# ----------------------------------------------------------------------------- writing and checking shards
+
+
+def ids_bytes(ids: list[str]) -> bytes:
+    """The shard's ids as stored: compact UTF-8 JSON (the same bytes for the same ids, always)."""
+    return json.dumps(ids, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def shard_bytes(ids: list[str], embeddings: np.ndarray) -> bytes:
+    """A shard file's content. No metadata: safetensors writes nothing that varies between runs, so
+    the same ids and embeddings give the same bytes."""
+    from safetensors.numpy import save
+
+    ids_tensor = np.frombuffer(ids_bytes(ids), dtype=np.uint8).copy()
+    return save({"embeddings": np.ascontiguousarray(embeddings, dtype=np.float32), "ids": ids_tensor})
+
+
+def parse_shard(data: bytes, path: Path) -> tuple[list[str], np.ndarray]:
+    from safetensors.numpy import load
+
+    try:
+        tensors = load(data)
+        ids = json.loads(tensors["ids"].tobytes().decode("utf-8"))
+        embeddings = tensors["embeddings"]
+    except Exception as error:
+        raise ValueError(f"{path}: not a readable shard ({type(error).__name__}: {error}); delete it and rerun "
+                         "llm-embed-encode with the same arguments to write it again") from error
+    if embeddings.ndim != 2 or embeddings.dtype != np.float32 or embeddings.shape[0] != len(ids):
+        raise ValueError(f"{path}: embeddings of shape {embeddings.shape} ({embeddings.dtype}) for {len(ids)} ids; "
+                         "delete it and rerun llm-embed-encode with the same arguments to write it again")
+    return ids, embeddings
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (a no-op where folders cannot be opened, as on Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def temporary_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def remove_temporaries(path: Path) -> None:
+    """Temporary files a killed run left for ``path`` (any process id)."""
+    for stale in glob.glob(glob.escape(str(path.parent / f".{path.name}.")) + "*.tmp"):
+        try:
+            os.remove(stale)
+        except FileNotFoundError:
+            pass
+
+
+def write_atomically(path: Path, data: bytes, fail_midway: bool = False) -> None:
+    """Write ``data`` to a temporary name beside ``path``, fsync, then rename it to ``path``: a reader
+    (or a rerun) sees the old file or the whole new one, never part of one."""
+    temporary = temporary_name(path)
+    try:
+        with open(temporary, "wb") as handle:
+            if fail_midway:  # FAIL_AFTER_SHARDS_ENV: die like a kill in the middle of a write
+                handle.write(data[: len(data) // 2])
+                handle.flush()
+                os._exit(1)
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_json(path: Path, value: Any) -> None:
+    write_atomically(path, (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def check_existing_shard(path: Path, ids: list[str], dimension: int) -> None:
+    """A shard a previous run wrote, before it is kept: the same ids (so the same rows of the same
+    input) and the model's dimension."""
+    stored_ids, embeddings = parse_shard(path.read_bytes(), path)
+    if stored_ids != ids:
+        first = next((i for i, (a, b) in enumerate(zip(stored_ids, ids)) if a != b), min(len(stored_ids), len(ids)))
+        raise ValueError(f"{path}: holds {len(stored_ids)} rows, but the input gives {len(ids)} rows for this shard, "
+                         f"and they differ from row {first} on: the input changed since the shard was written. "
+                         "Start over in another --output-dir (or empty this one)")
+    if embeddings.shape[1] != dimension:
+        raise ValueError(f"{path}: embeddings of dimension {embeddings.shape[1]}, but the model gives {dimension}; "
+                         "start over in another --output-dir (or empty this one)")
+
+
+# ----------------------------------------------------------------------------- the run's arguments
+
+
+def check_arguments(output_dir: Path, arguments: dict) -> None:
+    """Refuse to resume into a folder that another run wrote; write ``run.json`` if it is new.
+
+    Every rank does this at start; ranks of one run write the same bytes, so their races are harmless."""
+    for name in (RUN_FILE, MANIFEST):
+        path = output_dir / name
+        if not path.is_file():
+            continue
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"{path}: not readable ({error}); pass another --output-dir") from error
+        differ = [key for key in arguments if saved.get(key, _MISSING) != arguments[key]]
+        if differ:
+            details = "; ".join(f"{key}: {saved.get(key, '(none)')!r} there, {arguments[key]!r} now" for key in differ)
+            raise ValueError(f"{output_dir} holds the output of a run with other arguments ({name}: {details}). "
+                             "Rerun with the same arguments to resume it, or pass another --output-dir (or empty "
+                             "this one) to start over")
+    run_file = output_dir / RUN_FILE
+    if not run_file.is_file():
+        if glob.glob(glob.escape(str(output_dir)) + "/shard-*.safetensors"):
+            if run_file.is_file():  # another rank of this run wrote it (and a shard) meanwhile: check it
+                return check_arguments(output_dir, arguments)
+            raise ValueError(f"{output_dir} holds shard files but no {RUN_FILE}: they were not written by "
+                             "llm-embed-encode, or by another run; pass another --output-dir (or empty this one)")
+        write_json(run_file, arguments)
+
+
+def rank_and_world_size(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """``RANK`` / ``WORLD_SIZE`` from the environment (torchrun, accelerate launch) unless given; 0 / 1."""
+    try:
+        rank = int(os.environ.get("RANK", "0")) if rank is None else rank
+        world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
+    except ValueError as error:
+        raise ValueError(f"RANK / WORLD_SIZE must be integers ({error})") from error
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"RANK={rank} WORLD_SIZE={world_size}: need WORLD_SIZE >= 1 and 0 <= RANK < WORLD_SIZE")
+    return rank, world_size
+
+
+# ----------------------------------------------------------------------------- the Python function
+
+
+def model_dtype(model) -> str:
+    return str(model.dtype).removeprefix("torch.")
+
+
+def encode_corpus(
+    model,
+    inputs: list[str | os.PathLike],
+    output_dir: str | os.PathLike,
+    *,
+    text_field: str = "text",
+    title_field: str | None = None,
+    id_field: str = "id",
+    prompt_name: str | None = None,
+    batch_size: int = 32,
+    shard_size: int = 10000,
+    model_path: str | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    progress: bool = False,
+    wait_timeout: float = 3600.0,
+) -> dict:
+    """Embed the rows of ``inputs`` with ``model`` (an :class:`~llm_embed.LLMEmbeddingModel` with its
+    tokenizer) into shards in ``output_dir``; see the module docstring for the files and the resume
+    and multi-process behaviour. ``model_path``: recorded in ``run.json`` and the manifest (default:
+    ``model.name_or_path``). Returns a summary: ``output_dir``, ``rows`` (the corpus), ``shards``,
+    ``embedded_rows``, ``written_shards``, ``resumed_shards``, ``tokens``, ``truncated``, ``seconds``
+    (this process) and ``manifest`` (its path on rank 0, else None)."""
+    from tqdm.auto import tqdm
+
+    from .encoding import resolve_prompt, tokenize_counting_truncation
+
+    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
+        raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not inputs:
+        raise ValueError("no input files: pass at least one .jsonl, .csv, .tsv or .parquet file")
+    rank, world_size = rank_and_world_size(rank, world_size)
+    inputs = [os.path.abspath(os.fspath(path)) for path in inputs]
+    for path in inputs:
+        input_format(path)  # every input checked before anything is written
+    config = model.config
+    prefix = resolve_prompt(config.prompts, config.default_prompt_name, prompt_name, None)  # unknown name: refused
+    tokenizer = model.tokenizer
+    dimension = int(config.embedding_dim)
+    model_path = model_path if model_path is not None else str(getattr(model, "name_or_path", "") or "")
+    arguments = dict(format=FORMAT, model=model_path, dtype=model_dtype(model), prompt_name=prompt_name,
+                     text_field=text_field, title_field=title_field, id_field=id_field, inputs=inputs,
+                     shard_size=shard_size)
+
+    output_dir = Path(output_dir).absolute()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    check_arguments(output_dir, arguments)
+
+    fail_after = os.environ.get(FAIL_AFTER_SHARDS_ENV)
+    fail_after = int(fail_after) if fail_after not in (None, "") else None
+    chunk_texts = max(1024, 8 * batch_size)  # texts per encode call: the progress bar moves after each
+    show = progress and rank == 0
+    bar = tqdm(total=count_rows(inputs) if show else None, desc="Embedding", unit="docs", disable=not show)
+    start = time.perf_counter()
+    expected: list[tuple[int, str]] = []  # per shard: rows and sha256 of its ids, to check the other ranks' files
+    embedded = tokens = truncated = written = resumed = total = 0
+    with bar:
+        documents = read_documents(inputs, text_field, title_field, id_field)
+        for index, shard in enumerate(shards_of(documents, shard_size)):
+            ids = [document.id for document in shard]
+            total += len(shard)
+            expected.append((len(shard), hashlib.sha256(ids_bytes(ids)).hexdigest()))
+            path = output_dir / shard_name(index)
+            if index % world_size != rank:
+                bar.update(len(shard))
+                continue
+            if path.is_file():
+                check_existing_shard(path, ids, dimension)
+                resumed += 1
+                bar.update(len(shard))
+                continue
+            texts = [document.text for document in shard]
+            parts = []
+            for first in range(0, len(texts), chunk_texts):
+                piece = texts[first : first + chunk_texts]
+                try:
+                    counted, cut = tokenize_counting_truncation(tokenizer, piece, config.max_seq_length,
+                                                                config.append_eos, prefix)
+                    with warnings.catch_warnings():
+                        warnings.filterwarnings("ignore", message=r".*were truncated")  # counted, reported once
+                        parts.append(model.encode(piece, prompt_name=prompt_name, batch_size=batch_size,
+                                                  convert_to_numpy=True, show_progress_bar=False))
+                except ValueError as error:  # say where: encode numbers the texts of its call only
+                    rows = shard[first : first + chunk_texts]
+                    raise ValueError(f"in the rows {rows[0].where} to {rows[-1].where} (text i below is the i-th "
+                                     f"of them): {error}") from error
+                tokens += sum(len(row) for row in counted)
+                truncated += cut
+                bar.update(len(piece))
+            embeddings = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            remove_temporaries(path)
+            write_atomically(path, shard_bytes(ids, embeddings), fail_midway=fail_after == written)
+            written += 1
+            embedded += len(shard)
+    seconds = time.perf_counter() - start
+
+    manifest_path = None
+    if rank == 0:
+        records = wait_for_shards(output_dir, expected, dimension, wait_timeout)
+        manifest = dict(arguments, attention=config.attention, pooling=config.pooling, dimension=dimension,
+                        normalized=bool(config.normalize), prompt=prefix, total_rows=total, shards=records)
+        manifest_path = output_dir / MANIFEST
+        write_json(manifest_path, manifest)
+        for stale in glob.glob(glob.escape(str(output_dir)) + "/.*.tmp"):
+            Path(stale).unlink(missing_ok=True)  # left by killed runs; every shard is whole now
+    where = f"rank {rank}/{world_size}: " if world_size > 1 else ""
+    note = f", {truncated} truncated to max_seq_length={config.max_seq_length}" if truncated else ""
+    print(f"llm-embed-encode: {where}{embedded} documents, {tokens} tokens{note} in {seconds:.1f} s "
+          f"({tokens / max(seconds, 1e-9):.0f} tokens/s); {written} shards written, {resumed} already there; "
+          f"corpus: {total} rows in {len(expected)} shards in {output_dir}", flush=True)
+    return dict(output_dir=str(output_dir), rows=total, shards=len(expected), embedded_rows=embedded,
+                written_shards=written, resumed_shards=resumed, tokens=tokens, truncated=truncated, seconds=seconds,
+                manifest=str(manifest_path) if manifest_path else None)
+
+
+def wait_for_shards(output_dir: Path, expected: list[tuple[int, str]], dimension: int, timeout: float) -> list[dict]:
+    """Rank 0: wait until every shard file exists (the other ranks write theirs), check each against
+    the input (rows, ids) and return the manifest's records (file, rows, sha256). Polls the folder, so
+    no process group is needed; with one initialised (torch.distributed), waits at a barrier first."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+    except ImportError:
+        pass
+    paths = [output_dir / shard_name(index) for index in range(len(expected))]
+    deadline = time.monotonic() + timeout
+    while True:
+        missing = [path.name for path in paths if not path.is_file()]
+        if not missing:
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(missing)} shards still missing in {output_dir} after {timeout:.0f} s "
+                               f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}): their ranks have "
+                               "not finished or have failed. Rerun with the same arguments (any number of processes) "
+                               "to embed them; the shards written are kept")
+        time.sleep(WAIT_POLL_SECONDS)
+    extra = sorted(set(glob.glob(glob.escape(str(output_dir)) + "/shard-*.safetensors")) - {str(p) for p in paths})
+    if extra:
+        raise ValueError(f"{output_dir} holds shard files past the corpus's {len(paths)} shards "
+                         f"({', '.join(Path(p).name for p in extra[:5])}): the input changed since they were written; "
+                         "start over in another --output-dir (or empty this one)")
+    records = []
+    for path, (rows, ids_digest) in zip(paths, expected):
+        data = path.read_bytes()
+        ids, embeddings = parse_shard(data, path)
+        if len(ids) != rows or hashlib.sha256(ids_bytes(ids)).hexdigest() != ids_digest:
+            raise ValueError(f"{path}: its {len(ids)} ids are not the input's {rows} rows of this shard: the input "
+                             "changed since it was written; start over in another --output-dir (or empty this one)")
+        if embeddings.shape[1] != dimension:
+            raise ValueError(f"{path}: dimension {embeddings.shape[1]}, the model gives {dimension}; start over in "
+                             "another --output-dir (or empty this one)")
+        records.append(dict(file=path.name, rows=rows, sha256=hashlib.sha256(data).hexdigest()))
+    return records
+
+
+def load_shards(output_dir: str | os.PathLike) -> tuple[list[str], np.ndarray]:
+    """All ids and embeddings of a finished run, in corpus order: ``(ids, (rows, dim) float32 array)``.
+    Reads ``manifest.json`` and checks each shard's sha256 and row count against it."""
+    output_dir = Path(output_dir)
+    manifest_path = output_dir / MANIFEST
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{manifest_path}: no manifest: the run has not finished (rerun llm-embed-encode "
+                                "with the same arguments to complete it), or this is not its output folder")
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    all_ids: list[str] = []
+    parts = []
+    for record in manifest["shards"]:
+        path = output_dir / record["file"]
+        data = path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != record["sha256"]:
+            raise ValueError(f"{path}: sha256 {digest} differs from the manifest's {record['sha256']}: the file is "
+                             "corrupted or was changed; delete it and rerun llm-embed-encode with the same arguments")
+        ids, embeddings = parse_shard(data, path)
+        if len(ids) != record["rows"]:
+            raise ValueError(f"{path}: {len(ids)} rows, the manifest says {record['rows']}")
+        all_ids.extend(ids)
+        parts.append(embeddings)
+    if len(all_ids) != manifest["total_rows"]:
+        raise ValueError(f"{output_dir}: {len(all_ids)} rows in the shards, the manifest says "
+                         f"{manifest['total_rows']}")
+    embeddings = np.concatenate(parts) if parts else np.zeros((0, manifest["dimension"]), dtype=np.float32)
+    return all_ids, embeddings
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def default_device() -> str:
+    """CUDA if available (this process's ``LOCAL_RANK`` GPU under torchrun / accelerate), else CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        local_rank = os.environ.get("LOCAL_RANK")
+        return f"cuda:{int(local_rank)}" if local_rank not in (None, "") else "cuda"
+    return "cpu"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Parse the arguments (``sys.argv`` by default), load the model, embed; returns
+    :func:`encode_corpus`'s summary. The console command runs :func:`cli`, which turns this into an
+    exit status."""
+    parser = argparse.ArgumentParser(
+        prog="llm-embed-encode",
+        description="Embed a corpus (JSONL, CSV, TSV or Parquet files) into sharded safetensors files, resumably\n"
+                    "and on several processes (RANK / WORLD_SIZE, as torchrun or accelerate launch set them).",
+        epilog="Output: shard-00000.safetensors, ... (tensors 'embeddings' float32 (rows, dim) and 'ids', UTF-8 JSON\n"
+               "as uint8), run.json, and manifest.json written last. Rerun the same command to resume a killed run;\n"
+               "read the result with llm_embed.corpus.load_shards(output_dir). See docs/usage.md.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="saved model folder or Hub id (loaded with AutoModel)")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="corpus files, read in this order; the format is taken from the extension: .jsonl, "
+                             ".csv, .tsv (no quoting), .parquet (needs pyarrow)")
+    parser.add_argument("--output-dir", required=True, help="folder for the shards and the manifest (created)")
+    parser.add_argument("--text-field", default="text", help="field holding the text (default: %(default)s)")
+    parser.add_argument("--title-field", default=None,
+                        help="field holding a title, embedded as f'{title} {text}'.strip() like BEIR (default: none)")
+    parser.add_argument("--id-field", default="id", help="field holding the row's id (default: %(default)s)")
+    parser.add_argument("--prompt-name", default=None,
+                        help="a key of the model's prompts, e.g. document (default: the model's default prompt)")
+    parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: %(default)s)")
+    parser.add_argument("--shard-size", type=int, default=10000, help="rows per shard file (default: %(default)s)")
+    parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu, ... (default: cuda if available, else cpu)")
+    parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                        help="load the model in this dtype (default: as saved)")
+    parser.add_argument("--progress", action="store_true",
+                        help="show the progress bar on rank 0 even when stderr is not a terminal")
+    parser.add_argument("--wait-timeout", type=float, default=3600.0,
+                        help="seconds rank 0 waits for the other ranks' shards before the manifest (default: "
+                             "%(default)s)")
+    args = parser.parse_args(argv)
+    if args.shard_size < 1 or args.batch_size < 1:
+        parser.error("--shard-size and --batch-size must be positive")
+    for path in args.inputs:
+        input_format(path)  # an unknown extension, a missing file or pyarrow fails before the model loads
+    rank_and_world_size()
+
+    import torch
+    from transformers import AutoModel
+
+    import llm_embed  # noqa: F401  (registers the Auto classes)
+
+    kwargs = {"dtype": getattr(torch, args.dtype)} if args.dtype else {}
+    model = AutoModel.from_pretrained(args.model, **kwargs)
+    model.to(args.device or default_device())
+    model_path = os.path.abspath(args.model) if os.path.isdir(args.model) else args.model
+    return encode_corpus(model, args.inputs, args.output_dir, text_field=args.text_field, title_field=args.title_field,
+                         id_field=args.id_field, prompt_name=args.prompt_name, batch_size=args.batch_size,
+                         shard_size=args.shard_size, model_path=model_path,
+                         progress=args.progress or sys.stderr.isatty(), wait_timeout=args.wait_timeout)
+
+
+def cli() -> int:
+    """``llm-embed-encode``: exit status 0 on success, 1 with a one-line reason on an error
+    (see :mod:`llm_embed.cli`)."""
+    from .cli import run_console
+
+    return run_console(main, "llm-embed-encode")
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

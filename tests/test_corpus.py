@@ -1,0 +1,296 @@
+"""``llm-embed-encode`` (llm_embed.corpus): a corpus embedded into shards equals ``model.encode`` in file
+order; a killed run, rerun, and a run on two processes give the same files byte for byte as one run
+without interruption; bad input and a resume with other arguments are refused with the reason.
+
+The runs that must be separate processes (killed, two ranks, the console script) are subprocesses;
+they share one reference run and run with one thread each, as the reference does, so that their
+files can be compared byte for byte."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llm_embed.corpus import FAIL_AFTER_SHARDS_ENV, MANIFEST, RUN_FILE, load_shards, main, shard_name
+
+from .conftest import tiny_model
+
+PROMPT = "query"  # a prompt with a non-empty prefix, so that passing it through matters
+FIELDS = ["--id-field", "doc_id", "--text-field", "body", "--title-field", "heading"]
+SHARD_SIZE = 4
+
+
+def corpus_rows(n: int = 23) -> list[dict]:
+    """Rows with renamed fields and texts of varied length; some without a title (BEIR's empty title)."""
+    words = ["cat", "river", "bank", "moon", "song", "bread", "chess", "coffee", "rain", "phone"]
+    rows = []
+    for i in range(n):
+        body = " ".join(words[(i + j) % len(words)] for j in range(1 + (i * 7) % 13)) + f" number {i}"
+        rows.append({"doc_id": f"d{i}", "heading": "" if i % 5 == 0 else f"On the {words[i % len(words)]}",
+                     "body": body})
+    return rows
+
+
+def expected_texts(rows: list[dict]) -> list[str]:
+    return [f"{row['heading']} {row['body']}".strip() for row in rows]
+
+
+def write_corpus(path: Path, rows: list[dict]) -> Path:
+    suffix = path.suffix
+    if suffix == ".jsonl":
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    elif suffix in (".csv", ".tsv"):
+        with open(path, "w", encoding="utf-8", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["doc_id", "heading", "body"],
+                                    delimiter="," if suffix == ".csv" else "\t")
+            writer.writeheader()
+            writer.writerows(rows)
+    elif suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    else:
+        path.write_text("\n".join(row["body"] for row in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tokenizer) -> Path:
+    model = tiny_model("llama", "bidirectional", "mean")
+    model.tokenizer = tokenizer
+    folder = tmp_path_factory.mktemp("corpus") / "model"
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def loaded_model(model_dir):
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(model_dir)
+
+
+def arguments(model_dir: Path, inputs: list[Path], output_dir: Path, *extra: str) -> list[str]:
+    return [str(model_dir), *map(str, inputs), "--output-dir", str(output_dir), "--device", "cpu",
+            "--prompt-name", PROMPT, *FIELDS, "--batch-size", "3", *extra]
+
+
+def subprocess_env(**extra: str) -> dict:
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", FAIL_AFTER_SHARDS_ENV)}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", **extra)
+    return env
+
+
+def start(model_dir: Path, inputs: list[Path], output_dir: Path, **env: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "llm_embed.corpus",
+               *arguments(model_dir, inputs, output_dir, "--shard-size", str(SHARD_SIZE), "--wait-timeout", "300")]
+    return subprocess.Popen(command, env=subprocess_env(**env), cwd=output_dir.parent, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen) -> tuple[int, str, str]:
+    stdout, stderr = process.communicate(timeout=600)
+    return process.returncode, stdout, stderr
+
+
+def shard_files(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.glob("shard-*.safetensors"))}
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.iterdir() if path.name.startswith("."))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, model_dir) -> tuple[Path, Path]:
+    """One uninterrupted single-process run (a subprocess, one thread): ``(corpus, output_dir)``."""
+    root = tmp_path_factory.mktemp("reference")
+    corpus = write_corpus(root / "corpus.jsonl", corpus_rows())
+    code, stdout, stderr = finish(start(model_dir, [corpus], root / "out"))
+    assert code == 0, stderr[-3000:]
+    assert "23 documents" in stdout and "6 shards written, 0 already there" in stdout, stdout
+    return corpus, root / "out"
+
+
+# ----------------------------------------------------------------------------- content
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".tsv", ".parquet"])
+def test_shards_equal_encode_in_file_order(suffix, model_dir, loaded_model, tmp_path):
+    if suffix == ".parquet":
+        pytest.importorskip("pyarrow")
+    rows = corpus_rows()
+    # two files, read one after the other; the shard boundary (5) falls inside the first file
+    inputs = [write_corpus(tmp_path / f"a{suffix}", rows[:13]), write_corpus(tmp_path / f"b{suffix}", rows[13:])]
+    result = main(arguments(model_dir, inputs, tmp_path / "out", "--shard-size", "5", "--progress"))
+    assert (result["rows"], result["shards"], result["embedded_rows"], result["written_shards"]) == (23, 5, 23, 5)
+    assert result["tokens"] > 23
+
+    ids, embeddings = load_shards(tmp_path / "out")
+    assert ids == [row["doc_id"] for row in rows]
+    assert embeddings.dtype == np.float32 and embeddings.shape == (23, loaded_model.config.embedding_dim)
+    expected = loaded_model.encode(expected_texts(rows), prompt_name=PROMPT, convert_to_numpy=True)
+    np.testing.assert_allclose(embeddings, expected, atol=1e-5, rtol=0)
+
+    manifest = json.loads((tmp_path / "out" / MANIFEST).read_text())
+    assert manifest["model"] == str(model_dir) and manifest["prompt_name"] == PROMPT
+    assert (manifest["attention"], manifest["pooling"], manifest["dtype"]) == ("bidirectional", "mean", "float32")
+    assert manifest["dimension"] == loaded_model.config.embedding_dim
+    assert manifest["inputs"] == [str(path) for path in inputs] and manifest["shard_size"] == 5
+    assert manifest["total_rows"] == 23 and [s["rows"] for s in manifest["shards"]] == [5, 5, 5, 5, 3]
+    assert (tmp_path / "out" / RUN_FILE).is_file() and leftovers(tmp_path / "out") == []
+
+
+def test_a_finished_run_rerun_writes_nothing(model_dir, tmp_path):
+    corpus = write_corpus(tmp_path / "c.jsonl", corpus_rows(7))
+    args = arguments(model_dir, [corpus], tmp_path / "out", "--shard-size", "3")
+    main(args)
+    before = shard_files(tmp_path / "out")
+    result = main(args)
+    assert (result["written_shards"], result["resumed_shards"], result["embedded_rows"]) == (0, 3, 0)
+    assert shard_files(tmp_path / "out") == before
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_missing_field_names_file_line_and_field(model_dir, tmp_path):
+    rows = corpus_rows(5)
+    del rows[2]["body"]
+    corpus = write_corpus(tmp_path / "c.jsonl", rows)
+    with pytest.raises(ValueError, match=re.escape(f"{corpus}:3: missing field 'body' (--text-field)")):
+        main(arguments(model_dir, [corpus], tmp_path / "out"))
+
+    rows = corpus_rows(5)
+    del rows[4]["doc_id"]
+    corpus = write_corpus(tmp_path / "d.jsonl", rows)
+    with pytest.raises(ValueError, match=re.escape(f"{corpus}:5: missing field 'doc_id' (--id-field)")):
+        main(arguments(model_dir, [corpus], tmp_path / "out2"))
+
+
+def test_csv_without_the_column_names_the_header_line(model_dir, tmp_path):
+    corpus = tmp_path / "c.csv"
+    corpus.write_text("doc_id,heading,text\nd0,t,hello\n")
+    with pytest.raises(ValueError, match=re.escape(f"{corpus}:1: missing field 'body'")):
+        main(arguments(model_dir, [corpus], tmp_path / "out"))
+
+
+def test_parquet_without_pyarrow_names_the_install(monkeypatch, tmp_path):
+    from llm_embed.corpus import input_format
+
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(ImportError, match="pip install pyarrow"):
+        input_format(tmp_path / "corpus.parquet")
+
+
+def test_unknown_extension_is_a_one_line_error_of_the_command(model_dir, tmp_path):
+    """Through the installed script: exit 1, the reason on the last line, before the model loads."""
+    corpus = write_corpus(tmp_path / "corpus.txt", corpus_rows(3))
+    script = Path(sys.executable).parent / "llm-embed-encode"
+    assert script.is_file(), f"{script} is missing; install the package with: pip install --no-deps -e ."
+    result = subprocess.run([str(script), str(model_dir), str(corpus), "--output-dir", str(tmp_path / "out")],
+                            capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600,
+                            env=subprocess_env())
+    assert result.returncode == 1, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("llm-embed-encode: error: ") and "unknown input format '.txt'" in last, last
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- resume and several processes
+
+
+def test_killed_run_resumes_to_the_same_bytes(model_dir, reference, tmp_path):
+    corpus, reference_dir = reference
+    out = tmp_path / "out"
+    code, _, _ = finish(start(model_dir, [corpus], out, **{FAIL_AFTER_SHARDS_ENV: "2"}))
+    assert code == 1
+    assert sorted(shard_files(out)) == [shard_name(0), shard_name(1)]
+    assert not (out / MANIFEST).exists()
+    assert len(leftovers(out)) == 1 and leftovers(out)[0].startswith(f".{shard_name(2)}.")  # the half-written one
+
+    code, stdout, stderr = finish(start(model_dir, [corpus], out))
+    assert code == 0, stderr[-3000:]
+    assert "4 shards written, 2 already there" in stdout, stdout
+    assert shard_files(out) == shard_files(reference_dir)
+    assert leftovers(out) == []
+    manifest, expected = (json.loads((folder / MANIFEST).read_text()) for folder in (out, reference_dir))
+    assert manifest == expected
+
+
+def test_two_processes_write_what_one_does(model_dir, reference, tmp_path):
+    corpus, reference_dir = reference
+    out = tmp_path / "out"
+    processes = [start(model_dir, [corpus], out, RANK=str(rank), WORLD_SIZE="2") for rank in (0, 1)]
+    results = [finish(process) for process in processes]
+    for code, _, stderr in results:
+        assert code == 0, stderr[-3000:]
+    assert "rank 0/2: " in results[0][1] and "rank 1/2: " in results[1][1]
+    assert "3 shards written" in results[0][1] and "3 shards written" in results[1][1]
+    assert shard_files(out) == shard_files(reference_dir)
+    assert json.loads((out / MANIFEST).read_text()) == json.loads((reference_dir / MANIFEST).read_text())
+    ids, embeddings = load_shards(out)
+    expected_ids, expected_embeddings = load_shards(reference_dir)
+    assert ids == expected_ids
+    np.testing.assert_array_equal(embeddings, expected_embeddings)
+    assert leftovers(out) == []
+
+
+def test_manifest_checksums_and_corruption(reference, tmp_path):
+    _, reference_dir = reference
+    manifest = json.loads((reference_dir / MANIFEST).read_text())
+    assert [s["file"] for s in manifest["shards"]] == [shard_name(k) for k in range(6)]
+    for record in manifest["shards"]:
+        assert hashlib.sha256((reference_dir / record["file"]).read_bytes()).hexdigest() == record["sha256"]
+
+    copy = shutil.copytree(reference_dir, tmp_path / "copy")
+    shard = copy / shard_name(3)
+    data = bytearray(shard.read_bytes())
+    data[-5] ^= 0xFF  # one byte of the last tensor's data
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=re.escape(f"{shard}: sha256")):
+        load_shards(copy)
+
+
+def test_resume_with_other_arguments_is_refused(model_dir, reference, tmp_path):
+    corpus, reference_dir = reference
+    copy = shutil.copytree(reference_dir, tmp_path / "copy")
+    before = shard_files(copy)
+    same = ["--shard-size", str(SHARD_SIZE)]
+    with pytest.raises(ValueError, match=r"prompt_name: 'query' there, 'document' now.*another --output-dir"):
+        main(arguments(model_dir, [corpus], copy, *same, "--prompt-name", "document"))
+    with pytest.raises(ValueError, match=r"shard_size: 4 there, 5 now"):
+        main(arguments(model_dir, [corpus], copy, "--shard-size", "5"))
+    (copy / MANIFEST).unlink()  # an unfinished run: run.json alone decides
+    with pytest.raises(ValueError, match=r"run\.json: text_field: 'body' there, 'heading' now"):
+        main(arguments(model_dir, [corpus], copy, *same, "--text-field", "heading"))
+    assert shard_files(copy) == before
+
+
+def test_shards_of_a_changed_input_are_refused(model_dir, reference, tmp_path):
+    corpus, reference_dir = reference
+    copy = shutil.copytree(reference_dir, tmp_path / "copy")
+    rows = corpus_rows()
+    rows[1]["doc_id"] = "renamed"
+    write_corpus(tmp_path / "corpus.jsonl", rows)
+    # same arguments (the same input path), other content
+    run = json.loads((copy / RUN_FILE).read_text())
+    run["inputs"] = [str(tmp_path / "corpus.jsonl")]
+    (copy / RUN_FILE).write_text(json.dumps(run))
+    (copy / MANIFEST).unlink()
+    with pytest.raises(ValueError, match=r"the input changed since the shard was written"):
+        main(arguments(model_dir, [tmp_path / "corpus.jsonl"], copy, "--shard-size", str(SHARD_SIZE)))
