@@ -23,7 +23,9 @@ import pytest
 
 from llm_embed.corpus import FAIL_AFTER_SHARDS_ENV, MANIFEST, RUN_FILE, load_shards, main, shard_name
 
-from .conftest import tiny_model
+from .conftest import SHARED_DATA, tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PROMPT = "query"  # a prompt with a non-empty prefix, so that passing it through matters
 FIELDS = ["--id-field", "doc_id", "--text-field", "body", "--title-field", "heading"]
@@ -294,3 +296,31 @@ def test_shards_of_a_changed_input_are_refused(model_dir, reference, tmp_path):
     (copy / MANIFEST).unlink()
     with pytest.raises(ValueError, match=r"the input changed since the shard was written"):
         main(arguments(model_dir, [tmp_path / "corpus.jsonl"], copy, "--shard-size", str(SHARD_SIZE)))
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "scifact" / "corpus.jsonl").is_file(), reason="needs ../shared/data")
+def test_search_example_finds_documents_from_the_shards(model_dir, tmp_path, capsys):
+    """examples/search_scifact.py: a SciFact subset embedded into shards, queries ranked against them; a
+    rerun reuses the shards, and the exact and the shard-read rankings agree with encode's."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("search_scifact", ROOT / "examples" / "search_scifact.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    argv = ["--model", str(model_dir), "--data-dir", str(SHARED_DATA), "--output-dir", str(tmp_path / "index"),
+            "--max-docs", "12", "--queries", "3", "--top-k", "5", "--shard-size", "7"]
+    result = example.main(argv)
+    queries, relevant = example.labelled_queries(SHARED_DATA / "scifact", 3)
+    needed = set().union(*relevant.values())
+    assert result["queries"] == 3 and result["documents"] == 12 + len(needed - {
+        row["_id"] for row in example.read_jsonl(SHARED_DATA / "scifact" / "corpus.jsonl")[:12]})
+    assert 0 <= result["hits_at_k"] <= 1
+    out = capsys.readouterr().out
+    assert "queries have a relevant document in their top 5" in out
+    shards = shard_files(tmp_path / "index")
+    assert example.main(argv) == result  # reruns reuse the shards
+    assert shard_files(tmp_path / "index") == shards
+    # the ranking is the exact one: top_k agrees with a full sort
+    scores = np.random.default_rng(0).normal(size=(4, 30)).astype(np.float32)
+    best = example.top_k(scores, np.eye(30, dtype=np.float32), 5, use_faiss=False)
+    np.testing.assert_array_equal(best, np.argsort(-scores, axis=1)[:, :5])
