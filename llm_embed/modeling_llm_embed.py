@@ -38,12 +38,16 @@ from .encoding import EncodeMixin
 from .hub import has_saved_file, push_model_to_hub
 from .layer_states import LayerStateCollector, find_decoder_layers
 from .model_card import has_user_model_card, write_model_card
+from .packed_attention import SDPA_WITH_FLEX  # noqa: F401  (see below)
 from .packing import PackedBatch
 from .pooling import LAYER_REDUCTIONS, POOLING_HEADS, PoolingHead
 from .sentence_transformers_files import write_sentence_transformers_files
 from .tokenizer_setup import configure_tokenizer, load_saved_tokenizer
 
 logger = logging.getLogger(__name__)
+
+# Every module that a shipped module imports is imported here too: for trust_remote_code, transformers 5.2
+# copies only the direct relative imports of this file into its module cache (tests/test_architecture.py).
 
 # from_pretrained arguments that also locate the tokenizer saved beside the weights.
 _HUB_KWARGS = ("cache_dir", "revision", "token", "local_files_only", "subfolder", "force_download",

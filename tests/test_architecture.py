@@ -80,3 +80,19 @@ def test_checkpoint_code_is_closed_under_imports():
     assert not reached & {"llm_embed.train", "llm_embed.study", "llm_embed.cli", "llm_embed.data",
                           "llm_embed.lora", "llm_embed.mteb_encoder", "llm_embed.bundled"}, sorted(reached)
     assert not any(name.startswith("llm_embed.evaluation") for name in reached), sorted(reached)
+
+
+def test_shipped_modules_are_direct_imports_of_the_entry_files():
+    """transformers 5.2 copies only the direct relative imports of modeling_llm_embed.py (and of
+    configuration_llm_embed.py for AutoConfig) into its trust_remote_code module cache; a module
+    reached only through another shipped module is then missing when the checkpoint loads without
+    llm_embed (found by the floor run of test_loading_without_llm_embed_asks_nothing_and_warns_nothing)."""
+    graph = import_graph()
+    for entry in ("llm_embed.modeling_llm_embed", "llm_embed.configuration_llm_embed"):
+        reached, todo = set(), list(graph[entry])
+        while todo:
+            name = todo.pop()
+            if name not in reached:
+                reached.add(name)
+                todo.extend(graph[name])
+        assert reached - {entry} <= graph[entry], (entry, sorted(reached - {entry} - graph[entry]))
