@@ -42,7 +42,6 @@ import json
 import os
 import sys
 import time
-import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -403,7 +402,7 @@ def encode_corpus(
     (this process) and ``manifest`` (its path on rank 0, else None)."""
     from tqdm.auto import tqdm
 
-    from .encoding import resolve_prompt, tokenize_counting_truncation
+    from .encoding import check_embeddings, resolve_prompt
 
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
         raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
@@ -417,7 +416,6 @@ def encode_corpus(
         input_format(path)  # every input checked before anything is written
     config = model.config
     prefix = resolve_prompt(config.prompts, config.default_prompt_name, prompt_name, None)  # unknown name: refused
-    tokenizer = model.tokenizer
     dimension = int(config.embedding_dim)
     model_path = model_path if model_path is not None else str(getattr(model, "name_or_path", "") or "")
     arguments = dict(format=FORMAT, model=model_path, dtype=model_dtype(model), prompt_name=prompt_name,
@@ -455,19 +453,19 @@ def encode_corpus(
             parts = []
             for first in range(0, len(texts), chunk_texts):
                 piece = texts[first : first + chunk_texts]
+                counts: dict[str, int] = {}
                 try:
-                    counted, cut = tokenize_counting_truncation(tokenizer, piece, config.max_seq_length,
-                                                                config.append_eos, prefix)
-                    with warnings.catch_warnings():
-                        warnings.filterwarnings("ignore", message=r".*were truncated")  # counted, reported once
-                        parts.append(model.encode(piece, prompt_name=prompt_name, batch_size=batch_size,
-                                                  convert_to_numpy=True, show_progress_bar=False))
+                    # encode's own pipeline, which also counts tokens and truncations (one tokenization)
+                    vectors = model._embed_texts(piece, prefix, batch_size, None, False, None, counts=counts)
+                    vectors = vectors.float().cpu()
+                    check_embeddings(vectors, bool(config.normalize))
+                    parts.append(vectors.numpy())
                 except ValueError as error:  # say where: encode numbers the texts of its call only
                     rows = shard[first : first + chunk_texts]
                     raise ValueError(f"in the rows {rows[0].where} to {rows[-1].where} (text i below is the i-th "
                                      f"of them): {error}") from error
-                tokens += sum(len(row) for row in counted)
-                truncated += cut
+                tokens += counts["tokens"]
+                truncated += counts["truncated"]
                 bar.update(len(piece))
             embeddings = np.concatenate(parts) if len(parts) > 1 else parts[0]
             remove_temporaries(path)

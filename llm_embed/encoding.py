@@ -693,7 +693,8 @@ class EncodeMixin:
         self.to(target)
 
     def _embed_texts(self, texts: list[str], prefix: str, batch_size: int, normalize: bool | None,
-                     show_progress_bar: bool | None, packing: bool | None) -> torch.Tensor:
+                     show_progress_bar: bool | None, packing: bool | None,
+                     counts: dict[str, int] | None = None) -> torch.Tensor:
         """``(len(texts), dim)`` embeddings in the texts' order, on the model's device, not yet checked
         (:func:`check_embeddings`; ``encode`` checks them where the check costs no extra wait).
 
@@ -703,7 +704,11 @@ class EncodeMixin:
         the device's work whatever ``TOKENIZERS_PARALLELISM`` says (not on the CPU, see
         ``OVERLAP_ON_CPU``). Nothing in the loop reads a value back from the device: the batches are
         queued and the host runs ahead; the order is restored with one index copied asynchronously
-        from pinned memory."""
+        from pinned memory.
+
+        ``counts``: if given, the call adds its ``tokens`` (as the model sees them) and ``truncated``
+        texts to it and leaves the truncation warning to the caller (``llm_embed.corpus`` reports per
+        run, and would otherwise tokenize every text a second time to count)."""
         config = self.config
         tokenizer = self.tokenizer
         pad_id = resolve_pad_id(tokenizer)
@@ -720,6 +725,8 @@ class EncodeMixin:
                                                    config.append_eos, prefix, overlap=overlap):
                 truncated += cut
                 lengths = [len(row) for row in ids]
+                if counts is not None:
+                    counts["tokens"] = counts.get("tokens", 0) + sum(lengths)
                 packing_mode = resolve_packing(self, packing, max(lengths))
                 if packing_mode is not None:
                     for plan in plan_packed_batches(lengths, batch_size, packing_mode):
@@ -739,7 +746,10 @@ class EncodeMixin:
                                        normalize=normalize).embeddings)
                     produced.extend(first + i for i in plan)
                     progress.update(len(plan))
-        warn_truncated(truncated, len(texts), config.max_seq_length, stacklevel=3)
+        if counts is None:
+            warn_truncated(truncated, len(texts), config.max_seq_length, stacklevel=3)
+        else:
+            counts["truncated"] = counts.get("truncated", 0) + truncated
         batch_embeddings = torch.cat(chunks)
         inverse = np.empty(len(produced), dtype=np.int64)
         inverse[np.asarray(produced, dtype=np.int64)] = np.arange(len(produced), dtype=np.int64)
