@@ -6,6 +6,7 @@ Shipped with checkpoints (the model's ``forward`` returns this loss), so it impo
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack, contextmanager
 
@@ -106,6 +107,29 @@ def find_ddp_wrapper(module: nn.Module):
     return None
 
 
+def find_fully_sharded_root(module: nn.Module) -> nn.Module | None:
+    """The outermost module sharded by FSDP2's ``fully_shard`` that holds ``module``: the module
+    itself, or a wrapper such as the ``PeftModel`` around it (the Trainer and accelerate shard the
+    model they are given, layers and root, with ``fsdp_version: 2``); None when nothing is sharded.
+    FSDP2 makes no wrapper object: it changes the class of the modules and turns their parameters
+    into DTensors, which is how a sharded model is recognised before the (once per model) search."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")  # not imported: nothing can have been sharded
+    module_class = getattr(fsdp, "FSDPModule", None)
+    if module_class is None:
+        return None
+    if isinstance(module, module_class):
+        return module
+    from torch.distributed.tensor import DTensor
+
+    if not any(isinstance(parameter, DTensor) for parameter in module.parameters()):
+        return None
+    import gc
+
+    roots = [candidate for candidate in gc.get_objects()
+             if isinstance(candidate, module_class) and any(inner is module for inner in candidate.modules())]
+    return max(roots, key=lambda root: sum(1 for _ in root.modules()), default=None)
+
+
 def all_reduce_gradients(parameters) -> None:
     """Average ``.grad`` over ranks, as DDP's reducer would have."""
     world, _ = distributed_world()
@@ -170,6 +194,7 @@ def cached_contrastive_loss(
     mini_batch_size: int,
     after_backward: Callable[[], None] | None = None,
     devices: Iterable[torch.device | str] | None = None,
+    embed_with_graph: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """GradCache (Gao et al. 2021): the loss of the full contrastive batch with the memory of one
     mini-batch.
@@ -185,6 +210,8 @@ def cached_contrastive_loss(
     several GPUs); by default the devices of the inputs. Their generators (and the CPU's) are
     replayed, and the replay leaves the caller's generators as it found them, even when it fails:
     a training step with GradCache advances them exactly as its first pass, the plain forward, does.
+    ``embed_with_graph``: what the second pass calls instead of ``embed`` (FSDP2 needs the model's
+    own ``__call__`` there, since that pass runs outside the forward that unsharded its weights).
     Returns the loss and the (graph-free) query embeddings.
     """
     if devices is None:
@@ -216,7 +243,7 @@ def cached_contrastive_loss(
         with torch.enable_grad():
             for ids, mask, state, grad in plan:
                 with state.replayed():  # the backward too: a recomputing checkpoint may draw
-                    embeddings = embed(ids, mask)
+                    embeddings = (embed_with_graph or embed)(ids, mask)
                     torch.autograd.backward(embeddings, grad.to(embeddings.dtype) * grad_output.to(embeddings.dtype))
         if after_backward is not None:
             after_backward()
@@ -228,5 +255,5 @@ def cached_contrastive_loss(
 
 __all__ = [
     "InfoNCELoss", "all_gather_with_grad", "all_reduce_gradients", "cached_contrastive_loss", "distributed_world",
-    "find_ddp_wrapper",
+    "find_ddp_wrapper", "find_fully_sharded_root",
 ]

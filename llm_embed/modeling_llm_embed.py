@@ -17,6 +17,7 @@ import os
 import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,7 @@ from .contrastive import (
     cached_contrastive_loss,
     distributed_world,
     find_ddp_wrapper,
+    find_fully_sharded_root,
 )
 from .encoding import EncodeMixin
 from .hub import has_saved_file, push_model_to_hub
@@ -238,10 +240,14 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
         loss_fn = InfoNCELoss(config.loss_temperature, config.loss_symmetric, config.loss_gather_across_ranks)
         mini_batch = config.loss_mini_batch_size
         if mini_batch is not None and torch.is_grad_enabled():
+            sharded_root = self._fully_sharded_root()
             loss, queries = cached_contrastive_loss(
                 lambda ids, mask: self.embed(ids, mask), loss_fn, query_inputs, document_inputs, mini_batch,
-                after_backward=self._take_over_ddp_gradient_sync(),
+                after_backward=None if sharded_root is not None else self._take_over_ddp_gradient_sync(),
                 devices={parameter.device for parameter in self.parameters()},  # all of a model split over GPUs
+                # FSDP2 unshards the weights it keeps at the root (embeddings, head) in the root's forward
+                # hooks: the second pass, run from the backward, must go through them again
+                embed_with_graph=None if sharded_root is None else partial(self._embed_through, sharded_root),
             )
             return loss, F.normalize(queries, p=2, dim=-1)
         queries = self.embed(*query_inputs)
@@ -250,11 +256,33 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
 
     # ------------------------------------------------------------------ training support
 
+    def _fully_sharded_root(self) -> nn.Module | None:
+        """The FSDP2 root holding this model (itself, or a ``PeftModel`` around it), found once per
+        model and kept as a weak reference; None when not sharded."""
+        cached = self.__dict__.get("_fsdp_root")
+        root = cached() if cached is not None else None
+        if root is None:
+            root = find_fully_sharded_root(self)
+            if root is not None:
+                self.__dict__["_fsdp_root"] = weakref.ref(root)
+        return root
+
+    @staticmethod
+    def _embed_through(root: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Unnormalised embeddings by calling ``root`` (this model or a wrapper that passes its
+        arguments on), so that its hooks run as in a forward: FSDP2 unshards the root's weights and
+        reduce-scatters their gradients there. FSDP2 reduce-scatters each module's gradient in its
+        post-backward hook and adds it to the sharded gradient, so one backward per mini-batch sums
+        as one backward over the batch would; no gradient synchronisation is taken over as for DDP."""
+        output = root(input_ids=input_ids, attention_mask=attention_mask, normalize=False, return_dict=True)
+        return output.embeddings
+
     def __getstate__(self) -> dict:
         """Pickling (``torch.save(model)``, spawn workers): the cached weak reference to a DDP
         wrapper belongs to this process's training run and cannot be pickled; it is found again."""
         state = dict(super().__getstate__())
         state.pop("_ddp_wrapper", None)
+        state.pop("_fsdp_root", None)
         return state
 
     def _take_over_ddp_gradient_sync(self):
@@ -272,7 +300,8 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
             if ddp is None:
                 raise ValueError(
                     "loss_mini_batch_size (GradCache) under distributed training needs the model wrapped in "
-                    "DistributedDataParallel (as the Trainer and accelerate do)."
+                    "DistributedDataParallel or sharded with FSDP2's fully_shard (as the Trainer and accelerate "
+                    "do; with --fsdp pass fsdp_version 2 in --fsdp_config: FSDP1 expects one backward per forward)."
                 )
             self.__dict__["_ddp_wrapper"] = weakref.ref(ddp)
         synchronise = ddp.require_backward_grad_sync  # False inside no_sync (gradient accumulation)

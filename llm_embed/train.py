@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
+from .contrastive import find_fully_sharded_root
 from .data import ContrastiveDataCollator, TripletDataset
 from .modeling_llm_embed import LLMEmbeddingModel
 from .optimization import EmbeddingTrainer, check_head_learning_rate
@@ -139,21 +140,67 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
         data_collator=collator,
         processing_class=tokenizer,
     )
+    check_engine_applied(trainer, training_args)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     if eval_data is not None:
         logger.info("eval: %s", trainer.evaluate())
     output_dir = training_args.output_dir
+    model = unsharded_model(trainer, model_args, config_options or {})  # every rank: gathering is collective
     if trainer.is_world_process_zero():
         if model_args.lora:
             from .lora import merge_lora
 
             model.save_pretrained(os.path.join(output_dir, "adapter"))
             merge_lora(model).save_pretrained(output_dir)
-        else:
+        elif model is trainer.model:
             trainer.save_model(output_dir)
+        else:  # the gathered copy of a sharded run (it saves its tokenizer too)
+            model.save_pretrained(output_dir)
         trainer.save_state()  # trainer_state.json: the log history (losses) beside the model
         logger.info("saved the trained model to %s (loads with AutoModel.from_pretrained)", output_dir)
     return output_dir
+
+
+def check_engine_applied(trainer, training_args: TrainingArguments) -> None:
+    """Refuse a run whose sharding engine was asked for but not applied. accelerate applies FSDP
+    only to accelerator processes and DeepSpeed only without ``--use_cpu``; elsewhere it goes on
+    as plain DDP without a word, and a user would train (and size memory) unsharded unknowingly."""
+    if training_args.fsdp and not trainer.is_fsdp_enabled:
+        raise ValueError(
+            "--fsdp was given but accelerate did not apply FSDP: it shards only GPU (or other accelerator) processes "
+            f"and this run is {trainer.accelerator.distributed_type}. Drop --fsdp to train with DDP, or run on GPUs."
+        )
+    if training_args.deepspeed and not trainer.is_deepspeed_enabled:
+        raise ValueError(
+            "--deepspeed was given but accelerate did not apply DeepSpeed (it refuses it with --use_cpu; see "
+            f"docs/training.md); this run is {trainer.accelerator.distributed_type}. Drop --deepspeed or run on GPUs."
+        )
+
+
+def unsharded_model(trainer, model_args: ModelArguments, config_options: dict):
+    """The trained model as one process holds it, ready for ``save_pretrained``. Under FSDP or
+    DeepSpeed each rank holds a shard: every rank takes part in gathering the full weights, and rank 0
+    loads them into a fresh copy of the model (LoRA-wrapped like the trained one) so that the saving
+    code (adapters, merge, safetensors, remote code) is the one of a single-process run. Other ranks
+    get None. Without sharding: the trained model itself."""
+    if find_fully_sharded_root(trainer.model) is not None:  # FSDP2, however it was applied: torch's own gathering
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)  # full tensors on rank 0 only
+        state_dict = get_model_state_dict(trainer.model, options=options)
+    elif trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+    else:
+        return trainer.model
+    if not trainer.is_world_process_zero():
+        return None
+    model = build_model(model_args, config_options)
+    if model_args.lora:
+        from .lora import apply_lora
+
+        model = apply_lora(model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout)
+    model.load_state_dict(state_dict, strict=True)
+    return model
 
 
 SAVE_OPTIONS = ("--save_strategy", "--save_steps")

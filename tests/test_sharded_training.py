@@ -1,0 +1,93 @@
+"""Sharded training on 2 CPU processes (gloo) under torchrun: FSDP2 steps equal one unsharded
+process; the Trainer's FSDP2 (through accelerate) trains and saves what DDP trains and saves,
+with GradCache and LoRA; ``--fsdp`` is refused where accelerate would silently not shard."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from transformers import AutoModel
+
+from .conftest import triplet_rows
+from .test_distributed import ROOT, torchrun
+
+
+@pytest.mark.parametrize("mode", ["plain", "gradcache"])
+def test_fsdp2_steps_equal_one_process(tmp_path, mode):
+    """Two SGD steps; tolerance 1e-5 on each step's loss and on every updated weight (fp32)."""
+    out = tmp_path / "result.json"
+    torchrun([str(ROOT / "tests" / "fsdp_step.py"), str(out), mode], tmp_path)
+    result = json.loads(out.read_text())
+    assert result["mode"] == mode and result["world"] == 2
+    assert result["sharded_layers"] == result["layers"] > 1 and result["parameters_compared"] > 30
+    assert result["embedding_rows_on_rank0"] * 2 == result["embedding_rows"]  # really sharded, not replicated
+    for loss, reference in zip(result["losses"], result["reference_losses"], strict=True):
+        assert abs(loss - reference) < 1e-5, result
+    assert result["losses"][1] < result["losses"][0]  # the steps train
+    assert result["max_weight_difference"] < 1e-5, result
+    assert result["max_weight_change"] > 1e-2  # the comparison is not between unchanged weights
+
+
+def train_run(backbone, data, out, tmp_path, extra, wrapper=None):
+    args = ["--backbone", str(backbone), "--train_file", str(data), "--output_dir", str(out), "--max_steps", "2",
+            "--per_device_train_batch_size", "4", "--dataloader_drop_last", "--use_cpu", "--ddp_backend", "gloo",
+            "--report_to", "none", "--max_seq_length", "32", "--logging_steps", "1", "--optim", "sgd",
+            "--learning_rate", "0.05", *extra]
+    torchrun([str(wrapper), *args] if wrapper else ["-m", "llm_embed.train", *args], tmp_path)
+    log = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    return AutoModel.from_pretrained(out), [entry["loss"] for entry in log if "loss" in entry]
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_trainer_fsdp2_trains_and_saves_what_ddp_does(tiny_backbone_dir, tmp_path, monkeypatch, lora):
+    """The same 2 steps through ``llm_embed.train``: FSDP2 (auto-wrapped layers, GradCache mini-batches
+    of 2) and DDP (plain loss) save models that load through AutoModel with equal weights."""
+    extra = []
+    if lora:
+        pytest.importorskip("peft")
+        extra = ["--lora", "--lora_dropout", "0"]  # dropout draws differ between GradCache and the plain loss
+    data = tmp_path / "rows.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in triplet_rows(32)) + "\n")
+    probe = tmp_path / "probe.json"
+    monkeypatch.setenv("FSDP_PROBE", str(probe))
+    fsdp_model, fsdp_losses = train_run(
+        tiny_backbone_dir, data, tmp_path / "fsdp", tmp_path,
+        [*extra, "--fsdp", "full_shard auto_wrap", "--fsdp_config", '{"fsdp_version": 2}',
+         "--loss_mini_batch_size", "2"],
+        wrapper=ROOT / "tests" / "fsdp_trainer.py",
+    )
+    ddp_model, ddp_losses = train_run(tiny_backbone_dir, data, tmp_path / "ddp", tmp_path, extra)
+
+    sharding = json.loads(probe.read_text())
+    assert sharding["fsdp_enabled"]
+    assert sharding["root"] == ("FSDPPeftModel" if lora else "FSDPLLMEmbeddingModel")  # FSDP2 renames the class
+    assert "FSDPLlamaDecoderLayer" in sharding["sharded_modules"]  # auto-wrapped from the model's _no_split_modules
+    assert len(fsdp_losses) == 2 and fsdp_losses == pytest.approx(ddp_losses, abs=1e-5)
+    initial = AutoModel.from_pretrained(tiny_backbone_dir).state_dict()
+    fsdp_weights, ddp_weights = fsdp_model.state_dict(), ddp_model.state_dict()
+    assert fsdp_weights.keys() == ddp_weights.keys()
+    assert max(float((fsdp_weights[k] - ddp_weights[k]).abs().max()) for k in ddp_weights) < 1e-5
+    moved = max(float((fsdp_weights["backbone." + k] - v).abs().max()) for k, v in initial.items())
+    assert moved > 1e-3  # both trained the backbone (merged LoRA adapters included), not a no-op
+    texts = ["what about the moon?", "a text on the river"]
+    assert abs(fsdp_model.encode(texts) - ddp_model.encode(texts)).max() < 1e-5
+    if lora:
+        assert (tmp_path / "fsdp" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_fsdp_is_refused_where_accelerate_does_not_shard(tiny_backbone_dir, tmp_path):
+    """On CPU processes accelerate leaves FSDP out and the Trainer would run DDP without a word."""
+    data = tmp_path / "rows.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in triplet_rows(8)) + "\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+               "llm_embed.train", "--backbone", str(tiny_backbone_dir), "--train_file", str(data), "--output_dir",
+               str(tmp_path / "out"), "--max_steps", "1", "--use_cpu", "--ddp_backend", "gloo", "--report_to", "none",
+               "--dataloader_drop_last", "--fsdp", "full_shard auto_wrap", "--fsdp_config", '{"fsdp_version": 2}']
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode != 0
+    assert "--fsdp was given but accelerate did not apply FSDP" in result.stdout + result.stderr
+    assert not (tmp_path / "out" / "model.safetensors").exists()
