@@ -364,6 +364,19 @@ class LLMEmbeddingConfig(PreTrainedConfig):
         return self.backbone_config.hidden_size
 
     @property
+    def hidden_size(self) -> int:
+        """The backbone's hidden size, under the name tools read from ``model.config`` (DeepSpeed's
+        "auto" ZeRO bucket sizes through the Trainer); the size of the vectors is :attr:`embedding_dim`."""
+        return self.backbone_hidden_size
+
+    @hidden_size.setter
+    def hidden_size(self, value) -> None:
+        raise AttributeError(
+            f"hidden_size is the backbone's (backbone_config.hidden_size) and cannot be set to {value!r} here; "
+            "set output_dim for the size of the embeddings."
+        )
+
+    @property
     def backbone_num_layers(self) -> int:
         return self.backbone_config.num_hidden_layers
 

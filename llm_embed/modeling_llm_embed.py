@@ -301,7 +301,9 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
                 raise ValueError(
                     "loss_mini_batch_size (GradCache) under distributed training needs the model wrapped in "
                     "DistributedDataParallel or sharded with FSDP2's fully_shard (as the Trainer and accelerate "
-                    "do; with --fsdp pass fsdp_version 2 in --fsdp_config: FSDP1 expects one backward per forward)."
+                    "do; with --fsdp pass fsdp_version 2 in --fsdp_config: FSDP1 expects one backward per forward). "
+                    "DeepSpeed ZeRO cannot run it: ZeRO reduces each gradient once per backward, GradCache "
+                    "back-propagates once per mini-batch."
                 )
             self.__dict__["_ddp_wrapper"] = weakref.ref(ddp)
         synchronise = ddp.require_backward_grad_sync  # False inside no_sync (gradient accumulation)

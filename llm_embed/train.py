@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser, TrainingArguments, set_seed
@@ -175,6 +176,18 @@ def check_engine_applied(trainer, training_args: TrainingArguments) -> None:
             "--deepspeed was given but accelerate did not apply DeepSpeed (it refuses it with --use_cpu; see "
             f"docs/training.md); this run is {trainer.accelerator.distributed_type}. Drop --deepspeed or run on GPUs."
         )
+    if training_args.deepspeed:
+        import torch.distributed as dist
+
+        started = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        if trainer.accelerator.num_processes != started:
+            # on CPU processes accelerate starts DeepSpeed's process group but counts one process: every
+            # rank would read the whole data set and the batch sizes would not add up
+            raise ValueError(
+                f"--deepspeed: {started} processes were started but accelerate counts "
+                f"{trainer.accelerator.num_processes}; accelerate runs DeepSpeed across processes only on GPUs "
+                "(see docs/training.md). Run on GPUs, or use one process, or drop --deepspeed for DDP."
+            )
 
 
 def unsharded_model(trainer, model_args: ModelArguments, config_options: dict):
@@ -194,13 +207,32 @@ def unsharded_model(trainer, model_args: ModelArguments, config_options: dict):
         return trainer.model
     if not trainer.is_world_process_zero():
         return None
-    model = build_model(model_args, config_options)
-    if model_args.lora:
-        from .lora import apply_lora
+    with outside_zero3_init():
+        model = build_model(model_args, config_options)
+        if model_args.lora:
+            from .lora import apply_lora
 
-        model = apply_lora(model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout)
+            model = apply_lora(model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout)
     model.load_state_dict(state_dict, strict=True)
     return model
+
+
+@contextmanager
+def outside_zero3_init():
+    """Inside: models are built with whole weights even though a DeepSpeed ZeRO-3 run is configured.
+    transformers builds every model under ``deepspeed.zero.Init`` (weights partitioned over the
+    ranks, empty on each) while the Trainer's ZeRO-3 config is registered; the copy that receives
+    the gathered weights must be an ordinary one."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    registered = hf_deepspeed._hf_deepspeed_config_weak_ref  # set by the Trainer; no public getter
+    config = registered() if registered is not None else None
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        if config is not None:
+            hf_deepspeed.set_hf_deepspeed_config(config)
 
 
 SAVE_OPTIONS = ("--save_strategy", "--save_steps")

@@ -91,3 +91,89 @@ def test_fsdp_is_refused_where_accelerate_does_not_shard(tiny_backbone_dir, tmp_
     assert result.returncode != 0
     assert "--fsdp was given but accelerate did not apply FSDP" in result.stdout + result.stderr
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+# ------------------------------------------------------------------ DeepSpeed (CPU accelerator, gloo)
+
+CONFIGS = ROOT / "examples" / "configs"
+
+
+@pytest.mark.parametrize("stage", ["2", "3"])
+def test_deepspeed_zero_steps_equal_one_process(tmp_path, stage):
+    """The DeepSpeed engine itself over 2 CPU ranks: losses and the saved, reloaded weights within 1e-5."""
+    pytest.importorskip("deepspeed")
+    out = tmp_path / "result.json"
+    torchrun([str(ROOT / "tests" / "deepspeed_step.py"), str(out), stage], tmp_path)
+    result = json.loads(out.read_text())
+    assert result["world"] == 2 and result["accelerator"] == "cpu" and result["parameters_compared"] > 30
+    if stage == "3":
+        assert result["rank0_partition_fraction"] == pytest.approx(0.5, abs=0.01)  # each rank holds half
+    for loss, reference in zip(result["losses"], result["reference_losses"], strict=True):
+        assert abs(loss - reference) < 1e-5, result
+    assert result["max_weight_difference"] < 1e-5, result
+    assert result["max_weight_change"] > 1e-2
+
+
+def test_gradcache_under_deepspeed_is_refused(tmp_path):
+    pytest.importorskip("deepspeed")
+    out = tmp_path / "result.json"
+    torchrun([str(ROOT / "tests" / "deepspeed_step.py"), str(out), "2", "gradcache"], tmp_path)
+    assert "DeepSpeed ZeRO cannot run it" in json.loads(out.read_text())["error"]
+
+
+def single_process_run(backbone, data, out, tmp_path, extra):
+    """``llm_embed.train`` as one torchrun process (LOCAL_RANK set, as accelerate's DeepSpeed path wants)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+               "-m", "llm_embed.train", "--backbone", str(backbone), "--train_file", str(data), "--output_dir",
+               str(out), "--max_steps", "2", "--per_device_train_batch_size", "4", "--report_to", "none",
+               "--max_seq_length", "32", "--logging_steps", "1", "--optim", "sgd", "--learning_rate", "0.05", *extra]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    log = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    return AutoModel.from_pretrained(out), [entry["loss"] for entry in log if "loss" in entry]
+
+
+@pytest.mark.parametrize("config", ["deepspeed_zero2.json", "deepspeed_zero3.json"])
+def test_trainer_deepspeed_with_the_shipped_configs(tiny_backbone_dir, tmp_path, config):
+    """The shipped configs ("auto" values filled by the Trainer, ZeRO-3 bucket sizes from the
+    backbone's hidden size) run through llm-embed-train and save the weights a plain run saves."""
+    pytest.importorskip("deepspeed")
+    data = tmp_path / "rows.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in triplet_rows(16)) + "\n")
+    sharded, sharded_losses = single_process_run(tiny_backbone_dir, data, tmp_path / "ds", tmp_path,
+                                                 ["--deepspeed", str(CONFIGS / config)])
+    plain, plain_losses = single_process_run(tiny_backbone_dir, data, tmp_path / "plain", tmp_path, [])
+    assert len(sharded_losses) == 2 and sharded_losses == pytest.approx(plain_losses, abs=1e-5)
+    weights, reference = sharded.state_dict(), plain.state_dict()
+    assert max(float((weights[k] - reference[k]).abs().max()) for k in reference) < 1e-5
+    initial = AutoModel.from_pretrained(tiny_backbone_dir).state_dict()
+    assert max(float((weights["backbone." + k] - v).abs().max()) for k, v in initial.items()) > 1e-3
+
+
+def test_deepspeed_on_cpu_processes_is_refused(tiny_backbone_dir, tmp_path):
+    """accelerate starts DeepSpeed's process group on CPU ranks but counts one process (unsplit data)."""
+    pytest.importorskip("deepspeed")
+    data = tmp_path / "rows.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in triplet_rows(8)) + "\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+               "llm_embed.train", "--backbone", str(tiny_backbone_dir), "--train_file", str(data), "--output_dir",
+               str(tmp_path / "out"), "--max_steps", "1", "--report_to", "none", "--dataloader_drop_last",
+               "--deepspeed", str(CONFIGS / "deepspeed_zero2.json")]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode != 0
+    assert "2 processes were started but accelerate counts 1" in result.stdout + result.stderr
+
+
+def test_fsdp2_config_is_accepted_by_training_arguments(tmp_path):
+    """The shipped FSDP2 config parses into the accelerate plugin the Trainer would build."""
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(output_dir=str(tmp_path), fsdp="full_shard auto_wrap",
+                             fsdp_config=str(CONFIGS / "fsdp2.json"), report_to="none")
+    assert args.fsdp_plugin_args["fsdp_version"] == 2
+    assert args.fsdp_plugin_args["auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"  # layers from _no_split_modules
+    assert args.fsdp_config["state_dict_type"] == "FULL_STATE_DICT"
