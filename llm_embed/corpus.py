@@ -497,13 +497,10 @@ def wait_for_shards(output_dir: Path, expected: list[tuple[int, str]], dimension
     """Rank 0: wait until every shard file exists (the other ranks write theirs), check each against
     the input (rows, ids) and return the manifest's records (file, rows, sha256). Polls the folder, so
     no process group is needed; with one initialised (torch.distributed), waits at a barrier first."""
-    try:
-        import torch.distributed as dist
+    import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()
-    except ImportError:
-        pass
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
     paths = [output_dir / shard_name(index) for index in range(len(expected))]
     deadline = time.monotonic() + timeout
     while True:

@@ -252,6 +252,22 @@ def test_two_processes_write_what_one_does(model_dir, reference, tmp_path):
     assert leftovers(out) == []
 
 
+def test_torchrun_two_processes_write_what_one_does(model_dir, reference, tmp_path):
+    """The launch users type: torchrun sets RANK / WORLD_SIZE / LOCAL_RANK for each process."""
+    corpus, reference_dir = reference
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "llm_embed.corpus",
+               *arguments(model_dir, [corpus], out, "--shard-size", str(SHARD_SIZE), "--wait-timeout", "300")]
+    result = subprocess.run(command, env=subprocess_env(), cwd=tmp_path, stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rank 0/2: " in result.stdout and "rank 1/2: " in result.stdout
+    assert shard_files(out) == shard_files(reference_dir)
+    assert json.loads((out / MANIFEST).read_text()) == json.loads((reference_dir / MANIFEST).read_text())
+    assert leftovers(out) == []
+
+
 def test_manifest_checksums_and_corruption(reference, tmp_path):
     _, reference_dir = reference
     manifest = json.loads((reference_dir / MANIFEST).read_text())
