@@ -23,18 +23,25 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def run(model: Path, corpus: Path, output: Path, world_size: int, threads: int, batch_size: int) -> dict:
+def run(model: Path, corpus: Path, output: Path, world_size: int, threads: int, batch_size: int,
+        device: str = "cpu", dtype: str = "float32") -> dict:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": str(threads),
            "MKL_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false", "WORLD_SIZE": str(world_size)}
-    command = [sys.executable, "-m", "llm_embed.corpus", str(model), str(corpus), "--output-dir", str(output),
-               "--id-field", "_id", "--title-field", "title", "--prompt-name", "document", "--shard-size", "16",
-               "--batch-size", str(batch_size), "--device", "cpu"]
+    gpus = max(1, torch.cuda.device_count()) if device == "cuda" else 1
+
+    def command(rank: int) -> list[str]:
+        return [sys.executable, "-m", "llm_embed.corpus", str(model), str(corpus), "--output-dir", str(output),
+                "--id-field", "_id", "--title-field", "title", "--prompt-name", "document", "--shard-size", "16",
+                "--batch-size", str(batch_size), "--dtype", dtype,
+                "--device", f"cuda:{rank % gpus}" if device == "cuda" else device]
+
     start = time.perf_counter()
-    processes = [subprocess.Popen(command, env={**env, "RANK": str(rank)}, stdout=subprocess.PIPE,
+    processes = [subprocess.Popen(command(rank), env={**env, "RANK": str(rank)}, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True) for rank in range(world_size)]
     outputs = [process.communicate() for process in processes]
     seconds = time.perf_counter() - start
@@ -53,6 +60,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (process r on GPU r %% GPUs)")
+    parser.add_argument("--dtype", default="float32", help="float32 on CPU; bfloat16 on a GPU")
     args = parser.parse_args(argv)
     from llm_embed import LLMEmbeddingModel
     from llm_embed.bundled import smollm2_backbone_path
@@ -68,10 +77,10 @@ def main(argv=None) -> dict:
             lines = [line for _, line in zip(range(args.docs), handle)]
         corpus = scratch / "corpus.jsonl"
         corpus.write_text("".join(lines), encoding="utf-8")
-        one = run(scratch / "model", corpus, scratch / "one", 1, cores, args.batch_size)
+        one = run(scratch / "model", corpus, scratch / "one", 1, cores, args.batch_size, args.device, args.dtype)
         print(f"1 process x {cores} threads: {one}", flush=True)
         many = run(scratch / "model", corpus, scratch / "many", args.processes, max(1, cores // args.processes),
-                   args.batch_size)
+                   args.batch_size, args.device, args.dtype)
         print(f"{args.processes} processes: {many}", flush=True)
         ids_one, vectors_one = load_shards(scratch / "one")
         ids_many, vectors_many = load_shards(scratch / "many")
@@ -79,6 +88,7 @@ def main(argv=None) -> dict:
         difference = float(np.abs(vectors_one - vectors_many).max())
     result = {"command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
               "machine": f"{platform.processor() or platform.machine()}, {cores} CPUs", "docs": args.docs,
+              "device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu", "dtype": args.dtype,
               "one_process": one, "several_processes": many,
               "speedup": round(many["tokens_per_s"] / one["tokens_per_s"], 3), "max_abs_difference": difference}
     print(json.dumps(result, indent=2))
