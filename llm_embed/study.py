@@ -11,6 +11,14 @@ seed and budget, evaluates each on every task, and writes to ``--output-dir``:
 - ``results.md``: tables by task category and per task, the tests, the claims' verdicts;
 - ``designs.png``: the designs side by side per category (needs matplotlib).
 
+The tasks are the built-in ones under ``--data-dir`` (``--tasks``) and tasks on your own files
+(``--task KIND:FILES key=value ...``, :mod:`llm_embed.evaluation.task_specs`), scored and tested
+alike. ``--save-models DIR`` keeps each trained design as ``DIR/design{N}_seed{S}``: by default
+the LoRA adapters and trained head (peft's files plus ``llm_embed_base.json``, which names the
+backbone and design; 19-27 MiB for SmolLM2-135M, see docs/evaluation.md), with
+``--save-merged`` (or ``--no-lora``) the whole model; ``llm-embed-evaluate DIR/design5_seed0
+--task ...`` scores either to the study's numbers.
+
 ``--report-only`` rebuilds the three reports from ``runs/`` without training (e.g. on a machine
 with matplotlib after a GPU run made with ``--no-report``). Runs already in ``runs/`` are not
 trained again, so a cut-off study resumes where it stopped. Embedding happens on the training device; scoring (logistic
@@ -41,6 +49,14 @@ from pathlib import Path
 import numpy as np
 
 from .evaluation.significance import compare, holm
+from .evaluation.task_specs import (
+    TASK_SPEC_HELP,
+    TaskSpec,
+    TaskSpecError,
+    build_tasks,
+    check_unique_names,
+    parse_task_specs,
+)
 from .evaluation.tasks import LIMIT_KEYS, TaskResult, default_tasks, parse_task_limit
 
 logger = logging.getLogger(__name__)
@@ -89,8 +105,25 @@ def design_name(design: int) -> str:
 # Training and evaluation
 
 
+def builtin_task_names(args) -> list[str]:
+    """``--tasks`` if given; otherwise all five, or none when ``--task`` names tasks of your own."""
+    if args.tasks is not None:
+        return list(args.tasks)
+    return [] if args.task else list(TASK_NAMES)
+
+
 def task_spec(args) -> dict:
-    return {"data_dir": args.data_dir, "names": list(args.tasks), "limit": args.task_limit}
+    """What the scoring processes rebuild the tasks from (plain, picklable values)."""
+    return {"data_dir": args.data_dir, "names": builtin_task_names(args), "limit": args.task_limit,
+            "own": parse_task_specs(args.task)}
+
+
+def build_study_tasks(spec: dict) -> list:
+    """The built-in tasks, then the own ones, names checked unique (results are keyed by name)."""
+    own: list[TaskSpec] = spec["own"]
+    tasks = (default_tasks(spec["data_dir"], spec["names"], spec["limit"]) if spec["names"] else []) + build_tasks(own)
+    check_unique_names(tasks)
+    return tasks
 
 
 _WORKER_TASKS: dict = {}
@@ -100,7 +133,7 @@ def _init_worker(spec: dict, threads: int) -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(threads)
-    _WORKER_TASKS.update({task.name: task for task in default_tasks(spec["data_dir"], spec["names"], spec["limit"])})
+    _WORKER_TASKS.update({task.name: task for task in build_study_tasks(spec)})
 
 
 def _score_in_worker(task_name: str, embeddings: dict) -> dict:
@@ -164,11 +197,49 @@ def train_design(args, design: int, seed: int, backbone_path, train_data):
     trainer.train()
     train_seconds = time.perf_counter() - start
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    log = {"train_seconds": train_seconds, "losses": losses}
+    saved = Path(args.save_models) / f"design{design}_seed{seed}" if args.save_models else None
+    if saved is not None and args.lora and not args.save_merged:
+        save_lora_design(model, saved, base_description(args, design))
     if args.lora:
         from .lora import merge_lora
 
         model = merge_lora(model)
-    return model, {"train_seconds": train_seconds, "losses": losses}
+    if saved is not None and (args.save_merged or not args.lora):
+        model.save_pretrained(saved)  # atomic (llm_embed.atomic_save); loads through AutoModel
+    if saved is not None:
+        size = sum(f.stat().st_size for f in saved.rglob("*") if f.is_file())
+        logger.info("design %d seed %d saved to %s (%.1f MiB)", design, seed, saved, size / 2**20)
+        log.update(saved_model=str(saved), saved_bytes=size)
+    return model, log
+
+
+def base_description(args, design: int) -> dict:
+    """What :func:`llm_embed.evaluation.runner.load_model` rebuilds a LoRA design's base from: the
+    backbone (None: the bundled SmolLM2-135M; a local folder as an absolute path) and the same
+    ``from_backbone`` arguments as :func:`build_model`."""
+    from .cli import config_kwargs
+
+    backbone = args.backbone
+    if backbone is not None and Path(backbone).exists():
+        backbone = str(Path(backbone).resolve())
+    attention, pooling = DESIGNS[design]
+    return {"backbone": backbone, "attention": attention, "pooling": pooling,
+            "attn_implementation": args.attn_implementation, "config": config_kwargs(args)}
+
+
+def save_lora_design(peft_model, folder: Path, base: dict) -> None:
+    """peft's adapter files (LoRA weights and the trained head, ``modules_to_save``) and the base
+    description, written atomically (:mod:`llm_embed.atomic_save`): a cut-off save leaves no
+    half-written design for a later evaluation to load."""
+    from .atomic_save import save_atomically
+    from .evaluation.runner import LORA_BASE_FILE
+
+    def write(staging: str) -> None:
+        peft_model.save_pretrained(staging)
+        (Path(staging) / LORA_BASE_FILE).write_text(json.dumps(base, indent=1), encoding="utf-8")
+
+    save_atomically(folder, write, replaced_names=("adapter_config.json", "adapter_model.safetensors", LORA_BASE_FILE))
 
 
 def embed_tasks(args, model, tasks) -> tuple[dict, float]:
@@ -207,7 +278,7 @@ def run_study(args) -> dict:
         str(Path(args.data_dir) / "nli_triplets" / f"snli_{split}_triplets.jsonl") for split in ("dev", "test")
     ]
     train_data = read_triplets(train_files, args.max_train_rows)
-    tasks = default_tasks(args.data_dir, list(args.tasks), args.task_limit)
+    tasks = build_study_tasks(task_spec(args))
     logger.info("study: %d training rows, tasks %s, designs %s, seeds %s", len(train_data),
                 [t.name for t in tasks], args.designs, args.seeds)
     executor = ProcessPoolExecutor(args.score_workers, mp_context=get_context("spawn"), initializer=_init_worker,
@@ -230,6 +301,10 @@ def run_study(args) -> dict:
             for design in args.designs:
                 if run_path(output_dir, design, seed).is_file():
                     logger.info("design %d seed %d already done; skipping", design, seed)
+                    if args.save_models and not (Path(args.save_models) / f"design{design}_seed{seed}").is_dir():
+                        logger.warning("design %d seed %d was trained by an earlier run without --save-models, so "
+                                       "it is not saved; delete %s to train and save it again", design, seed,
+                                       run_path(output_dir, design, seed))
                     continue
                 model, log = train_design(args, design, seed, backbone_path, train_data)
                 embedded, embed_seconds = embed_tasks(args, model, tasks)
@@ -463,11 +538,16 @@ def write_reports(args) -> dict:
 DESIGN_OPTIONS = ("attention", "pooling")  # set per design (DESIGNS), not by an option
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the options' help, the epilog (the ``--task`` syntax) as written."""
+
+
 def parse_args(argv: list[str] | None = None):
     from .cli import add_config_arguments
 
     parser = argparse.ArgumentParser(description="Train and compare the paper's five designs on one backbone.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     epilog=TASK_SPEC_HELP.replace("llm-embed-evaluate my-model", "llm-embed-study"),
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--backbone", default=None, help="decoder folder or Hub id (default: bundled SmolLM2-135M)")
     parser.add_argument("--data-dir", default="../shared/data")
     parser.add_argument("--train-files", nargs="+", default=None,
@@ -476,7 +556,10 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--output-dir", default="study_out")
     parser.add_argument("--designs", type=int, nargs="+", default=list(DESIGNS), choices=list(DESIGNS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--tasks", nargs="+", default=list(TASK_NAMES), choices=list(TASK_NAMES))
+    parser.add_argument("--tasks", nargs="+", default=None, choices=list(TASK_NAMES),
+                        help="built-in tasks (files under --data-dir); None: all five, or none with --task")
+    parser.add_argument("--task", action="append", nargs="+", default=None, metavar=("KIND:FILES", "KEY=VALUE"),
+                        help="a task on your own files, repeatable, e.g. --task sts:pairs.csv score=label (below)")
     parser.add_argument("--task-limit", nargs="+", default=None,
                         help="seeded random subsets for quick or CPU-sized runs: one number for every task, or "
                              f"key=number with keys {', '.join(LIMIT_KEYS)}")
@@ -499,6 +582,12 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--eval-batch-size", type=int, default=64)
     parser.add_argument("--score-workers", type=int, default=4, help="CPU processes that score while the GPU trains")
     parser.add_argument("--score-threads", type=int, default=2, help="BLAS/OpenMP threads per scoring process")
+    parser.add_argument("--save-models", default=None, metavar="DIR",
+                        help="keep each trained design as DIR/design{N}_seed{S}: LoRA adapters + head (load with "
+                             "llm-embed-evaluate or load_lora), or the whole model with --save-merged / --no-lora")
+    parser.add_argument("--save-merged", action="store_true",
+                        help="with --save-models: save the merged model (loads through AutoModel; about 525 MiB "
+                             "per design for SmolLM2-135M) instead of the adapters")
     parser.add_argument("--no-plot", action="store_true", help="skip designs.png (e.g. no matplotlib on this machine)")
     parser.add_argument("--no-report", action="store_true", help="train and score only; build reports later")
     parser.add_argument("--report-only", action="store_true", help="rebuild the reports from runs/ without training")
@@ -509,9 +598,12 @@ def parse_args(argv: list[str] | None = None):
         parser.error(f"--head-learning-rate must be > 0, got {args.head_learning_rate}")
     if args.max_steps < 1 or args.batch_size < 2:
         parser.error("--max-steps must be >= 1 and --batch-size >= 2 (in-batch negatives need two queries)")
+    if args.save_merged and not args.save_models:
+        parser.error("--save-merged says how to save the models of --save-models DIR; pass --save-models too")
     try:
         args.task_limit = parse_task_limit(args.task_limit)
-    except ValueError as error:
+        parse_task_specs(args.task)  # a malformed --task is a usage error now, not after training
+    except (ValueError, TaskSpecError) as error:
         parser.error(str(error))
     return args
 

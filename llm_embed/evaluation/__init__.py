@@ -6,10 +6,14 @@
 ``data_dir`` holds the five built-in tasks' files at fixed paths (``tasks.TASK_FILES``; see
 docs/evaluation.md): nothing is downloaded. A ``limit`` too small for a task's metric raises
 :class:`SampleTooSmallError`; a merely noisy one warns (:class:`SmallSampleWarning`) and the reason
-is kept in each result's ``warnings``.
+is kept in each result's ``warnings``. Files of your own: the task classes' ``columns`` and
+``delimiter``, or a command-line spec parsed by :mod:`.task_specs`::
+
+    tasks = [parse_task_spec(["sts:pairs.csv", "score=label"]).build()]
 """
 
-from .runner import evaluate, format_table, main
+from .runner import evaluate, format_table, load_model, main
+from .task_specs import TaskSpec, TaskSpecError, parse_task_spec
 from .tasks import (
     ClassificationTask,
     ClusteringTask,
@@ -33,10 +37,14 @@ __all__ = [
     "SampleTooSmallError",
     "SmallSampleWarning",
     "TaskResult",
+    "TaskSpec",
+    "TaskSpecError",
     "default_tasks",
     "evaluate",
     "format_table",
+    "load_model",
     "main",
     "ndcg_at_k",
+    "parse_task_spec",
     "recall_at_k",
 ]

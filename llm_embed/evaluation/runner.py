@@ -1,8 +1,13 @@
 """Run tasks on a model, print a table, write JSON with per-item scores: ``llm-embed-evaluate``.
 
     llm-embed-evaluate path/to/model --data-dir ../shared/data --tasks stsb sick scifact --output results.json
+    llm-embed-evaluate path/to/model --task sts:pairs.csv score=label --task classification:train.csv,test.csv
 
-(``.venv/bin/llm-embed-evaluate`` unless the virtualenv is activated.)
+(``.venv/bin/llm-embed-evaluate`` unless the virtualenv is activated.) Built-in tasks (``--tasks``,
+files at fixed paths under ``--data-dir``) and tasks on your own files (``--task``, parsed by
+:mod:`.task_specs`) run in one report. The model is a saved llm_embed folder or Hub id (loaded with
+``AutoModel``) or a LoRA artifact saved by ``llm-embed-study --save-models`` (adapters + head and
+:data:`LORA_BASE_FILE`, which names the backbone and design to rebuild: see :func:`load_model`).
 """
 
 from __future__ import annotations
@@ -16,9 +21,14 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .task_specs import TASK_SPEC_HELP, TaskSpecError, build_tasks, check_unique_names, parse_task_specs
 from .tasks import LIMIT_KEYS, TASK_FILES, SmallSampleWarning, TaskResult, default_tasks, parse_task_limit
 
-__all__ = ["cli", "evaluate", "format_table", "main"]
+__all__ = ["LORA_BASE_FILE", "cli", "evaluate", "format_table", "load_model", "main"]
+
+#: in a LoRA artifact folder (``llm-embed-study --save-models``), beside peft's adapter files: the
+#: backbone and design the adapters were trained on, which :func:`load_model` rebuilds them onto
+LORA_BASE_FILE = "llm_embed_base.json"
 
 DATA_HELP = """\
 The data folder (--data-dir) holds one folder per task, at fixed paths. Nothing is downloaded:
@@ -39,6 +49,39 @@ warned about when the score is merely noisy); see docs/evaluation.md.
 def data_layout() -> str:
     return "\n".join(f"  {name:<14} {', '.join(files)}\n  {'':<14} from: {source}"
                      for name, (files, source) in TASK_FILES.items())
+
+
+def load_model(name_or_path, backbone: str | None = None):
+    """The model to evaluate: a saved llm_embed model (folder or Hub id) through ``AutoModel``, or a
+    LoRA artifact (adapters + trained head, :data:`LORA_BASE_FILE`) as a plain model with the
+    adapters merged, exactly as the study scored it: the base is rebuilt with
+    ``LLMEmbeddingModel.from_backbone`` from the recorded backbone and design (``backbone``
+    overrides where the decoder is, e.g. on another machine), the adapters put on with
+    :func:`~llm_embed.lora.load_lora` and merged with :func:`~llm_embed.lora.merge_lora`."""
+    folder = Path(name_or_path)
+    if (folder / LORA_BASE_FILE).is_file():
+        from ..lora import load_lora, merge_lora
+        from ..modeling_llm_embed import LLMEmbeddingModel
+
+        base = json.loads((folder / LORA_BASE_FILE).read_text(encoding="utf-8"))
+        decoder = backbone or base["backbone"]
+        if decoder is None:  # the study's default: the bundled SmolLM2-135M
+            from ..bundled import smollm2_backbone_path
+
+            decoder = smollm2_backbone_path()
+        model = LLMEmbeddingModel.from_backbone(decoder, base["attention"], base["pooling"],
+                                                attn_implementation=base["attn_implementation"], **base["config"])
+        return merge_lora(load_lora(model, str(folder))).eval()
+    if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+        raise ValueError(f"{name_or_path} holds LoRA adapters but no {LORA_BASE_FILE} naming the backbone and design "
+                         "they were trained on; load them in Python with load_lora(LLMEmbeddingModel.from_backbone("
+                         "decoder, attention=..., pooling=...), folder) (docs/training.md), or evaluate the merged "
+                         "model")
+    from transformers import AutoModel
+
+    import llm_embed  # noqa: F401  (registers the Auto classes)
+
+    return AutoModel.from_pretrained(name_or_path)
 
 
 def evaluate(model, tasks, batch_size: int = 32, show_progress_bar: bool = True) -> list[TaskResult]:
@@ -68,19 +111,29 @@ def main(argv: list[str] | None = None) -> list[TaskResult]:
     The console command runs :func:`cli`, which turns this into an exit status."""
     parser = argparse.ArgumentParser(
         description="Evaluate a saved llm_embed model on local data files: STS-B and SICK (STS),\n"
-                    "SciFact (retrieval), Banking77 (classification), StackOverflow (clustering).",
-        epilog=DATA_HELP.format(layout=data_layout()), formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="saved model folder or Hub id (loaded with AutoModel)")
+                    "SciFact (retrieval), Banking77 (classification), StackOverflow (clustering),\n"
+                    "and tasks on your own CSV/TSV/JSONL files (--task).",
+        epilog=DATA_HELP.format(layout=data_layout()) + "\n" + TASK_SPEC_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="saved model folder or Hub id (loaded with AutoModel), or a LoRA artifact of "
+                                      f"llm-embed-study --save-models (adapters + head + {LORA_BASE_FILE})")
     parser.add_argument("--data-dir", default="../shared/data",
                         help="folder holding the task files (layout below); a relative path is taken from the "
                              "current folder (default: %(default)s, the project's shared data when run from the "
                              "repository root)")
     parser.add_argument("--tasks", nargs="+", default=None, choices=list(TASK_FILES), metavar="TASK",
-                        help=f"tasks to run, among {' '.join(TASK_FILES)} (default: all five)")
+                        help=f"built-in tasks to run, among {' '.join(TASK_FILES)} (default: all five); with --task, "
+                             "only those named here")
+    parser.add_argument("--task", action="append", nargs="+", default=None, metavar=("KIND:FILES", "KEY=VALUE"),
+                        help="a task on your own files, repeatable: e.g. --task sts:pairs.csv score=label "
+                             "(kinds, files and keys below)")
     parser.add_argument("--limit", nargs="+", default=None,
                         help="seeded random subsets for a quick run: one number for every task (SciFact's corpus and "
                              "Banking77's training set at ten times it), key=number pairs (only the keys named), or a "
                              f"number then key=number pairs; keys: {', '.join(LIMIT_KEYS)} (default: whole test sets)")
+    parser.add_argument("--backbone", default=None,
+                        help=f"for a LoRA artifact: the decoder its adapters were trained on (default: the one its "
+                             f"{LORA_BASE_FILE} names)")
     parser.add_argument("--batch-size", type=int, default=32, help="texts per encode batch (default: %(default)s)")
     parser.add_argument("--output", default=None,
                         help="JSON file for scores and per-item scores (default: none, the table only)")
@@ -88,10 +141,12 @@ def main(argv: list[str] | None = None) -> list[TaskResult]:
     args = parser.parse_args(argv)
     try:
         args.limit = parse_task_limit(args.limit)
-    except ValueError as error:
+        specs = parse_task_specs(args.task)
+    except (ValueError, TaskSpecError) as error:
         parser.error(str(error))
+    builtin = args.tasks if args.tasks is not None else ([] if specs else list(TASK_FILES))
 
-    if not Path(args.data_dir).is_dir():
+    if builtin and not Path(args.data_dir).is_dir():
         parser.error(f"--data-dir {args.data_dir}: no such folder (looked at {Path(args.data_dir).resolve()}, "
                      f"relative to the current folder {Path.cwd()}); pass the folder that holds the task data "
                      "(stsb/, sick/, scifact/, banking77/, clustering_stackoverflow/: see --help; nothing is "
@@ -103,23 +158,21 @@ def main(argv: list[str] | None = None) -> list[TaskResult]:
     # model loads; small-subset warnings are printed now and again under the table
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SmallSampleWarning)
-        tasks = default_tasks(args.data_dir, args.tasks, args.limit)
+        tasks = (default_tasks(args.data_dir, builtin, args.limit) if builtin else []) + build_tasks(specs)
+    check_unique_names(tasks)
     for warning in caught:
         if issubclass(warning.category, SmallSampleWarning):
             print(f"{parser.prog}: warning: {warning.message}", file=sys.stderr, flush=True)
         else:
             warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
 
-    from transformers import AutoModel
-
-    import llm_embed  # noqa: F401  (registers the Auto classes)
-
-    model = AutoModel.from_pretrained(args.model)
+    model = load_model(args.model, args.backbone)
     results = evaluate(model, tasks, args.batch_size, show_progress_bar=not args.no_progress)
     print(format_table(results))
     if args.output:
         with open(args.output, "w", encoding="utf-8") as handle:
-            json.dump({"model": args.model, "limit": args.limit, "results": [r.to_dict() for r in results]}, handle)
+            json.dump({"model": args.model, "limit": args.limit, "tasks": [spec.text for spec in specs],
+                       "results": [r.to_dict() for r in results]}, handle)
     return results
 
 

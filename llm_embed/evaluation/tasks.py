@@ -10,6 +10,12 @@ queries get the ``query`` instruction, documents the ``document`` prompt; symmet
 classification, clustering) use ``prompt_name`` (default: none, i.e. the model's default).
 scikit-learn and scipy are needed (``pip install llm-embed[evaluation]``).
 
+Every CSV, TSV and JSONL file, built-in or your own, is read by :func:`read_records`: one reader,
+so that a column renamed, a delimiter changed or a field missing is handled (and named, with the
+file and the line) the same way everywhere. The task classes take ``columns`` (role -> column or
+JSON field name) and ``delimiter`` for files of your own; without them they read the built-in
+layouts. :mod:`.task_specs` builds them from command-line specs (``--task sts:pairs.csv ...``).
+
 Small subsets (``limit``) are checked when a task is built, before any model runs: a subset on
 which the metric cannot mean anything raises :class:`SampleTooSmallError` (a ``ValueError``); one
 on which it is merely noisy or biased emits a :class:`SmallSampleWarning` and the reason is kept in
@@ -38,7 +44,7 @@ import importlib
 import json
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +69,8 @@ __all__ = [
     "ndcg_at_k",
     "parse_task_limit",
     "read_labelled_csv",
+    "read_pairs",
+    "read_records",
     "read_sick",
     "read_stsb",
     "recall_at_k",
@@ -146,20 +154,158 @@ def seeded_subset(rows: list, limit: int | None, seed: int = 0) -> list:
     return [rows[i] for i in keep]
 
 
+#: the delimiter of a table file, from its name, when none is given; JSONL_SUFFIXES are JSON lines
+SUFFIX_DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+
+
+def file_format(path, delimiter: str | None) -> str | None:
+    """The delimiter of a table file, or None for JSON lines: ``delimiter`` if given, else from the
+    file's suffix (``.csv``, ``.tsv``/``.tab``, ``.jsonl``/``.ndjson``)."""
+    if delimiter is not None:
+        if len(delimiter) != 1:
+            raise ValueError(f"{path}: delimiter must be one character, got {delimiter!r}")
+        return delimiter
+    suffix = Path(path).suffix.lower()
+    if suffix in JSONL_SUFFIXES:
+        return None
+    if suffix in SUFFIX_DELIMITERS:
+        return SUFFIX_DELIMITERS[suffix]
+    raise ValueError(f"{path}: cannot tell its format from the name; name it .csv, .tsv or .jsonl (one JSON object a "
+                     "line), or pass the delimiter of a table with a header (e.g. delimiter=tab)")
+
+
+def _where(path, line: int) -> str:
+    return f"{path}:{line}"
+
+
+def read_records(path, columns: Mapping[str, str | int], *, delimiter: str | None = None, header: bool = True,
+                 quoting: int = csv.QUOTE_MINIMAL, optional: Collection[str] = (),
+                 convert: Mapping[str, Callable[[str], object]] | None = None) -> list[dict]:
+    """Rows of a CSV/TSV file with a header row, or of a JSONL file, as dicts role -> value.
+
+    ``columns`` maps each role the task needs (``score``, ``text``, ...) to its column (header
+    name, or 0-based index when ``header=False``) or JSON field. The format comes from
+    ``delimiter`` or the suffix (:func:`file_format`). ``optional`` roles missing from a file read as
+    ``""`` (a corpus without titles). ``convert`` turns a role's text into a value (``float`` for
+    a score). Every problem is a ``ValueError`` naming the file, the line, what is missing and
+    which ``role=<column>`` to pass, since a renamed column is the usual cause."""
+    delimiter = file_format(path, delimiter)
+    convert = convert or {}
+    rows: list[dict] = []
+    with open(path, encoding="utf-8", newline="" if delimiter is not None else None) as handle:
+        if delimiter is None:
+            for line, raw in enumerate(handle, 1):
+                if raw.strip():
+                    rows.append(_json_record(path, line, raw, columns, optional, convert))
+            return rows
+        reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
+        index: dict[str, int] = {}
+        names: list[str] = []
+        if header:
+            names = next(reader, [])
+            if not names:
+                raise ValueError(f"{_where(path, 1)}: no header row (the file is empty); a table starts with a row of "
+                                 f"column names, here {', '.join(map(str, columns.values()))}")
+            index = _header_index(path, reader.line_num or 1, names, columns, optional, delimiter)
+        else:
+            index = {role: int(column) for role, column in columns.items()}
+        for cells in reader:
+            if not cells:
+                continue
+            line = reader.line_num
+            record = {}
+            for role, position in index.items():
+                if position >= len(cells):
+                    what = f"column {names[position]!r}" if names else f"column {position + 1}"
+                    raise ValueError(f"{_where(path, line)}: only {len(cells)} cells, no {what} for {role}; check the "
+                                     f"delimiter ({delimiter!r}) and the quoting of this line")
+                record[role] = _convert(path, line, role, columns.get(role, role), cells[position], convert)
+            record.update({role: "" for role in columns if role not in index})
+            rows.append(record)
+    return rows
+
+
+def _header_index(path, line: int, names: list[str], columns: Mapping[str, str | int], optional: Collection[str],
+                  delimiter: str) -> dict[str, int]:
+    positions = {name: i for i, name in enumerate(names)}
+    index = {}
+    for role, column in columns.items():
+        if column in positions:
+            index[role] = positions[column]
+        elif role not in optional:
+            hint = ""
+            others = [d for d in ",\t;|" if d != delimiter and len(names) == 1 and d in names[0]]
+            if others:
+                hint = f" (the header is one column: is the delimiter {others[0]!r}? pass delimiter=...)"
+            raise ValueError(f"{_where(path, line)}: no column {column!r} (columns: {', '.join(names)}){hint}; "
+                             f"pass {role}=<column>")
+    return index
+
+
+def _json_record(path, line: int, raw: str, columns: Mapping[str, str | int], optional: Collection[str],
+                 convert: Mapping[str, Callable[[str], object]]) -> dict:
+    try:
+        item = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{_where(path, line)}: not valid JSON ({error.msg}); a .jsonl file holds one JSON object a "
+                         "line") from None
+    if not isinstance(item, dict):
+        raise ValueError(f"{_where(path, line)}: expected a JSON object {{...}}, got {type(item).__name__}")
+    record = {}
+    for role, field_name in columns.items():
+        if field_name not in item:
+            if role in optional:
+                record[role] = ""
+                continue
+            raise ValueError(f"{_where(path, line)}: no field {field_name!r} (fields: {', '.join(item)}); "
+                             f"pass {role}=<field>")
+        value = item[field_name]
+        if isinstance(value, (dict, list)) or value is None:
+            raise ValueError(f"{_where(path, line)}: field {field_name!r} ({role}) is {json.dumps(value)[:40]}, "
+                             "not a text or a number")
+        record[role] = _convert(path, line, role, field_name, str(value) if not isinstance(value, str) else value,
+                                convert)
+    return record
+
+
+def _convert(path, line: int, role: str, column, value: str, convert: Mapping[str, Callable[[str], object]]):
+    if role not in convert:
+        return value
+    try:
+        return convert[role](value)
+    except ValueError:
+        kind = "a whole number" if convert[role] is int else "a number"
+        raise ValueError(f"{_where(path, line)}: {role} {value!r} (column {column!r}) is not {kind}") from None
+
+
+#: the roles of an STS file (:func:`read_pairs`), and their columns in the built-in files
+PAIR_COLUMNS = {"sentence1": "sentence1", "sentence2": "sentence2", "score": "score"}
+STSB_COLUMNS = {"sentence1": 5, "sentence2": 6, "score": 4}
+SICK_COLUMNS = {"sentence1": "sentence_A", "sentence2": "sentence_B", "score": "relatedness_score"}
+
+
+def read_pairs(path, columns: Mapping[str, str | int] | None = None, limit: int | None = None, seed: int = 0, *,
+               delimiter: str | None = None, header: bool = True, quoting: int = csv.QUOTE_MINIMAL
+               ) -> list[tuple[str, str, float]]:
+    """(sentence1, sentence2, score) rows of an STS table or JSONL file (:func:`read_records`);
+    ``columns`` renames the roles ``sentence1``, ``sentence2``, ``score`` (default: those names).
+    ``limit`` keeps a seeded random subset (:func:`seeded_subset`)."""
+    columns = {**PAIR_COLUMNS, **(columns or {})}
+    records = read_records(path, columns, delimiter=delimiter, header=header, quoting=quoting,
+                           convert={"score": float})
+    return seeded_subset([(r["sentence1"], r["sentence2"], r["score"]) for r in records], limit, seed)
+
+
 def read_stsb(path, limit: int | None = None, seed: int = 0) -> list[tuple[str, str, float]]:
     """STS Benchmark TSV: genre, file, year, id, score, sentence1, sentence2 (extra columns ignored).
     ``limit`` keeps a seeded random subset (the file is sorted by genre)."""
-    with open(path, encoding="utf-8") as handle:
-        rows = [(row[5], row[6], float(row[4])) for row in csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)]
-    return seeded_subset(rows, limit, seed)
+    return read_pairs(path, STSB_COLUMNS, limit, seed, delimiter="\t", header=False, quoting=csv.QUOTE_NONE)
 
 
 def read_sick(path, limit: int | None = None, seed: int = 0) -> list[tuple[str, str, float]]:
     """SICK TSV with sentence_A, sentence_B and relatedness_score; ``limit`` keeps a seeded random subset."""
-    with open(path, encoding="utf-8") as handle:
-        rows = [(row["sentence_A"], row["sentence_B"], float(row["relatedness_score"]))
-                for row in csv.DictReader(handle, delimiter="\t")]
-    return seeded_subset(rows, limit, seed)
+    return read_pairs(path, SICK_COLUMNS, limit, seed, delimiter="\t")
 
 
 class STSTask(EvaluationTask):
@@ -168,10 +314,18 @@ class STSTask(EvaluationTask):
     category = "sts"
 
     def __init__(self, name: str, path, format: str = "stsb", limit: int | None = None,
-                 prompt_name: str | None = None):
-        readers = {"stsb": read_stsb, "sick": read_sick}
+                 prompt_name: str | None = None, *, columns: Mapping[str, str] | None = None,
+                 delimiter: str | None = None):
+        """``format``: ``"stsb"`` or ``"sick"`` (the built-in files), or ``"table"``: a CSV/TSV with a
+        header or a JSONL file of your own, whose ``columns`` map ``sentence1``, ``sentence2`` and
+        ``score`` to its column names (default: those names) and whose ``delimiter`` comes from the
+        suffix unless given."""
+        readers = {"stsb": read_stsb, "sick": read_sick,
+                   "table": lambda path, limit: read_pairs(path, columns, limit, delimiter=delimiter)}
         if format not in readers:
             raise ValueError(f"format must be one of {sorted(readers)}, got {format!r}")
+        if format != "table" and (columns or delimiter):
+            raise ValueError(f"columns and delimiter are for format='table' (your own files), not {format!r}")
         self.name, self.prompt_name = name, prompt_name
         self.pairs = readers[format](path, limit)
         if not self.pairs:
@@ -223,6 +377,12 @@ def recall_at_k(ranked: list[str], relevant: dict[str, int], k: int = 100) -> fl
     return len(positives & set(ranked[:k])) / len(positives) if positives else 0.0
 
 
+#: the roles of a retrieval task's files and their BEIR names: corpus (doc_id, title, text), queries
+#: (query_id, query), qrels (qrels_query_id, qrels_doc_id, qrels_score)
+RETRIEVAL_COLUMNS = {"doc_id": "_id", "title": "title", "text": "text", "query_id": "_id", "query": "text",
+                     "qrels_query_id": "query-id", "qrels_doc_id": "corpus-id", "qrels_score": "score"}
+
+
 class RetrievalTask(EvaluationTask):
     """BEIR layout: nDCG@10 (main, x100) and recall@100 over the queries in the qrels, exact cosine
     top-k over the whole corpus, computed in blocks of queries."""
@@ -231,30 +391,35 @@ class RetrievalTask(EvaluationTask):
 
     def __init__(self, name: str, corpus_path, queries_path, qrels_path, limit_queries: int | None = None,
                  corpus_limit: int | None = None, query_prompt_name: str | None = "query",
-                 document_prompt_name: str | None = "document"):
+                 document_prompt_name: str | None = "document", *, columns: Mapping[str, str] | None = None,
+                 delimiter: str | None = None):
+        """``columns`` renames the roles of the three files (:data:`RETRIEVAL_COLUMNS`, default: the
+        BEIR names); each file is a table or JSONL by its suffix, a table's ``delimiter`` from the
+        suffix unless given (the qrels, named ``.tsv`` in BEIR, are read as TSV whatever their name
+        when neither is given)."""
         self.name = name
         self.query_prompt_name, self.document_prompt_name = query_prompt_name, document_prompt_name
+        roles = {**RETRIEVAL_COLUMNS, **(columns or {})}
+        pick = lambda keys: {key: roles[key] for key in keys}
+        qrels_delimiter = delimiter if delimiter is not None or Path(qrels_path).suffix.lower() in (
+            *SUFFIX_DELIMITERS, *JSONL_SUFFIXES) else "\t"
         self.qrels: dict[str, dict[str, int]] = {}
-        with open(qrels_path, encoding="utf-8") as handle:
-            for row in csv.DictReader(handle, delimiter="\t"):
-                self.qrels.setdefault(row["query-id"], {})[row["corpus-id"]] = int(row["score"])
-        queries = {}
-        with open(queries_path, encoding="utf-8") as handle:
-            for line in handle:
-                item = json.loads(line)
-                if item["_id"] in self.qrels:
-                    queries[item["_id"]] = item["text"]
+        for row in read_records(qrels_path, pick(("qrels_query_id", "qrels_doc_id", "qrels_score")),
+                                delimiter=qrels_delimiter, convert={"qrels_score": int}):
+            self.qrels.setdefault(row["qrels_query_id"], {})[row["qrels_doc_id"]] = row["qrels_score"]
+        queries = {row["query_id"]: row["query"]
+                   for row in read_records(queries_path, pick(("query_id", "query")), delimiter=delimiter)
+                   if row["query_id"] in self.qrels}
         self.query_ids = seeded_subset(sorted(queries), limit_queries)
         self.queries = [queries[q] for q in self.query_ids]
         self.corpus_ids, self.documents = [], []
         needed = {doc for q in self.query_ids for doc in self.qrels[q]}
-        with open(corpus_path, encoding="utf-8") as handle:
-            for line in handle:
-                item = json.loads(line)
-                if corpus_limit is not None and len(self.corpus_ids) >= corpus_limit and item["_id"] not in needed:
-                    continue
-                self.corpus_ids.append(item["_id"])
-                self.documents.append((item.get("title", "") + " " + item["text"]).strip())
+        for item in read_records(corpus_path, pick(("doc_id", "title", "text")), delimiter=delimiter,
+                                 optional=("title",)):
+            if corpus_limit is not None and len(self.corpus_ids) >= corpus_limit and item["doc_id"] not in needed:
+                continue
+            self.corpus_ids.append(item["doc_id"])
+            self.documents.append((item["title"] + " " + item["text"]).strip())
         if not self.query_ids:
             raise ValueError(f"no query of {queries_path} appears in {qrels_path}")
         self.check_sample()
@@ -307,12 +472,19 @@ class RetrievalTask(EvaluationTask):
                           list(self.warnings))
 
 
-def read_labelled_csv(path, limit: int | None = None, seed: int = 0, all_labels: set | None = None
+#: the roles of a labelled file (classification, one-file clustering) and Banking77's columns
+LABELLED_COLUMNS = {"text": "text", "label": "category"}
+
+
+def read_labelled_csv(path, limit: int | None = None, seed: int = 0, all_labels: set | None = None, *,
+                      columns: Mapping[str, str] | None = None, delimiter: str | None = None
                       ) -> tuple[list[str], list[str]]:
-    """CSV text,category. ``limit`` keeps a seeded random subset (the files are sorted by label);
-    ``all_labels``, if given, receives the labels of the whole file."""
-    with open(path, encoding="utf-8") as handle:
-        rows = [(row["text"], row["category"]) for row in csv.DictReader(handle)]
+    """Texts and labels of a table or JSONL file (:func:`read_records`): by default Banking77's CSV
+    text,category; ``columns`` renames the roles ``text`` and ``label``. ``limit`` keeps a seeded
+    random subset (the files are sorted by label); ``all_labels``, if given, receives the labels of
+    the whole file."""
+    records = read_records(path, {**LABELLED_COLUMNS, **(columns or {})}, delimiter=delimiter)
+    rows = [(row["text"], row["label"]) for row in records]
     if all_labels is not None:
         all_labels.update(label for _, label in rows)
     rows = seeded_subset(rows, limit, seed)
@@ -325,11 +497,14 @@ class ClassificationTask(EvaluationTask):
     category = "classification"
 
     def __init__(self, name: str, train_path, test_path, limit_train: int | None = None, limit_test: int | None = None,
-                 prompt_name: str | None = None, seed: int = 0):
+                 prompt_name: str | None = None, seed: int = 0, *, columns: Mapping[str, str] | None = None,
+                 delimiter: str | None = None):
+        """``columns`` and ``delimiter``: see :func:`read_labelled_csv` (default: Banking77's CSV)."""
         self.name, self.prompt_name, self.seed = name, prompt_name, seed
         classes: set[str] = set()
-        self.train_texts, self.train_labels = read_labelled_csv(train_path, limit_train, seed, classes)
-        self.test_texts, self.test_labels = read_labelled_csv(test_path, limit_test, seed, classes)
+        read = lambda path, limit: read_labelled_csv(path, limit, seed, classes, columns=columns, delimiter=delimiter)
+        self.train_texts, self.train_labels = read(train_path, limit_train)
+        self.test_texts, self.test_labels = read(test_path, limit_test)
         self.n_classes = len(classes)  # over both whole files, before any limit
         if not self.train_texts or not self.test_texts:
             raise ValueError(f"{train_path if not self.train_texts else test_path} holds no rows")
@@ -383,11 +558,22 @@ class ClusteringTask(EvaluationTask):
 
     category = "clustering"
 
-    def __init__(self, name: str, texts_path, labels_path, n_clusters: int | None = None, limit: int | None = None,
-                 prompt_name: str | None = None, seed: int = 0):
+    def __init__(self, name: str, texts_path, labels_path=None, n_clusters: int | None = None,
+                 limit: int | None = None, prompt_name: str | None = None, seed: int = 0, *,
+                 columns: Mapping[str, str] | None = None, delimiter: str | None = None):
+        """Two files, one text a line and its label on the same line of ``labels_path`` (the
+        built-in StackOverflow layout), or, with ``labels_path=None``, one table or JSONL file of
+        texts and labels read as :func:`read_labelled_csv` reads it (``columns``: ``text`` and
+        ``label``, default Banking77's text,category)."""
         self.name, self.prompt_name, self.seed = name, prompt_name, seed
-        texts = Path(texts_path).read_text(encoding="utf-8").splitlines()
-        labels = Path(labels_path).read_text(encoding="utf-8").splitlines()
+        if labels_path is None:
+            texts, labels = read_labelled_csv(texts_path, columns=columns, delimiter=delimiter)
+        else:
+            if columns or delimiter:
+                raise ValueError("columns and delimiter are for one table of texts and labels (labels_path=None), "
+                                 "not for two files of one text and one label a line")
+            texts = Path(texts_path).read_text(encoding="utf-8").splitlines()
+            labels = Path(labels_path).read_text(encoding="utf-8").splitlines()
         if len(texts) != len(labels):
             raise ValueError(f"{texts_path} and {labels_path} have {len(texts)} vs {len(labels)} lines")
         rows = seeded_subset(list(zip(texts, labels)), limit, seed)
