@@ -175,6 +175,8 @@ def train_design(args, design: int, seed: int, backbone_path, train_data):
     from .data import ContrastiveDataCollator
     from .optimization import EmbeddingTrainer
 
+    if args.save_models:  # before training: a refusal should not cost a run
+        check_saved_form(Path(args.save_models) / f"design{design}_seed{seed}", args.save_merged or not args.lora)
     set_seed(seed)
     model = build_model(args, design, backbone_path)
     tokenizer = model.tokenizer
@@ -212,6 +214,22 @@ def train_design(args, design: int, seed: int, backbone_path, train_data):
         logger.info("design %d seed %d saved to %s (%.1f MiB)", design, seed, saved, size / 2**20)
         log.update(saved_model=str(saved), saved_bytes=size)
     return model, log
+
+
+def check_saved_form(folder: Path, merged: bool) -> None:
+    """Refuse to save one form of a design (merged model, or adapters + head) over a folder holding the
+    other: the atomic save keeps files it does not write, so the folder would hold both and load as
+    the older one (an adapter folder wins in ``load_model``)."""
+    from .evaluation.runner import LORA_BASE_FILE
+
+    if not folder.is_dir():
+        return
+    has_adapters = (folder / LORA_BASE_FILE).is_file() or (folder / "adapter_config.json").is_file()
+    has_merged = (folder / "config.json").is_file()
+    if (merged and has_adapters) or (not merged and has_merged):
+        held, wanted = ("LoRA adapters", "a merged model") if merged else ("a merged model", "LoRA adapters")
+        raise ValueError(f"{folder} holds {held} from an earlier study; saving {wanted} there would mix the two. "
+                         "Remove the folder or pass another --save-models.")
 
 
 def base_description(args, design: int) -> dict:

@@ -349,3 +349,23 @@ def test_builtin_files_read_as_before_through_the_shared_reader():
     with open(SHARED_DATA / "banking77" / "test.csv", encoding="utf-8") as handle:
         plain = [(r["text"], r["category"]) for r in csv.DictReader(handle)]
     assert list(zip(*read_labelled_csv(SHARED_DATA / "banking77" / "test.csv"))) == plain
+
+
+def test_study_refuses_to_mix_saved_forms_in_one_folder(tmp_path):
+    """A merged save over an adapters folder (or the reverse) would leave both and load the older."""
+    from llm_embed.evaluation.runner import LORA_BASE_FILE
+    from llm_embed.study import check_saved_form
+
+    adapters, merged = tmp_path / "design5_seed0", tmp_path / "design2_seed0"
+    adapters.mkdir()
+    (adapters / LORA_BASE_FILE).write_text("{}")
+    (adapters / "adapter_config.json").write_text("{}")
+    merged.mkdir()
+    (merged / "config.json").write_text("{}")
+    check_saved_form(adapters, merged=False)  # the same form again: a rerun overwrites it
+    check_saved_form(merged, merged=True)
+    check_saved_form(tmp_path / "absent", merged=True)
+    with pytest.raises(ValueError, match="holds LoRA adapters from an earlier study; saving a merged model"):
+        check_saved_form(adapters, merged=True)
+    with pytest.raises(ValueError, match="holds a merged model from an earlier study; saving LoRA adapters"):
+        check_saved_form(merged, merged=False)
