@@ -18,7 +18,7 @@ import torch.distributed as dist
 from transformers import AutoModel
 
 from tests.conftest import tiny_model
-from tests.distributed_step import GLOBAL_QUERIES, NEGATIVES, global_batch, tensors
+from tests.distributed_step import GLOBAL_QUERIES, one_process_sgd, rank_batch
 
 STEPS, LEARNING_RATE = 2, 0.02
 
@@ -26,10 +26,8 @@ STEPS, LEARNING_RATE = 2, 0.02
 def main(out_path, stage, mode="plain"):
     deepspeed.init_distributed(dist_backend="gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    queries, positives, negatives = global_batch()
+    local = rank_batch(rank, world)
     per_rank = GLOBAL_QUERIES // world
-    mine = slice(rank * per_rank, (rank + 1) * per_rank)
-    local = tensors(queries[mine], positives[mine], negatives[mine.start * NEGATIVES:mine.stop * NEGATIVES])
 
     model = tiny_model("llama", "bidirectional", "multi_layer",
                        loss_mini_batch_size=2 if mode == "gradcache" else None).train()
@@ -70,17 +68,7 @@ def main(out_path, stage, mode="plain"):
         saved.save_pretrained(folder)
         weights = AutoModel.from_pretrained(folder).state_dict()
 
-        reference = tiny_model("llama", "bidirectional", "multi_layer", loss_gather_across_ranks=False).train()
-        initial = {name: value.detach().clone() for name, value in reference.state_dict().items()}
-        reference_optimizer = torch.optim.SGD(reference.parameters(), lr=LEARNING_RATE)
-        reference_losses = []
-        for _ in range(STEPS):
-            reference_optimizer.zero_grad()
-            reference_loss = reference(**tensors(queries, positives, negatives)).loss
-            reference_loss.backward()
-            reference_optimizer.step()
-            reference_losses.append(float(reference_loss))
-        final = reference.state_dict()
+        initial, final, reference_losses = one_process_sgd(STEPS, LEARNING_RATE)
         result.update({
             "losses": losses,
             "reference_losses": reference_losses,

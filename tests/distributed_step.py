@@ -40,13 +40,35 @@ def tensors(queries, positives, negatives):
                 document_input_ids=d_ids, document_attention_mask=d_mask)
 
 
+def rank_batch(rank: int, world: int) -> dict:
+    """This rank's share of the global batch: its queries, their positives and hard negatives."""
+    queries, positives, negatives = global_batch()
+    per_rank = GLOBAL_QUERIES // world
+    mine = slice(rank * per_rank, (rank + 1) * per_rank)
+    return tensors(queries[mine], positives[mine], negatives[mine.start * NEGATIVES:mine.stop * NEGATIVES])
+
+
+def one_process_sgd(steps: int, learning_rate: float) -> tuple[dict, dict, list[float]]:
+    """The reference of the sharded runs: one unsharded process taking ``steps`` SGD steps with the
+    plain loss over the whole global batch. Returns the initial and final weights and the losses."""
+    reference = tiny_model("llama", "bidirectional", "multi_layer", loss_gather_across_ranks=False).train()
+    initial = {name: value.detach().clone() for name, value in reference.state_dict().items()}
+    optimizer = torch.optim.SGD(reference.parameters(), lr=learning_rate)
+    losses = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = reference(**tensors(*global_batch())).loss
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    return initial, reference.state_dict(), losses
+
+
 def main(out_path, mode="plain"):
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     queries, positives, negatives = global_batch()
-    per_rank = GLOBAL_QUERIES // world
-    mine = slice(rank * per_rank, (rank + 1) * per_rank)
-    local = tensors(queries[mine], positives[mine], negatives[mine.start * NEGATIVES:mine.stop * NEGATIVES])
+    local = rank_batch(rank, world)
 
     mini_batch = 2 if mode == "gradcache" else None
     model = tiny_model("llama", "bidirectional", "multi_layer", loss_mini_batch_size=mini_batch).train()

@@ -17,7 +17,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 
 from tests.conftest import tiny_model
-from tests.distributed_step import GLOBAL_QUERIES, NEGATIVES, global_batch, tensors
+from tests.distributed_step import one_process_sgd, rank_batch
 
 STEPS, LEARNING_RATE = 2, 0.02
 
@@ -25,10 +25,7 @@ STEPS, LEARNING_RATE = 2, 0.02
 def main(out_path, mode="plain"):
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    queries, positives, negatives = global_batch()
-    per_rank = GLOBAL_QUERIES // world
-    mine = slice(rank * per_rank, (rank + 1) * per_rank)
-    local = tensors(queries[mine], positives[mine], negatives[mine.start * NEGATIVES:mine.stop * NEGATIVES])
+    local = rank_batch(rank, world)
 
     mini_batch = 2 if mode == "gradcache" else None
     model = tiny_model("llama", "bidirectional", "multi_layer", loss_mini_batch_size=mini_batch).train()
@@ -51,25 +48,15 @@ def main(out_path, mode="plain"):
     shard_rows = model.backbone.embed_tokens.weight.to_local().shape[0]
 
     if rank == 0:
-        reference = tiny_model("llama", "bidirectional", "multi_layer", loss_gather_across_ranks=False).train()
-        initial = {name: parameter.detach().clone() for name, parameter in reference.named_parameters()}
-        reference_optimizer = torch.optim.SGD(reference.parameters(), lr=LEARNING_RATE)
-        reference_losses = []
-        for _ in range(STEPS):
-            reference_optimizer.zero_grad()
-            reference_loss = reference(**tensors(queries, positives, negatives)).loss
-            reference_loss.backward()
-            reference_optimizer.step()
-            reference_losses.append(float(reference_loss))
-        final = dict(reference.named_parameters())
+        initial, final, reference_losses = one_process_sgd(STEPS, LEARNING_RATE)
         json.dump({
             "world": world,
             "mode": mode,
             "losses": losses,
             "reference_losses": reference_losses,
-            "max_weight_difference": max(float((weights[n] - final[n].detach()).abs().max()) for n in final),
-            "max_weight_change": max(float((final[n].detach() - initial[n]).abs().max()) for n in final),
-            "parameters_compared": len(final),
+            "max_weight_difference": max(float((weights[n] - final[n]).abs().max()) for n in weights),
+            "max_weight_change": max(float((final[n] - initial[n]).abs().max()) for n in final),
+            "parameters_compared": len(weights),
             "sharded_layers": sharded_layers,
             "layers": len(model.backbone.layers),
             "embedding_rows_on_rank0": shard_rows,

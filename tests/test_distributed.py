@@ -15,12 +15,15 @@ from .conftest import triplet_rows
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def torchrun(args, tmp_path):
+def torchrun(args, tmp_path, succeeds=True, processes=2):
+    """``args`` under ``torchrun --standalone`` (CPU, gloo); asserts the exit status: 0, or (``succeeds=False``)
+    non-zero. Returns the completed process."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+               *args]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
                             stdin=subprocess.DEVNULL)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert (result.returncode == 0) == succeeds, result.stdout[-3000:] + result.stderr[-5000:]
     return result
 
 
@@ -57,11 +60,7 @@ def test_entry_point_under_torchrun(tiny_backbone_dir, tmp_path, extra):
 def test_distributed_run_requires_drop_last(tiny_backbone_dir, tmp_path):
     data = tmp_path / "rows.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in triplet_rows(8)) + "\n")
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-               "llm_embed.train", "--backbone", str(tiny_backbone_dir), "--train_file", str(data), "--output_dir",
-               str(tmp_path / "out"), "--max_steps", "1", "--use_cpu", "--ddp_backend", "gloo", "--report_to", "none"]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-                            stdin=subprocess.DEVNULL)
-    assert result.returncode != 0
+    result = torchrun(["-m", "llm_embed.train", "--backbone", str(tiny_backbone_dir), "--train_file", str(data),
+                       "--output_dir", str(tmp_path / "out"), "--max_steps", "1", "--use_cpu", "--ddp_backend", "gloo",
+                       "--report_to", "none"], tmp_path, succeeds=False)
     assert "--dataloader_drop_last" in result.stdout + result.stderr

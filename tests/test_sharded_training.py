@@ -3,9 +3,6 @@ process; the Trainer's FSDP2 (through accelerate) trains and saves what DDP trai
 with GradCache and LoRA; ``--fsdp`` is refused where accelerate would silently not shard."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 from transformers import AutoModel
@@ -81,14 +78,10 @@ def test_fsdp_is_refused_where_accelerate_does_not_shard(tiny_backbone_dir, tmp_
     """On CPU processes accelerate leaves FSDP out and the Trainer would run DDP without a word."""
     data = tmp_path / "rows.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in triplet_rows(8)) + "\n")
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-               "llm_embed.train", "--backbone", str(tiny_backbone_dir), "--train_file", str(data), "--output_dir",
-               str(tmp_path / "out"), "--max_steps", "1", "--use_cpu", "--ddp_backend", "gloo", "--report_to", "none",
-               "--dataloader_drop_last", "--fsdp", "full_shard auto_wrap", "--fsdp_config", '{"fsdp_version": 2}']
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-                            stdin=subprocess.DEVNULL)
-    assert result.returncode != 0
+    result = torchrun(["-m", "llm_embed.train", "--backbone", str(tiny_backbone_dir), "--train_file", str(data),
+                       "--output_dir", str(tmp_path / "out"), "--max_steps", "1", "--use_cpu", "--ddp_backend", "gloo",
+                       "--report_to", "none", "--dataloader_drop_last", "--fsdp", "full_shard auto_wrap",
+                       "--fsdp_config", '{"fsdp_version": 2}'], tmp_path, succeeds=False)
     assert "--fsdp was given but accelerate did not apply FSDP" in result.stdout + result.stderr
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
@@ -123,14 +116,10 @@ def test_gradcache_under_deepspeed_is_refused(tmp_path):
 
 def single_process_run(backbone, data, out, tmp_path, extra):
     """``llm_embed.train`` as one torchrun process (LOCAL_RANK set, as accelerate's DeepSpeed path wants)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
-               "-m", "llm_embed.train", "--backbone", str(backbone), "--train_file", str(data), "--output_dir",
-               str(out), "--max_steps", "2", "--per_device_train_batch_size", "4", "--report_to", "none",
-               "--max_seq_length", "32", "--logging_steps", "1", "--optim", "sgd", "--learning_rate", "0.05", *extra]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-                            stdin=subprocess.DEVNULL)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    torchrun(["-m", "llm_embed.train", "--backbone", str(backbone), "--train_file", str(data), "--output_dir",
+              str(out), "--max_steps", "2", "--per_device_train_batch_size", "4", "--report_to", "none",
+              "--max_seq_length", "32", "--logging_steps", "1", "--optim", "sgd", "--learning_rate", "0.05", *extra],
+             tmp_path, processes=1)
     log = json.loads((out / "trainer_state.json").read_text())["log_history"]
     return AutoModel.from_pretrained(out), [entry["loss"] for entry in log if "loss" in entry]
 
@@ -157,14 +146,10 @@ def test_deepspeed_on_cpu_processes_is_refused(tiny_backbone_dir, tmp_path):
     pytest.importorskip("deepspeed")
     data = tmp_path / "rows.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in triplet_rows(8)) + "\n")
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-               "llm_embed.train", "--backbone", str(tiny_backbone_dir), "--train_file", str(data), "--output_dir",
-               str(tmp_path / "out"), "--max_steps", "1", "--report_to", "none", "--dataloader_drop_last",
-               "--deepspeed", str(CONFIGS / "deepspeed_zero2.json")]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-                            stdin=subprocess.DEVNULL)
-    assert result.returncode != 0
+    result = torchrun(["-m", "llm_embed.train", "--backbone", str(tiny_backbone_dir), "--train_file", str(data),
+                       "--output_dir", str(tmp_path / "out"), "--max_steps", "1", "--report_to", "none",
+                       "--dataloader_drop_last", "--deepspeed", str(CONFIGS / "deepspeed_zero2.json")],
+                      tmp_path, succeeds=False)
     assert "2 processes were started but accelerate counts 1" in result.stdout + result.stderr
 
 
