@@ -353,12 +353,13 @@ def flex_document_mask(documents: torch.Tensor, is_causal: bool, device: torch.d
     return create_block_mask(same_document, B=rows, H=None, Q_LEN=length, KV_LEN=length, device=device)
 
 
-def resolve_packing(model, packing: bool | None, longest: int) -> str | None:
-    """The packing mode ``encode`` uses for this call (None: pad as usual). ``packing=None`` packs where
-    the attention kernel takes it without a dense mask (flash, flex, and SDPA on CUDA through
-    :func:`~llm_embed.packed_attention.enable_packed_flex` where the backbone supports flex); ``True``
-    always packs (dense mask with SDPA / eager elsewhere) and raises where packing would not be exact;
-    ``False`` never packs."""
+def call_packing_mode(model, packing: bool | None) -> str | None:
+    """The packing mode an ``encode`` call would use before its texts are tokenized (None: padded).
+    ``packing=None`` packs where the attention kernel takes it without a dense mask (flash, flex, and
+    SDPA on CUDA through :func:`~llm_embed.packed_attention.enable_packed_flex` where the backbone
+    supports flex); ``True`` always packs (dense mask with SDPA / eager elsewhere); ``False`` never
+    packs. ``encode`` reads it to pick its piece sizes; :func:`resolve_packing` then checks each piece's
+    lengths."""
     if packing is not None and not isinstance(packing, bool):
         raise TypeError(f"encode(): packing must be True, False or None, got {packing!r}")
     if packing is False:
@@ -368,14 +369,24 @@ def resolve_packing(model, packing: bool | None, longest: int) -> str | None:
     implementation = getattr(model.backbone.config, "_attn_implementation", None)
     if packing is None and not packs_by_default(implementation):
         return None
+    mode = packing_mode(implementation)
+    if mode == "dense" and (implementation or "eager") != "sdpa":
+        mode = "dense_additive"  # eager adds the mask to the scores
+    return mode
+
+
+def resolve_packing(model, packing: bool | None, longest: int) -> str | None:
+    """The packing mode ``encode`` uses for texts whose longest has ``longest`` tokens (None: pad as
+    usual): :func:`call_packing_mode`, unless packing these lengths would not be exact (a sliding
+    window shorter than the longest text): then padded for ``packing=None``, an error for ``True``."""
+    mode = call_packing_mode(model, packing)
+    if mode is None:
+        return None
     reason = check_packable(model.backbone.config, longest)
     if reason is not None:
         if packing:
             raise ValueError(f"encode(packing=True): cannot pack this batch exactly: {reason}; use packing=None/False")
         return None
-    mode = packing_mode(implementation)
-    if mode == "dense" and (implementation or "eager") != "sdpa":
-        mode = "dense_additive"  # eager adds the mask to the scores
     return mode
 
 
@@ -386,6 +397,7 @@ __all__ = [
     "BatchPlan",
     "PackedBatch",
     "attention_window",
+    "call_packing_mode",
     "check_packable",
     "first_fit_decreasing",
     "flex_document_mask",

@@ -102,7 +102,7 @@ def test_encode_syncs_no_more_than_the_backbone_per_batch_on_cuda(small_tokenize
     the difference between a 2-batch and a 4-batch call."""
     model = on_cuda(tiny_model("llama", attention, pooling, head_dim=16), torch.bfloat16)
     model.tokenizer = small_tokenizer
-    texts = [f"sentence {i} " + "word " * (i % 3) for i in range(32)]
+    texts = [f"sentence {i} " + "word " * i for i in range(32)]  # distinct lengths: every batch of 4 has padding
     model.encode(texts[:8], batch_size=4)  # warm-up: pinned host blocks, kernels
     per_call = [_cuda_syncs(lambda n=n: model.encode(texts[: n * 4], batch_size=4, packing=False)) for n in (2, 4)]
     ours = (per_call[1] - per_call[0]) / 2

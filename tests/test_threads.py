@@ -123,3 +123,39 @@ def test_deepcopy_and_torch_save_keep_every_head_working(pooling):
         assert twin._layer_collector is not model._layer_collector
         hooks = [hook for layer in twin.backbone.layers for hook in layer._forward_hooks.values()]
         assert hooks and all(hook.collector is twin._layer_collector for hook in hooks)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "multi_layer"])
+def test_encode_from_threads_with_overlapped_tokenizing(tokenizer, pooling, monkeypatch):
+    """The accelerator path (issue 13): each call tokenizes its next piece in a worker thread, so with
+    several callers several worker threads use the one tokenizer at once, also while it carries a
+    truncation / padding state left by another user of it (a ``tokenizer(..., truncation=True)``
+    call). Forced on the CPU (``OVERLAP_ON_CPU``) with pieces of 1, 2, 2, ... batches: every call
+    still returns exactly the single-thread vectors, and the pieces were tokenized off the caller."""
+    import llm_embed.encoding as encoding
+
+    monkeypatch.setattr(encoding, "OVERLAP_ON_CPU", True)
+    monkeypatch.setattr(encoding, "FIRST_PIECE_BATCHES", 1)
+    monkeypatch.setattr(encoding, "MAX_PIECE_TEXTS", 8)
+    tokenizer = copy.deepcopy(tokenizer)  # its backend state is changed below
+    tokenizer("warm", truncation=True, max_length=4, padding="max_length")
+    assert tokenizer.backend_tokenizer.truncation is not None
+    model = tiny_model("llama", "bidirectional", pooling, seed=4)
+    model.tokenizer = tokenizer
+    words = "apple river stone cloud piano tiger lemon glass honey forest".split()
+    calls = [[" ".join(words[(c + i + k) % len(words)] for k in range(1 + (c * 5 + i * 3) % 17)) for i in range(22)]
+             for c in range(THREADS)]
+    expected = [model.encode(texts, batch_size=4, convert_to_tensor=True) for texts in calls]
+    names: set[str] = set()
+    real = encoding.tokenize_counting_truncation
+
+    def spy(*args, **kwargs):
+        names.add(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(encoding, "tokenize_counting_truncation", spy)
+    jobs = [i % THREADS for i in range(THREADS * ROUNDS)]
+    results = run_in_threads(lambda c: model.encode(calls[c], batch_size=4, convert_to_tensor=True), jobs)
+    for job, result in zip(jobs, results):
+        assert torch.equal(result, expected[job]), f"call {job}: max diff {(result - expected[job]).abs().max()}"
+    assert any(name.startswith("llm_embed-tokenize") for name in names), names
