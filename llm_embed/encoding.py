@@ -774,6 +774,16 @@ own threads already use every core, so a tokenizing thread competes with them in
 time (it pays on an accelerator, whose host thread waits otherwise)."""
 
 
+def piece_bounds(count: int, batch_size: int, first_piece: int) -> list[tuple[int, int]]:
+    """``(start, end)`` of each piece of a call of ``count`` texts: ``first_piece`` texts, then pieces
+    twice as large up to ``MAX_PIECE_TEXTS`` (or ``batch_size`` if larger)."""
+    bounds, start, size = [], 0, max(first_piece, 1)
+    while start < count:
+        bounds.append((start, min(start + size, count)))
+        start, size = start + size, min(2 * size, max(MAX_PIECE_TEXTS, batch_size))
+    return bounds
+
+
 def tokenize_pieces(tokenizer, texts: list[str], batch_size: int, max_seq_length: int, append_eos: bool,
                     prefix: str, overlap: bool = True,
                     first_piece: int | None = None) -> Iterator[tuple[int, list[list[int]], int]]:
@@ -791,10 +801,7 @@ def tokenize_pieces(tokenizer, texts: list[str], batch_size: int, max_seq_length
     that size are sorted as a whole, and larger ones still tokenize their next piece meanwhile."""
     if first_piece is None:
         first_piece = FIRST_PIECE_BATCHES * batch_size
-    bounds, start, size = [], 0, max(first_piece, 1)
-    while start < len(texts):
-        bounds.append((start, min(start + size, len(texts))))
-        start, size = start + size, min(2 * size, max(MAX_PIECE_TEXTS, batch_size))
+    bounds = piece_bounds(len(texts), batch_size, first_piece)
 
     def tokenize(bound: tuple[int, int]) -> tuple[int, list[list[int]], int]:
         first, end = bound
@@ -829,6 +836,7 @@ __all__ = [
     "max_token_chars",
     "pad_arrays",
     "pad_batch",
+    "piece_bounds",
     "resolve_normalize",
     "resolve_pad_id",
     "resolve_prompt",

@@ -441,3 +441,28 @@ def test_cpu_memory_counter_tracks_the_peak_of_live_storages():
     assert counter.peak == 2 * x.nbytes and counter.current == x.nbytes
     del c, view
     assert counter.current == 0
+
+
+def test_packing_tokens_counts_the_small_pieces_as_encode_cuts_them():
+    """benchmarks/packing_tokens.py's piece columns: one piece (a call of at most 2 batches) counts as the
+    whole call; more pieces never pad less than sorting the whole call, and here (lengths that rise
+    through the call) pad more."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location("packing_tokens", ROOT / "benchmarks" / "packing_tokens.py")
+        packing_tokens = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(packing_tokens)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    lengths = [1 + (i * 37) % 50 + i // 4 for i in range(40)]
+    texts = ["x" * n for n in lengths]
+    one = packing_tokens.count(texts[:8], lengths[:8], batch_size=4)
+    assert one["pieces"] == [8]
+    assert one["padded_tokens_small_pieces"] == one["padded_tokens"]
+    assert one["packed_per_call_small_pieces"] == one["packed_per_call"]
+    many = packing_tokens.count(texts, lengths, batch_size=4)
+    assert many["pieces"] == [8, 16, 16]
+    assert many["padded_tokens_small_pieces"][0] > many["padded_tokens"][0]
+    assert many["packed_per_call_small_pieces"][0] >= many["packed_per_call"][0]
