@@ -550,7 +550,9 @@ class EncodeMixin:
                 ``config.normalize`` says; None: ``config.normalize``. ``normalize=False`` with
                 ``normalize_embeddings=True`` contradict each other and raise ``ValueError``.
             packing: run the texts packed end to end, without padding (``llm_embed.packing``).
-                ``None`` (default): only with ``flex_attention`` or ``flash_attention_*`` backbones;
+                ``None`` (default): with ``flex_attention`` or ``flash_attention_*`` backbones, and on
+                CUDA with SDPA backbones that support flex attention (switched to ``SDPA_WITH_FLEX``:
+                flex for packed batches only, :func:`~llm_embed.packing.call_packing_mode`);
                 ``True``: always (with SDPA / eager through a dense block-diagonal mask, slower);
                 ``False``: never. Results equal the padded ones up to floating-point rounding.
 
