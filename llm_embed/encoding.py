@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import operator
+import sys
 import threading
 import warnings
 import weakref
@@ -35,9 +37,17 @@ logger = logging.getLogger(__name__)
 
 
 def check_texts(sentences) -> tuple[list[str], bool]:
-    """Validate ``encode``'s input; returns (texts, whether a single string was given)."""
+    """Validate ``encode``'s input; returns (texts, whether a single string was given). A 1-D numpy
+    array of strings is a list of texts, as in sentence-transformers (``df["text"].values``)."""
     if isinstance(sentences, str):
         return [sentences], True
+    if isinstance(sentences, np.ndarray):
+        if sentences.ndim != 1 or sentences.dtype.kind not in ("U", "O"):
+            raise TypeError(
+                f"encode() takes a 1-D numpy array of strings, got one of shape {sentences.shape} and dtype "
+                f"{sentences.dtype}; pass a list of strings, e.g. array.ravel().tolist() for a 2-D array of text."
+            )
+        sentences = sentences.tolist()  # np.str_ items become str
     if isinstance(sentences, (bytes, bytearray, memoryview)):
         # a bytes object is a Sequence (of ints): without this check it would be taken for a list of texts
         raise TypeError(
@@ -61,6 +71,24 @@ def check_texts(sentences) -> tuple[list[str], bool]:
         if not isinstance(text, str):
             raise TypeError(f"encode(): item {index} is {type(text).__name__}, not str: {text!r:.80}")
     return texts, False
+
+
+NOT_GIVEN: Any = type("NotGiven", (), {"__repr__": lambda self: "<not given>"})()
+"""Default of ``encode``'s ``inputs`` / ``sentences``: tells "not passed" from an explicit None."""
+
+
+def resolve_inputs(inputs, sentences):
+    """``encode``'s texts from ``inputs`` (the first argument's name in sentence-transformers >= 6.2)
+    or ``sentences`` (its older name there, and here): exactly one of the two, so that code written
+    for either version runs."""
+    if inputs is not NOT_GIVEN and sentences is not NOT_GIVEN:
+        raise TypeError(
+            "encode() got both inputs and sentences, which name the same argument (sentences is its older "
+            "name); pass the texts once, e.g. model.encode(texts) or model.encode(inputs=texts)."
+        )
+    if inputs is NOT_GIVEN and sentences is NOT_GIVEN:
+        raise TypeError("encode() missing the texts to embed: pass model.encode(texts) or model.encode(inputs=texts)")
+    return sentences if inputs is NOT_GIVEN else inputs
 
 
 def resolve_prompt(prompts: dict[str, str], default_prompt_name: str | None, prompt_name, prompt) -> str:
@@ -163,7 +191,11 @@ def _run_tokenizer(tokenizer, inputs: list[str], sources: list[int], prefix: str
     lone surrogate, which tokenizers reject with an unrelated-looking error, is reported by its text
     and position in that text."""
     try:
-        return tokenizer(inputs, add_special_tokens=True, truncation=False, return_attention_mask=False)["input_ids"]
+        # verbose=False: transformers' "Token indices sequence length is longer than the specified maximum
+        # sequence length ... will result in indexing errors" is wrong here, the ids are truncated below. The
+        # flag gates only that warning and padding / truncation-strategy ones, which cannot apply to this call.
+        return tokenizer(inputs, add_special_tokens=True, truncation=False, return_attention_mask=False,
+                         verbose=False)["input_ids"]
     except Exception as err:
         found = find_surrogate(inputs)
         if found is None:
@@ -193,15 +225,24 @@ def tokenize_texts(
     return ids
 
 
-def warn_truncated(truncated: int, total: int, max_seq_length: int, stacklevel: int) -> None:
-    """The one warning of a call whose texts were cut to ``max_seq_length``."""
-    if truncated:
-        warnings.warn(
-            f"{truncated} of {total} texts were longer than max_seq_length={max_seq_length} tokens "
-            "and were truncated.",
-            UserWarning,
-            stacklevel=stacklevel + 1,
-        )
+def warn_truncated(truncated: int, total: int, max_seq_length: int, stacklevel: int | None = None) -> None:
+    """The one warning of a call whose texts were cut to ``max_seq_length``. ``stacklevel`` counts from
+    the caller of this function; None: the first frame outside this module, i.e. the user's line
+    whichever of ``encode`` / ``encode_query`` / ``encode_document`` it called (a fixed count would
+    name a line in this module for the latter two, and Python's default filter, once per location,
+    would then hide the warning of every later call site)."""
+    if not truncated:
+        return
+    if stacklevel is None:
+        frame, stacklevel = sys._getframe(1), 1
+        while frame is not None and frame.f_code.co_filename == __file__:
+            frame, stacklevel = frame.f_back, stacklevel + 1
+    warnings.warn(
+        f"{truncated} of {total} texts were longer than max_seq_length={max_seq_length} tokens "
+        "and were truncated.",
+        UserWarning,
+        stacklevel=stacklevel + 1,
+    )
 
 
 def tokenize_counting_truncation(
@@ -370,6 +411,22 @@ def check_extra_arguments(kwargs: dict[str, Any]) -> None:
             raise ValueError(f"encode({name}={value!r}) is not supported: {SENTENCE_TRANSFORMERS_ONLY[name]}.")
 
 
+def check_batch_size(batch_size) -> int:
+    """``batch_size`` as an ``int``: any integer type (a numpy integer from a config or an argument
+    parser, through ``operator.index``), at least 1; ``bool`` and non-integers are refused."""
+    try:
+        if isinstance(batch_size, bool):
+            raise TypeError
+        value = operator.index(batch_size)
+    except TypeError:
+        raise TypeError(
+            f"encode(): batch_size must be an integer, got {batch_size!r} ({type(batch_size).__name__})"
+        ) from None
+    if value < 1:
+        raise ValueError(f"encode(): batch_size must be a positive integer, got {value}")
+    return value
+
+
 def resolve_normalize(normalize: bool | None, normalize_embeddings: bool | None) -> bool | None:
     """The ``normalize`` value for ``forward`` (None: ``config.normalize``) from llm_embed's and
     sentence-transformers' arguments. ``normalize_embeddings=True`` L2-normalises; ``False`` (its
@@ -406,7 +463,7 @@ class EncodeMixin:
     @overload
     def encode(
         self,
-        sentences: str | Sequence[str],
+        inputs: str | Sequence[str],
         prompt_name: str | None = ...,
         prompt: str | None = ...,
         batch_size: int = ...,
@@ -425,7 +482,7 @@ class EncodeMixin:
     @overload
     def encode(
         self,
-        sentences: str | Sequence[str],
+        inputs: str | Sequence[str],
         prompt_name: str | None = ...,
         prompt: str | None = ...,
         batch_size: int = ...,
@@ -444,7 +501,7 @@ class EncodeMixin:
     @overload
     def encode(
         self,
-        sentences: str,
+        inputs: str,
         prompt_name: str | None = ...,
         prompt: str | None = ...,
         batch_size: int = ...,
@@ -463,7 +520,7 @@ class EncodeMixin:
     @overload
     def encode(
         self,
-        sentences: Sequence[str],
+        inputs: Sequence[str],
         prompt_name: str | None = ...,
         prompt: str | None = ...,
         batch_size: int = ...,
@@ -479,10 +536,10 @@ class EncodeMixin:
         packing: bool | None = ...,
     ) -> list[torch.Tensor]: ...
 
-    @overload  # catch-all, for flags only known at run time
+    @overload  # catch-all, for flags only known at run time (and the older keyword, sentences=)
     def encode(
         self,
-        sentences: str | Sequence[str],
+        inputs: str | Sequence[str] = ...,
         prompt_name: str | None = ...,
         prompt: str | None = ...,
         batch_size: int = ...,
@@ -496,11 +553,12 @@ class EncodeMixin:
         normalize_embeddings: bool | None = ...,
         normalize: bool | None = ...,
         packing: bool | None = ...,
+        sentences: str | Sequence[str] = ...,
     ) -> EncodeOutput: ...
 
     def encode(
         self,
-        sentences: str | Sequence[str],
+        inputs: str | Sequence[str] | np.ndarray = NOT_GIVEN,
         prompt_name: str | None = None,
         prompt: str | None = None,
         batch_size: int = 32,
@@ -514,6 +572,7 @@ class EncodeMixin:
         normalize_embeddings: bool | None = None,
         normalize: bool | None = None,
         packing: bool | None = None,
+        sentences: str | Sequence[str] | np.ndarray = NOT_GIVEN,
         **kwargs: Any,
     ) -> EncodeOutput:
         """Embed texts. Takes sentence-transformers' arguments (``SentenceTransformer.encode``) and
@@ -521,8 +580,9 @@ class EncodeMixin:
         positional argument can never land on another parameter than the caller meant.
 
         Args:
-            sentences: one string (returns one vector, 1-D) or a list of strings (returns one row per
-                text, 2-D).
+            inputs: one string (returns one vector, 1-D) or a list (tuple, 1-D numpy array) of strings
+                (returns one row per text, 2-D). ``sentences=`` is accepted as its older name, as in
+                sentence-transformers (not both at once).
             prompt_name: a key of ``config.prompts`` (``"query"``, ``"document"``), or
             prompt: a literal prefix; at most one of the two. Default: ``config.default_prompt_name``.
                 For retrieval, :meth:`encode_query` / :meth:`encode_document` pick the side's prompt.
@@ -566,7 +626,7 @@ class EncodeMixin:
         at once (:func:`eval_mode`).
         """
         check_extra_arguments(kwargs)
-        texts, single = check_texts(sentences)
+        texts, single = check_texts(resolve_inputs(inputs, sentences))
         normalize = resolve_normalize(normalize, normalize_embeddings)
         if output_value != "sentence_embedding":
             raise ValueError(
@@ -578,8 +638,7 @@ class EncodeMixin:
                 f"encode(precision={precision!r}) is not supported: encode returns float32 embeddings; quantize "
                 "them with sentence_transformers.quantization.quantize_embeddings(embeddings, precision=...)."
             )
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"encode(): batch_size must be a positive integer, got {batch_size!r}")
+        batch_size = check_batch_size(batch_size)
         config = self.config
         prefix = resolve_prompt(config.prompts, config.default_prompt_name, prompt_name, prompt)
         self._move_for_encode(device)
@@ -599,71 +658,72 @@ class EncodeMixin:
 
     # encode_query / encode_document take every argument of encode; overloads as for encode, shortened.
     @overload
-    def encode_query(self, sentences: str | Sequence[str], prompt_name: str | None = ..., prompt: str | None = ...,
+    def encode_query(self, inputs: str | Sequence[str], prompt_name: str | None = ..., prompt: str | None = ...,
                      batch_size: int = ..., *, convert_to_numpy: Literal[True] = ...,
                      convert_to_tensor: Literal[False] = ..., **kwargs: Any) -> np.ndarray: ...
 
     @overload
-    def encode_query(self, sentences: str | Sequence[str], prompt_name: str | None = ..., prompt: str | None = ...,
+    def encode_query(self, inputs: str | Sequence[str], prompt_name: str | None = ..., prompt: str | None = ...,
                      batch_size: int = ..., *, convert_to_numpy: bool = ..., convert_to_tensor: Literal[True],
                      **kwargs: Any) -> torch.Tensor: ...
 
     @overload
-    def encode_query(self, sentences: str, prompt_name: str | None = ..., prompt: str | None = ...,
+    def encode_query(self, inputs: str, prompt_name: str | None = ..., prompt: str | None = ...,
                      batch_size: int = ..., *, convert_to_numpy: Literal[False],
                      convert_to_tensor: Literal[False] = ..., **kwargs: Any) -> torch.Tensor: ...
 
     @overload
-    def encode_query(self, sentences: Sequence[str], prompt_name: str | None = ..., prompt: str | None = ...,
+    def encode_query(self, inputs: Sequence[str], prompt_name: str | None = ..., prompt: str | None = ...,
                      batch_size: int = ..., *, convert_to_numpy: Literal[False],
                      convert_to_tensor: Literal[False] = ..., **kwargs: Any) -> list[torch.Tensor]: ...
 
     @overload
-    def encode_query(self, sentences: str | Sequence[str], prompt_name: str | None = ..., prompt: str | None = ...,
+    def encode_query(self, inputs: str | Sequence[str], prompt_name: str | None = ..., prompt: str | None = ...,
                      batch_size: int = ..., *, convert_to_numpy: bool = ..., convert_to_tensor: bool = ...,
                      **kwargs: Any) -> EncodeOutput: ...
 
-    def encode_query(self, sentences: str | Sequence[str], prompt_name: str | None = None, prompt: str | None = None,
-                     batch_size: int = 32, **kwargs: Any) -> EncodeOutput:
+    def encode_query(self, inputs: str | Sequence[str] | np.ndarray = NOT_GIVEN, prompt_name: str | None = None,
+                     prompt: str | None = None, batch_size: int = 32, **kwargs: Any) -> EncodeOutput:
         """:meth:`encode` for queries. Without ``prompt_name`` / ``prompt``, it uses the model's prompt
         named ``"query"`` (``config.prompts["query"]``), or none when the model has no such prompt,
         never ``config.default_prompt_name``: sentence-transformers' ``encode_query`` rule, so a query
         embeds the same through either library. An explicit ``prompt_name`` or ``prompt`` wins. Every
         other argument is :meth:`encode`'s."""
         prompt = self._side_prompt("query", prompt_name, prompt)
-        return self.encode(sentences, prompt_name, prompt, batch_size, **kwargs)
+        return self.encode(inputs, prompt_name, prompt, batch_size, **kwargs)
 
     @overload
-    def encode_document(self, sentences: str | Sequence[str], prompt_name: str | None = ...,
+    def encode_document(self, inputs: str | Sequence[str], prompt_name: str | None = ...,
                         prompt: str | None = ..., batch_size: int = ..., *, convert_to_numpy: Literal[True] = ...,
                         convert_to_tensor: Literal[False] = ..., **kwargs: Any) -> np.ndarray: ...
 
     @overload
-    def encode_document(self, sentences: str | Sequence[str], prompt_name: str | None = ...,
+    def encode_document(self, inputs: str | Sequence[str], prompt_name: str | None = ...,
                         prompt: str | None = ..., batch_size: int = ..., *, convert_to_numpy: bool = ...,
                         convert_to_tensor: Literal[True], **kwargs: Any) -> torch.Tensor: ...
 
     @overload
-    def encode_document(self, sentences: str, prompt_name: str | None = ..., prompt: str | None = ...,
+    def encode_document(self, inputs: str, prompt_name: str | None = ..., prompt: str | None = ...,
                         batch_size: int = ..., *, convert_to_numpy: Literal[False],
                         convert_to_tensor: Literal[False] = ..., **kwargs: Any) -> torch.Tensor: ...
 
     @overload
-    def encode_document(self, sentences: Sequence[str], prompt_name: str | None = ..., prompt: str | None = ...,
+    def encode_document(self, inputs: Sequence[str], prompt_name: str | None = ..., prompt: str | None = ...,
                         batch_size: int = ..., *, convert_to_numpy: Literal[False],
                         convert_to_tensor: Literal[False] = ..., **kwargs: Any) -> list[torch.Tensor]: ...
 
     @overload
-    def encode_document(self, sentences: str | Sequence[str], prompt_name: str | None = ...,
+    def encode_document(self, inputs: str | Sequence[str], prompt_name: str | None = ...,
                         prompt: str | None = ..., batch_size: int = ..., *, convert_to_numpy: bool = ...,
                         convert_to_tensor: bool = ..., **kwargs: Any) -> EncodeOutput: ...
 
-    def encode_document(self, sentences: str | Sequence[str], prompt_name: str | None = None,
-                        prompt: str | None = None, batch_size: int = 32, **kwargs: Any) -> EncodeOutput:
+    def encode_document(self, inputs: str | Sequence[str] | np.ndarray = NOT_GIVEN,
+                        prompt_name: str | None = None, prompt: str | None = None, batch_size: int = 32,
+                        **kwargs: Any) -> EncodeOutput:
         """:meth:`encode` for documents (passages, corpus entries): as :meth:`encode_query`, with the
         model's prompt named ``"document"`` (none when it has none)."""
         prompt = self._side_prompt("document", prompt_name, prompt)
-        return self.encode(sentences, prompt_name, prompt, batch_size, **kwargs)
+        return self.encode(inputs, prompt_name, prompt, batch_size, **kwargs)
 
     def _side_prompt(self, side: str, prompt_name: str | None, prompt: str | None) -> str | None:
         """``prompt`` for ``encode`` from ``encode_query`` / ``encode_document``: the caller's when
@@ -754,7 +814,7 @@ class EncodeMixin:
                     produced.extend(first + i for i in plan)
                     progress.update(len(plan))
         if counts is None:
-            warn_truncated(truncated, len(texts), config.max_seq_length, stacklevel=3)
+            warn_truncated(truncated, len(texts), config.max_seq_length)
         else:
             counts["truncated"] = counts.get("truncated", 0) + truncated
         batch_embeddings = torch.cat(chunks)
@@ -825,11 +885,13 @@ def tokenize_pieces(tokenizer, texts: list[str], batch_size: int, max_seq_length
 
 
 __all__ = [
+    "NOT_GIVEN",
     "PROMPT_SIDES",
     "SENTENCE_TRANSFORMERS_ONLY",
     "TRUNCATION_SLACK",
     "EncodeMixin",
     "EncodeOutput",
+    "check_batch_size",
     "check_embeddings",
     "check_extra_arguments",
     "check_texts",
@@ -839,6 +901,7 @@ __all__ = [
     "pad_arrays",
     "pad_batch",
     "piece_bounds",
+    "resolve_inputs",
     "resolve_normalize",
     "resolve_pad_id",
     "resolve_prompt",

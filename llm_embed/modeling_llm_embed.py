@@ -12,8 +12,11 @@ to saved weights, so a checkpoint loads with ``trust_remote_code=True`` where ll
 from __future__ import annotations
 
 import copy
+import inspect
+import json
 import logging
 import os
+import sys
 import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -37,14 +40,14 @@ from .contrastive import (
     find_fully_sharded_root,
 )
 from .encoding import EncodeMixin
-from .hub import has_saved_file, push_model_to_hub
+from .hub import check_local_path, has_saved_file, push_model_to_hub, saved_config_file
 from .layer_states import LayerStateCollector, find_decoder_layers
 from .model_card import has_user_model_card, write_model_card
 from .packed_attention import SDPA_WITH_FLEX  # noqa: F401  (see below)
 from .packing import PackedBatch
 from .pooling import LAYER_REDUCTIONS, POOLING_HEADS, PoolingHead
-from .sentence_transformers_files import write_sentence_transformers_files
-from .tokenizer_setup import configure_tokenizer, load_saved_tokenizer
+from .sentence_transformers_files import SENTENCE_TRANSFORMERS_MODULE, write_sentence_transformers_files
+from .tokenizer_setup import configure_tokenizer, load_saved_tokenizer, tokenizer_settings
 
 logger = logging.getLogger(__name__)
 
@@ -69,16 +72,31 @@ class LLMEmbeddingOutput(ModelOutput):
     embeddings: torch.FloatTensor | None = None
 
 
-def check_has_config(name_or_path, hub_kwargs: dict) -> None:
+def check_has_config(name_or_path, hub_kwargs: dict, model_type: str) -> None:
     """Refuse a folder (or repo) without ``config.json`` at once: without it transformers would build
-    the model from a default config (a randomly initialised Llama-7B) before failing."""
+    the model from a default config (a randomly initialised Llama-7B) before failing. A config of
+    another ``model_type`` (a plain decoder's folder) is refused too: transformers would read it as an
+    llm_embed config and fail on its first unknown key (``num_attention_heads``). A Hub that cannot
+    be reached is transformers' error (naming the connection), not "holds no config.json"."""
     from transformers.utils import CONFIG_NAME
 
-    if not has_saved_file(name_or_path, CONFIG_NAME, hub_kwargs):
+    path = saved_config_file(name_or_path, hub_kwargs)
+    if path is None:
         raise OSError(
             f"{name_or_path} holds no {CONFIG_NAME}, so it is not a saved llm_embed model (save one with "
             "model.save_pretrained(folder)); to build a new embedding model on a decoder's weights use "
             "LLMEmbeddingModel.from_backbone(path)."
+        )
+    with open(path, encoding="utf-8") as handle:
+        try:
+            saved_type = json.load(handle).get("model_type")
+        except json.JSONDecodeError as error:
+            raise ValueError(f"the {CONFIG_NAME} of {name_or_path} ({path}) is not valid JSON: {error}") from error
+    if saved_type is not None and saved_type != model_type:
+        raise ValueError(
+            f"{name_or_path} holds a plain {saved_type} model (its {CONFIG_NAME} has model_type {saved_type!r}, "
+            f"not {model_type!r}), not a saved llm_embed model. To build an embedding model on its weights use "
+            f"LLMEmbeddingModel.from_backbone({os.fspath(name_or_path)!r}, attention=..., pooling=...)."
         )
 
 
@@ -352,22 +370,33 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
     def tokenizer(self):
         """The tokenizer ``encode`` uses: set by ``from_backbone``, loaded with the checkpoint by
         ``from_pretrained`` (from the same folder, at load time, so the model never depends on that
-        folder staying unchanged), or assigned by the user."""
+        folder staying unchanged), or assigned by the user.
+
+        It always matches the current config: when ``padding_side``, ``max_seq_length`` or
+        ``append_eos`` changed since it was configured (``model.config.max_seq_length = 256``,
+        ``st.max_seq_length = 256``, ``from_pretrained(..., append_eos=False)``), it is configured
+        again here, so that ``encode``, the training collator and the tokenizer ``save_pretrained``
+        writes all follow the config (a tuple comparison per call; a copy only after a change)."""
         if self._tokenizer is None:
             raise ValueError(
                 "this model has no tokenizer: build it with LLMEmbeddingModel.from_backbone, load it with "
                 "from_pretrained from a folder that holds one, or assign model.tokenizer = AutoTokenizer..."
             )
+        if self.__dict__.get("_tokenizer_settings") != tokenizer_settings(self.config):
+            self.tokenizer = self._tokenizer  # configured again for the current config
         return self._tokenizer
 
     @tokenizer.setter
     def tokenizer(self, tokenizer) -> None:
         """Keeps a configured copy (the caller's object is not changed): pad token, padding side,
-        maximum length, and, with ``append_eos``, a post-processor that appends EOS
-        (:func:`~llm_embed.tokenizer_setup.configure_tokenizer`)."""
+        maximum length, and a post-processor that appends EOS exactly when ``append_eos`` says so
+        (:func:`~llm_embed.tokenizer_setup.configure_tokenizer`). The config values it was configured
+        for are recorded, so that the getter notices when they change."""
+        settings = tokenizer_settings(self.config)
         if tokenizer is not None:
             tokenizer = configure_tokenizer(tokenizer, self.config)
         self._tokenizer = tokenizer
+        self._tokenizer_settings = settings
 
     # ------------------------------------------------------------------ loading and saving
 
@@ -375,10 +404,14 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """``PreTrainedModel.from_pretrained``, but a checkpoint whose weights do not match the
         model (missing, unexpected or mismatched keys, e.g. a head saved with other sizes) is an
-        error instead of a warning followed by randomly initialised weights."""
+        error instead of a warning followed by randomly initialised weights. A local path that does not
+        exist, a folder of a plain decoder and a Hub that cannot be reached are refused at once, each
+        with its own message (see :func:`~llm_embed.hub.check_local_path` and :func:`check_has_config`)."""
+        check_local_path(pretrained_model_name_or_path)
         want_info = kwargs.pop("output_loading_info", False)
         if kwargs.get("config") is None:
-            check_has_config(pretrained_model_name_or_path, {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs})
+            check_has_config(pretrained_model_name_or_path, {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs},
+                             model_type=cls.config_class.model_type)
         # Let transformers report size mismatches instead of raising its generic error, so that the
         # error below names the offending keys; they are refused all the same.
         kwargs.setdefault("ignore_mismatched_sizes", True)
@@ -413,27 +446,46 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
         The save is atomic (:mod:`~llm_embed.atomic_save`): everything is written into a staging
         folder beside ``save_directory`` and swapped in, so the folder holds the old checkpoint or
         the new one, whole, even when writing fails halfway; files of an older checkpoint there
-        (stale shards, a tokenizer this model does not have) are removed, other files are kept."""
-        if kwargs.get("is_main_process", True) is False:
+        (stale shards, a tokenizer this model does not have) are removed, other files are kept. A
+        folder that is a mount point or holds the working directory is updated file by file instead
+        (each file atomic, the set not; see that module). A symbolic link is followed (the link stays).
+
+        Positional arguments are transformers' (``save_pretrained(folder, is_main_process, ...)``)."""
+        # Name every argument, so that is_main_process, push_to_hub ... count however they were passed.
+        signature = inspect.signature(super().save_pretrained)
+        kwargs = dict(signature.bind(save_directory, *args, **kwargs).arguments)
+        for name, parameter in signature.parameters.items():
+            if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+                kwargs.update(kwargs.pop(name, {}))
+        del kwargs[next(iter(signature.parameters))]  # save_directory
+        if not kwargs.get("is_main_process", True):
             # Other ranks of a distributed save write nothing of ours (transformers skips them too).
-            return super().save_pretrained(save_directory, *args, **kwargs)
+            return super().save_pretrained(save_directory, **kwargs)
         push_to_hub = kwargs.pop("push_to_hub", False)
         hub_kwargs = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "private", "token", "create_pr")
                       if key in kwargs}
         target = check_save_target(save_directory)
         write_card = not has_user_model_card(target)
-        tokenizer = self._tokenizer
+        tokenizer = None if self._tokenizer is None else self.tokenizer  # configured for the current config
 
         def write(folder: str) -> None:
-            super(LLMEmbeddingModel, self).save_pretrained(folder, *args, **kwargs)
+            super(LLMEmbeddingModel, self).save_pretrained(folder, **kwargs)
             if tokenizer is not None:
                 tokenizer.save_pretrained(folder)
             write_sentence_transformers_files(self, folder)
             if write_card:
                 write_model_card(self, folder, **(model_card or {}))
 
-        package_dir = os.path.dirname(os.path.abspath(__file__))
-        code_files = [name for name in os.listdir(package_dir) if name.endswith(".py")]
+        # The code files this save writes (and an earlier save wrote): transformers copies the model's and
+        # the config's module files and their relative imports (custom_object_save); write_sentence_
+        # transformers_files adds one. Only these replace a file of the folder; a user's train.py stays.
+        from transformers.dynamic_module_utils import get_relative_import_files
+
+        module_files = [sys.modules[type(obj).__module__].__file__ for obj in (self, self.config)
+                        if type(obj).__module__ != "__main__"]  # transformers does not copy __main__
+        code_files = {os.path.basename(path) for module_file in module_files
+                      for path in (module_file, *get_relative_import_files(module_file))}
+        code_files.add(SENTENCE_TRANSFORMERS_MODULE + ".py")
         save_atomically(target, write, replaced_names=code_files)
         if push_to_hub:
             repo_id = hub_kwargs.pop("repo_id", os.path.basename(target))

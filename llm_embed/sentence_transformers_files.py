@@ -1,34 +1,29 @@
 """The files that make a saved model folder load as ``SentenceTransformer(folder, trust_remote_code=True)``.
 
 ``modules.json`` (one module, saved in the root), ``config_sentence_transformers.json`` (prompts, the
-default prompt, cosine similarity) and the module file itself, ``sentence_transformers_llm_embed.py``,
-copied from beside this one. That module imports sentence-transformers, which only that loader
-needs, so it is copied as a file and never imported by the model's code.
+default prompt, cosine similarity) and the module file itself, ``sentence_transformers_llm_embed.py``.
+That module imports sentence-transformers, which only that loader needs, so the model's code never
+imports it, and a model loaded as remote code (``trust_remote_code=True``, llm_embed not installed)
+gets only the files the model's code imports: the module's text is therefore kept here, in
+``MODULE_SOURCE``, and written from it, so that such a model saves a folder that loads in
+sentence-transformers just as one saved with llm_embed installed. ``tests/test_sentence_transformers.py``
+keeps ``MODULE_SOURCE`` equal to ``sentence_transformers_llm_embed.py``.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
-import shutil
-
-logger = logging.getLogger(__name__)
 
 SENTENCE_TRANSFORMERS_MODULE = "sentence_transformers_llm_embed"
 
 
 def write_sentence_transformers_files(model, folder) -> None:
-    source = os.path.join(os.path.dirname(os.path.abspath(__file__)), SENTENCE_TRANSFORMERS_MODULE + ".py")
-    if not os.path.isfile(source):
-        # Loaded as remote code: transformers fetched only the files the model imports.
-        logger.warning(
-            "not writing the sentence-transformers files: %s is not beside this model's code; save from a "
-            "process with llm_embed installed to include them",
-            SENTENCE_TRANSFORMERS_MODULE + ".py",
-        )
-        return
-    shutil.copyfile(source, os.path.join(folder, SENTENCE_TRANSFORMERS_MODULE + ".py"))
+    """Write the sentence-transformers files for ``model`` into ``folder`` (the settings from
+    ``model.config``: its prompts and default prompt; cosine similarity, as the embeddings are
+    compared)."""
+    with open(os.path.join(folder, SENTENCE_TRANSFORMERS_MODULE + ".py"), "w", encoding="utf-8") as handle:
+        handle.write(MODULE_SOURCE)
     modules = [{"idx": 0, "name": "0", "path": "", "type": f"{SENTENCE_TRANSFORMERS_MODULE}.LLMEmbeddingSTModule"}]
     settings = {
         "model_type": "SentenceTransformer",
@@ -41,4 +36,141 @@ def write_sentence_transformers_files(model, folder) -> None:
             json.dump(content, handle, indent=2)
 
 
-__all__ = ["SENTENCE_TRANSFORMERS_MODULE", "write_sentence_transformers_files"]
+# The text of sentence_transformers_llm_embed.py, written by every save (see the module docstring).
+MODULE_SOURCE = r'''"""A sentence-transformers input module that runs a whole :class:`LLMEmbeddingModel`, so that a
+saved model loads as ``SentenceTransformer(path, trust_remote_code=True)`` and embeds exactly as
+``model.encode`` does (same tokenization, EOS, truncation, pooling head, normalisation).
+
+``save_pretrained`` writes this file next to the weights with ``modules.json`` (one module, saved in
+the root) and ``config_sentence_transformers.json`` (prompts, default prompt, cosine similarity).
+sentence-transformers imports it from the model folder (relative imports only), so llm_embed need
+not be installed; sentence-transformers must be. The model's code never imports this file (it would
+import sentence-transformers); ``sentence_transformers_files.MODULE_SOURCE`` holds a copy of its
+text, which a save writes, so that a model loaded as remote code saves it too (a test keeps the two
+equal).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from sentence_transformers.base.modules.input_module import InputModule
+
+from .encoding import pad_batch, resolve_pad_id, tokenize_texts
+from .modeling_llm_embed import LLMEmbeddingModel
+
+SETTINGS_FILE = "config_sentence_transformers.json"
+
+
+class Features(dict):
+    """The features ``forward`` returns: a dict whose missing ``"token_embeddings"`` is a clear error.
+    ``SentenceTransformer.encode(output_value="token_embeddings")`` reads that key, which this module,
+    like ``LLMEmbeddingModel.encode``, does not produce; a bare ``KeyError`` would not say why."""
+
+    def __missing__(self, key):
+        if key == "token_embeddings":
+            raise ValueError(
+                "output_value='token_embeddings' is not supported: this model returns sentence embeddings only "
+                "(its pooling head runs inside the module); for token states, run the backbone: "
+                "st[0].model.backbone(input_ids=..., attention_mask=...)."
+            )
+        raise KeyError(key)
+
+
+class LLMEmbeddingSTModule(InputModule):
+    """One module: text -> ids (prompt, EOS, truncation as in ``encode``) -> LLMEmbeddingModel -> embedding."""
+
+    save_in_root = True
+
+    def __init__(self, model: LLMEmbeddingModel):
+        super().__init__()
+        self.model = model
+
+    @property
+    def tokenizer(self):
+        return self.model.tokenizer
+
+    @property
+    def max_seq_length(self) -> int:
+        return self.model.config.max_seq_length
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:
+        self.model.config.max_seq_length = value  # the model's tokenizer follows (LLMEmbeddingModel.tokenizer)
+
+    def get_sentence_embedding_dimension(self) -> int:
+        return self.model.config.embedding_dim
+
+    def preprocess(self, inputs, prompt: str | None = None, **kwargs) -> dict[str, torch.Tensor]:
+        """Token ids as ``encode`` makes them: the same helpers, the prompt passed as the prefix."""
+        config, tokenizer = self.model.config, self.model.tokenizer
+        ids = tokenize_texts(tokenizer, list(inputs), config.max_seq_length, config.append_eos, prefix=prompt or "")
+        input_ids, attention_mask = pad_batch(ids, resolve_pad_id(tokenizer), config.padding_side)
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def tokenize(self, texts, **kwargs):  # sentence-transformers < 6 name
+        return self.preprocess(texts, **kwargs)
+
+    def forward(self, features: dict[str, torch.Tensor], **kwargs) -> dict[str, torch.Tensor]:
+        output = self.model(input_ids=features["input_ids"], attention_mask=features["attention_mask"])
+        features = Features(features)
+        features["sentence_embedding"] = output.embeddings
+        return features
+
+    def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
+        """The model's ``save_pretrained``, keeping the ``config_sentence_transformers.json`` that
+        ``SentenceTransformer.save`` wrote just before calling this (its prompts, default prompt,
+        ``truncate_dim``, similarity function): ``save_pretrained`` writes its own, from the model's
+        config, and would otherwise replace the settings the user changed on the SentenceTransformer."""
+        path = os.path.join(output_path, SETTINGS_FILE)
+        settings = None
+        if os.path.isfile(path):
+            with open(path, "rb") as handle:
+                settings = handle.read()
+        self.model.save_pretrained(output_path)
+        if settings is not None:
+            with open(path, "wb") as handle:
+                handle.write(settings)
+
+    @classmethod
+    def load(cls, model_name_or_path: str, subfolder: str = "", token=None, cache_folder=None, revision=None,
+             local_files_only: bool = False, model_kwargs: dict | None = None, config_kwargs: dict | None = None,
+             processor_kwargs: dict | None = None, backend: str = "torch", **kwargs) -> LLMEmbeddingSTModule:
+        """The model, loaded with ``LLMEmbeddingModel.from_pretrained``. ``model_kwargs`` and
+        ``config_kwargs`` both reach it (config overrides such as ``max_seq_length``, load options such
+        as ``dtype``); ``processor_kwargs`` and backends other than torch are refused, not ignored: the
+        tokenizer is the model's configured one, and the model runs in PyTorch only."""
+        if backend != "torch":
+            raise ValueError(
+                f"SentenceTransformer(..., backend={backend!r}) is not supported for this model: it runs in PyTorch "
+                "only (its pooling head and EOS handling are not exported to ONNX / OpenVINO); use backend='torch'."
+            )
+        if processor_kwargs:
+            raise ValueError(
+                f"SentenceTransformer(..., processor_kwargs={processor_kwargs!r}) is not supported for this model: "
+                "it tokenizes with its own configured tokenizer; set its settings as config overrides instead, e.g. "
+                "config_kwargs={'max_seq_length': 256, 'padding_side': 'left', 'append_eos': True}."
+            )
+        load_kwargs = dict(model_kwargs or {})
+        for key, value in (config_kwargs or {}).items():
+            if key in load_kwargs and load_kwargs[key] != value:
+                raise ValueError(
+                    f"SentenceTransformer(...): {key!r} is {load_kwargs[key]!r} in model_kwargs and {value!r} in "
+                    "config_kwargs; pass it once."
+                )
+            load_kwargs[key] = value
+        if subfolder:
+            load_kwargs["subfolder"] = subfolder
+        model = LLMEmbeddingModel.from_pretrained(
+            model_name_or_path, token=token, cache_dir=cache_folder, revision=revision,
+            local_files_only=local_files_only, **load_kwargs,
+        )
+        return cls(model)
+
+
+__all__ = ["Features", "LLMEmbeddingSTModule"]
+'''
+
+
+__all__ = ["MODULE_SOURCE", "SENTENCE_TRANSFORMERS_MODULE", "write_sentence_transformers_files"]

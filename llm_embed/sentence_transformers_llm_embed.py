@@ -1,20 +1,42 @@
-"""A sentence-transformers input module that runs a whole :class:`LLMEmbeddingModel`, so that a saved
-model loads as ``SentenceTransformer(path, trust_remote_code=True)`` and embeds exactly as
+"""A sentence-transformers input module that runs a whole :class:`LLMEmbeddingModel`, so that a
+saved model loads as ``SentenceTransformer(path, trust_remote_code=True)`` and embeds exactly as
 ``model.encode`` does (same tokenization, EOS, truncation, pooling head, normalisation).
 
-``save_pretrained`` copies this file next to the weights with ``modules.json`` (one module, saved in
+``save_pretrained`` writes this file next to the weights with ``modules.json`` (one module, saved in
 the root) and ``config_sentence_transformers.json`` (prompts, default prompt, cosine similarity).
 sentence-transformers imports it from the model folder (relative imports only), so llm_embed need
-not be installed; sentence-transformers must be.
+not be installed; sentence-transformers must be. The model's code never imports this file (it would
+import sentence-transformers); ``sentence_transformers_files.MODULE_SOURCE`` holds a copy of its
+text, which a save writes, so that a model loaded as remote code saves it too (a test keeps the two
+equal).
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 from sentence_transformers.base.modules.input_module import InputModule
 
 from .encoding import pad_batch, resolve_pad_id, tokenize_texts
 from .modeling_llm_embed import LLMEmbeddingModel
+
+SETTINGS_FILE = "config_sentence_transformers.json"
+
+
+class Features(dict):
+    """The features ``forward`` returns: a dict whose missing ``"token_embeddings"`` is a clear error.
+    ``SentenceTransformer.encode(output_value="token_embeddings")`` reads that key, which this module,
+    like ``LLMEmbeddingModel.encode``, does not produce; a bare ``KeyError`` would not say why."""
+
+    def __missing__(self, key):
+        if key == "token_embeddings":
+            raise ValueError(
+                "output_value='token_embeddings' is not supported: this model returns sentence embeddings only "
+                "(its pooling head runs inside the module); for token states, run the backbone: "
+                "st[0].model.backbone(input_ids=..., attention_mask=...)."
+            )
+        raise KeyError(key)
 
 
 class LLMEmbeddingSTModule(InputModule):
@@ -36,7 +58,7 @@ class LLMEmbeddingSTModule(InputModule):
 
     @max_seq_length.setter
     def max_seq_length(self, value: int) -> None:
-        self.model.config.max_seq_length = value
+        self.model.config.max_seq_length = value  # the model's tokenizer follows (LLMEmbeddingModel.tokenizer)
 
     def get_sentence_embedding_dimension(self) -> int:
         return self.model.config.embedding_dim
@@ -53,16 +75,52 @@ class LLMEmbeddingSTModule(InputModule):
 
     def forward(self, features: dict[str, torch.Tensor], **kwargs) -> dict[str, torch.Tensor]:
         output = self.model(input_ids=features["input_ids"], attention_mask=features["attention_mask"])
+        features = Features(features)
         features["sentence_embedding"] = output.embeddings
         return features
 
     def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
+        """The model's ``save_pretrained``, keeping the ``config_sentence_transformers.json`` that
+        ``SentenceTransformer.save`` wrote just before calling this (its prompts, default prompt,
+        ``truncate_dim``, similarity function): ``save_pretrained`` writes its own, from the model's
+        config, and would otherwise replace the settings the user changed on the SentenceTransformer."""
+        path = os.path.join(output_path, SETTINGS_FILE)
+        settings = None
+        if os.path.isfile(path):
+            with open(path, "rb") as handle:
+                settings = handle.read()
         self.model.save_pretrained(output_path)
+        if settings is not None:
+            with open(path, "wb") as handle:
+                handle.write(settings)
 
     @classmethod
     def load(cls, model_name_or_path: str, subfolder: str = "", token=None, cache_folder=None, revision=None,
-             local_files_only: bool = False, model_kwargs: dict | None = None, **kwargs) -> LLMEmbeddingSTModule:
+             local_files_only: bool = False, model_kwargs: dict | None = None, config_kwargs: dict | None = None,
+             processor_kwargs: dict | None = None, backend: str = "torch", **kwargs) -> LLMEmbeddingSTModule:
+        """The model, loaded with ``LLMEmbeddingModel.from_pretrained``. ``model_kwargs`` and
+        ``config_kwargs`` both reach it (config overrides such as ``max_seq_length``, load options such
+        as ``dtype``); ``processor_kwargs`` and backends other than torch are refused, not ignored: the
+        tokenizer is the model's configured one, and the model runs in PyTorch only."""
+        if backend != "torch":
+            raise ValueError(
+                f"SentenceTransformer(..., backend={backend!r}) is not supported for this model: it runs in PyTorch "
+                "only (its pooling head and EOS handling are not exported to ONNX / OpenVINO); use backend='torch'."
+            )
+        if processor_kwargs:
+            raise ValueError(
+                f"SentenceTransformer(..., processor_kwargs={processor_kwargs!r}) is not supported for this model: "
+                "it tokenizes with its own configured tokenizer; set its settings as config overrides instead, e.g. "
+                "config_kwargs={'max_seq_length': 256, 'padding_side': 'left', 'append_eos': True}."
+            )
         load_kwargs = dict(model_kwargs or {})
+        for key, value in (config_kwargs or {}).items():
+            if key in load_kwargs and load_kwargs[key] != value:
+                raise ValueError(
+                    f"SentenceTransformer(...): {key!r} is {load_kwargs[key]!r} in model_kwargs and {value!r} in "
+                    "config_kwargs; pass it once."
+                )
+            load_kwargs[key] = value
         if subfolder:
             load_kwargs["subfolder"] = subfolder
         model = LLMEmbeddingModel.from_pretrained(
@@ -72,4 +130,4 @@ class LLMEmbeddingSTModule(InputModule):
         return cls(model)
 
 
-__all__ = ["LLMEmbeddingSTModule"]
+__all__ = ["Features", "LLMEmbeddingSTModule"]

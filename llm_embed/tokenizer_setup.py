@@ -2,9 +2,9 @@
 
 ``encode``, the training collator and sentence-transformers must tokenize a text exactly as the
 model was trained on it, so the model keeps its own configured copy of the tokenizer: pad token,
-padding side, maximum length and, with ``append_eos``, a post-processor that appends EOS (so that
-``AutoTokenizer.from_pretrained(model folder)`` gives those ids outside ``encode`` too). Saved
-beside the weights, it is loaded together with them.
+padding side, maximum length and a post-processor that appends EOS exactly when ``append_eos`` says so
+(so that ``AutoTokenizer.from_pretrained(model folder)`` gives those ids outside ``encode`` too). Saved
+beside the weights, it is loaded together with them, and configured again when the config changes.
 """
 
 from __future__ import annotations
@@ -21,22 +21,66 @@ LOADING_ONLY_KEYS = (
 )
 
 
-def configure_eos(tokenizer) -> bool:
-    """Make a fast tokenizer append EOS itself (``tokenizer(text)`` then ends with EOS), keeping the
-    special tokens it already puts in front (BOS). Saved with the tokenizer, so that
-    ``AutoTokenizer.from_pretrained(model folder)`` gives ids the model was trained on even outside
-    ``encode``. Returns False (nothing changed) when it already does so; raises for a tokenizer
-    whose post-processing cannot be rewritten this way."""
-    eos_id, eos = tokenizer.eos_token_id, tokenizer.eos_token
-    if eos_id is None:
-        raise ValueError("append_eos=True but the tokenizer has no eos_token; set tokenizer.eos_token")
+def _special_tokens_around_text(tokenizer) -> tuple[list[int], list[int]] | None:
+    """The special token ids the tokenizer puts before and after a text (``tokenizer("a")`` compared
+    with the plain ids), or None when the plain ids do not appear in one piece among them."""
     with_specials = tokenizer("a")["input_ids"]
     plain = tokenizer("a", add_special_tokens=False)["input_ids"]
-    if with_specials and with_specials[-1] == eos_id:
+    for start in range(len(with_specials) - len(plain) + 1):
+        if with_specials[start : start + len(plain)] == plain:
+            return with_specials[:start], with_specials[start + len(plain) :]
+    return None
+
+
+def _set_template(tokenizer, prefix_ids: list[int], suffix: str | None) -> None:
+    """Make the fast tokenizer's post-processor put ``prefix_ids`` before each text and ``suffix``
+    (a special token) after it, or nothing when ``suffix`` is None."""
+    from tokenizers.processors import TemplateProcessing
+
+    prefix = tokenizer.convert_ids_to_tokens(prefix_ids)
+    specials = dict(zip(prefix, prefix_ids))
+    after = []
+    if suffix is not None:
+        specials[suffix] = tokenizer.convert_tokens_to_ids(suffix)
+        after = [suffix]
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single=" ".join([*prefix, "$A", *after]),
+        pair=" ".join([*prefix, "$A", *after, "$B:1", *(f"{token}:1" for token in after)]),
+        special_tokens=list(specials.items()),
+    )
+
+
+def configure_eos(tokenizer, append_eos: bool = True) -> bool:
+    """Make a fast tokenizer append EOS itself (``tokenizer(text)`` then ends with EOS), keeping the
+    special tokens it already puts in front (BOS); with ``append_eos=False``, the reverse: a
+    tokenizer that appends EOS after the text (a backbone's, or one saved by a model with
+    ``append_eos=True``) stops doing so, its prefix kept. Saved with the tokenizer, so that
+    ``AutoTokenizer.from_pretrained(model folder)`` gives ids the model was trained on even outside
+    ``encode``, whichever way ``append_eos`` was set. Returns False (nothing changed) when the
+    tokenizer already does what is asked; raises for a tokenizer whose post-processing cannot be
+    rewritten this way."""
+    eos_id, eos = tokenizer.eos_token_id, tokenizer.eos_token
+    if eos_id is None:
+        if not append_eos:
+            return False  # no EOS token: nothing can append one
+        raise ValueError("append_eos=True but the tokenizer has no eos_token; set tokenizer.eos_token")
+    with_specials = tokenizer("a")["input_ids"]
+    if bool(with_specials and with_specials[-1] == eos_id) == append_eos:
         return False
+    around = _special_tokens_around_text(tokenizer)
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    cut = len(with_specials) - len(plain)
-    if backend is None or cut < 0 or with_specials[cut:] != plain:
+    if not append_eos:
+        if backend is None or around is None or around[1] != [eos_id]:
+            raise ValueError(
+                f"cannot use {type(tokenizer).__name__} with append_eos=False: its post-processing appends EOS "
+                "after the text and cannot be rewritten not to (it is not a fast tokenizer, or it puts more special "
+                "tokens after the text), so the tokenizer saved with the model would give ids the model does not "
+                "embed. Load a fast tokenizer (AutoTokenizer.from_pretrained(..., use_fast=True)), or build the "
+                "model with append_eos=True."
+            )
+        _set_template(tokenizer, around[0], None)
+        return True
+    if backend is None or around is None or around[1]:
         raise ValueError(
             f"cannot use {type(tokenizer).__name__} with append_eos=True: the model's tokenizer must append EOS "
             "itself, so that the tokenizer saved with the model gives the ids the model embeds, and this one's "
@@ -44,20 +88,23 @@ def configure_eos(tokenizer) -> bool:
             "text). Load a fast tokenizer (AutoTokenizer.from_pretrained(..., use_fast=True)), or build the model "
             "with append_eos=False (then no EOS is appended by encode() or the training collator)."
         )
-    from tokenizers.processors import TemplateProcessing
-
-    prefix = tokenizer.convert_ids_to_tokens(with_specials[:cut])
-    specials = dict(zip(prefix, with_specials[:cut]), **{eos: eos_id})
-    backend.post_processor = TemplateProcessing(
-        single=" ".join([*prefix, "$A", eos]),
-        pair=" ".join([*prefix, "$A", eos, "$B:1", f"{eos}:1"]),
-        special_tokens=list(specials.items()),
-    )
+    _set_template(tokenizer, around[0], eos)
     return True
 
 
+def tokenizer_settings(config) -> tuple:
+    """The config values a configured tokenizer follows (:func:`configure_tokenizer`). The model
+    records them when it configures its tokenizer and configures it again when they change
+    (``model.config.max_seq_length = 256``, ``st.max_seq_length = 256``), so that the tokenizer it
+    uses and saves never describes an older config."""
+    return (config.padding_side, config.max_seq_length, bool(config.append_eos))
+
+
 def configure_tokenizer(tokenizer, config):
-    """A configured copy of ``tokenizer`` for a model with ``config`` (the caller's object is unchanged)."""
+    """A configured copy of ``tokenizer`` for a model with ``config`` (the caller's object is unchanged):
+    pad token, padding side, maximum length, and a post-processor that appends EOS exactly when
+    ``config.append_eos`` says so (:func:`configure_eos`, both ways). Configuring an already
+    configured tokenizer for another config gives what configuring the original would."""
     tokenizer = copy.deepcopy(tokenizer)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -70,8 +117,7 @@ def configure_tokenizer(tokenizer, config):
         tokenizer.init_kwargs[name] = value
     for key in LOADING_ONLY_KEYS:
         tokenizer.init_kwargs.pop(key, None)
-    if config.append_eos:
-        configure_eos(tokenizer)
+    configure_eos(tokenizer, bool(config.append_eos))
     return tokenizer
 
 
@@ -95,4 +141,6 @@ def load_saved_tokenizer(name_or_path, hub_kwargs: dict, backbone_config=None):
         ) from error
 
 
-__all__ = ["LOADING_ONLY_KEYS", "configure_eos", "configure_tokenizer", "load_saved_tokenizer"]
+__all__ = [
+    "LOADING_ONLY_KEYS", "configure_eos", "configure_tokenizer", "load_saved_tokenizer", "tokenizer_settings",
+]

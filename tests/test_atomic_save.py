@@ -178,3 +178,209 @@ def test_damaged_tokenizer_file_fails_at_load_naming_the_checkpoint(tmp_path, to
     (folder / "tokenizer.json").write_text('{"version": "1.0", "truncat')
     with pytest.raises(ValueError, match="tokenizer saved with the checkpoint .* cannot be loaded"):
         AutoModel.from_pretrained(folder)
+
+
+def test_save_through_a_symlink_saves_into_its_target_and_keeps_the_link(tmp_path, tokenizer):
+    """``latest -> run-3``: the save goes into run-3 (its other files kept), the link stays a link."""
+    real, link = tmp_path / "run-3", tmp_path / "latest"
+    perturbed("mean", seed=0, tokenizer=tokenizer).save_pretrained(real)
+    (real / "trainer_state.json").write_text("{}")
+    link.symlink_to("run-3")
+    new = perturbed("mean", seed=1, tokenizer=tokenizer)
+    new.save_pretrained(link)
+    assert link.is_symlink() and os.readlink(link) == "run-3"
+    assert (real / "trainer_state.json").read_text() == "{}"
+    assert torch.equal(embed(AutoModel.from_pretrained(real)), embed(new))
+    assert sorted(os.listdir(tmp_path)) == ["latest", "run-3"]
+
+
+def sharded_old_checkpoint(folder, tokenizer) -> None:
+    """An old checkpoint with two shards (stale after an unsharded save) and files of the user."""
+    perturbed("latent_attention", seed=0, tokenizer=tokenizer).save_pretrained(folder, max_shard_size="2MB")
+    assert len([n for n in os.listdir(folder) if n.startswith("model-")]) > 1
+    (folder / "notes.txt").write_text("mine")
+    (folder / "logs").mkdir()
+    (folder / "logs" / "run.log").write_text("log")
+
+
+def assert_new_checkpoint_in_place(folder, new) -> None:
+    names = os.listdir(folder)
+    assert "model.safetensors" in names and not [n for n in names if n.startswith("model-") or "index" in n]
+    assert (folder / "notes.txt").read_text() == "mine" and (folder / "logs" / "run.log").read_text() == "log"
+    assert not [n for n in names if ".llm_embed-" in n]
+    assert torch.equal(embed(AutoModel.from_pretrained(folder)), embed(new))
+
+
+@pytest.mark.parametrize("where", ["folder", "sub-folder"])
+def test_save_into_the_working_directory_keeps_it(tmp_path, tokenizer, monkeypatch, where):
+    """``save_pretrained(".")`` from inside the folder (or a save of an ancestor of the working
+    directory) replaces the files, not the folder: the process's working directory stays valid."""
+    folder = tmp_path / "model"
+    sharded_old_checkpoint(folder, tokenizer)
+    inode = os.stat(folder).st_ino
+    monkeypatch.chdir(folder if where == "folder" else folder / "logs")
+    new = perturbed("latent_attention", seed=1, tokenizer=tokenizer)
+    new.save_pretrained("." if where == "folder" else "..")
+    assert os.stat(folder).st_ino == inode
+    assert os.path.samefile(os.getcwd(), folder if where == "folder" else folder / "logs")
+    with open("written-after.txt", "w") as handle:  # the working directory is still a live folder
+        handle.write("x")
+    assert os.path.isfile(os.path.join(os.getcwd(), "written-after.txt"))
+    assert_new_checkpoint_in_place(folder, new)
+    assert sorted(os.listdir(tmp_path)) == ["model"]
+
+
+def test_mount_point_saves_file_by_file(tmp_path, tokenizer, monkeypatch):
+    """A folder that cannot be swapped (here: reported as a mount point) gets the new files one by one,
+    stale checkpoint files removed, other files kept."""
+    folder = tmp_path / "volume"
+    sharded_old_checkpoint(folder, tokenizer)
+    inode = os.stat(folder).st_ino
+    monkeypatch.setattr(atomic_save, "_is_mount_point", lambda path: path == str(folder))
+    new = perturbed("latent_attention", seed=1, tokenizer=tokenizer)
+    new.save_pretrained(folder)
+    assert os.stat(folder).st_ino == inode
+    assert_new_checkpoint_in_place(folder, new)
+    assert sorted(os.listdir(tmp_path)) == ["volume"]
+
+
+def test_folder_swap_refused_as_busy_falls_back_to_file_by_file(tmp_path, tokenizer, monkeypatch):
+    """A mount point the check does not recognise (EBUSY from the swap) is saved file by file."""
+    folder = tmp_path / "volume"
+    sharded_old_checkpoint(folder, tokenizer)
+
+    def busy(staging, target, backup_prefix):
+        raise OSError(errno.EBUSY, "Device or resource busy", staging)
+
+    monkeypatch.setattr(atomic_save, "_swap_in", busy)
+    new = perturbed("latent_attention", seed=1, tokenizer=tokenizer)
+    new.save_pretrained(folder)
+    assert_new_checkpoint_in_place(folder, new)
+    assert sorted(os.listdir(tmp_path)) == ["volume"]
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
+@pytest.mark.parametrize("failing_at", ["first", "sixth", "stale"])
+def test_file_by_file_failure_restores_the_old_files(tmp_path, tokenizer, monkeypatch, exchange, failing_at):
+    """A failure while the files are put in place (the first or sixth new file, or the removal of a
+    stale shard) puts the old files back."""
+    folder = tmp_path / "volume"
+    sharded_old_checkpoint(folder, tokenizer)
+    before = {path.relative_to(folder): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    monkeypatch.setattr(atomic_save, "_is_mount_point", lambda path: path == str(folder))
+    if not exchange:
+        monkeypatch.setattr(atomic_save, "_exchange", lambda first, second: False)
+    calls = []
+    original_rename, original_exchange = os.rename, atomic_save._exchange
+
+    def count(source, destination):
+        """Fail the chosen rename or exchange of an entry of the target (in or out)."""
+        if str(folder) in (os.path.dirname(source), os.path.dirname(destination)):
+            calls.append(destination)
+            stale = os.path.basename(source).startswith("model-") and os.path.dirname(source) == str(folder)
+            if (failing_at, len(calls)) in (("first", 1), ("sixth", 6)) or (failing_at == "stale" and stale):
+                raise OSError(errno.EIO, "Input/output error", destination)
+
+    def failing_rename(source, destination):
+        count(source, destination)
+        return original_rename(source, destination)
+
+    def failing_exchange(first, second):
+        count(first, second)
+        return original_exchange(first, second)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(atomic_save.os, "rename", failing_rename)
+        patch.setattr(atomic_save, "_exchange", failing_exchange)
+        with pytest.raises(OSError, match="Input/output error"):
+            perturbed("mean", seed=1, tokenizer=tokenizer).save_pretrained(folder)
+    after = {path.relative_to(folder): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    assert after == before
+    assert not [n for n in os.listdir(folder) if ".llm_embed-" in n]
+
+
+def test_file_by_file_failed_write_leaves_the_folder_untouched(tmp_path, tokenizer, monkeypatch):
+    folder = tmp_path / "volume"
+    sharded_old_checkpoint(folder, tokenizer)
+    before = {path.relative_to(folder): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    monkeypatch.setattr(atomic_save, "_is_mount_point", lambda path: path == str(folder))
+    fail_while_writing_weights(monkeypatch)
+    with pytest.raises(OSError, match="No space left"):
+        perturbed("mean", seed=1, tokenizer=tokenizer).save_pretrained(folder)
+    after = {path.relative_to(folder): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    assert after == before
+    assert not [n for n in os.listdir(folder) if ".llm_embed-" in n]
+
+
+def test_real_mount_point_is_saved(tmp_path):
+    """The folder is a tmpfs mount (a docker -v volume): renaming it is EBUSY, so the save goes file
+    by file; twice, the second replacing the first. Needs a private mount namespace (unshare -m)."""
+    import subprocess
+    import sys
+
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs tmpfs {volume} && umount {volume}"],
+                           capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount in a private namespace here: {probe.stderr.decode()[-200:]}")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = f"""
+import os, sys, torch
+sys.path.insert(0, {repo!r})
+from transformers import AutoModel
+from tests.conftest import tiny_model
+assert os.path.ismount({str(volume)!r})
+ids = torch.tensor([[5, 6, 7, 8]])
+for seed in (0, 1):
+    model = tiny_model("llama", "bidirectional", "mean", seed=seed, output_dim=8)
+    model.save_pretrained({str(volume)!r})
+    with torch.no_grad():
+        assert torch.equal(AutoModel.from_pretrained({str(volume)!r})(input_ids=ids).embeddings,
+                           model(input_ids=ids).embeddings), seed
+print("SAVED", sorted(n for n in os.listdir({str(volume)!r}) if ".llm_embed-" in n))
+"""
+    result = subprocess.run(["unshare", "-m", "sh", "-c", f'mount -t tmpfs tmpfs {volume} && exec "$0" -c "$1"',
+                             sys.executable, script], capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "SAVED []" in result.stdout
+    assert sorted(os.listdir(tmp_path)) == ["volume"]
+
+
+def test_save_keeps_user_files_named_like_package_modules(tmp_path):
+    """Only the code files a save writes are checkpoint files: a user's train.py, data.py, cli.py ...
+    (names of llm_embed modules that are not shipped) survive."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    names = ["train.py", "data.py", "cli.py", "corpus.py", "__init__.py", "lora.py", "study.py"]
+    for name in names:
+        (folder / name).write_text(f"# the user's own {name}\n")
+    model = perturbed("mean", seed=0)
+    model.save_pretrained(folder)
+    model.save_pretrained(folder)  # a second save over the first one, too
+    for name in names:
+        assert (folder / name).read_text() == f"# the user's own {name}\n", name
+    assert (folder / "modeling_llm_embed.py").is_file() and (folder / "packed_attention.py").is_file()
+
+
+def test_plain_save_after_a_variant_save_drops_the_variant_weights(tmp_path):
+    folder = tmp_path / "ckpt"
+    perturbed("latent_attention", seed=0).save_pretrained(folder, variant="v1")
+    perturbed("latent_attention", seed=1).save_pretrained(folder, variant="v2", max_shard_size="2MB")
+    names = os.listdir(folder)
+    assert "model.v1.safetensors" not in names and "model.safetensors.index.v2.json" in names
+    new = perturbed("latent_attention", seed=2)
+    new.save_pretrained(folder)
+    assert sorted(n for n in os.listdir(folder) if n.startswith("model") and not n.endswith(".py")) == [
+        "model.safetensors"]
+    assert torch.equal(embed(AutoModel.from_pretrained(folder)), embed(new))
+
+
+def test_non_main_rank_passed_positionally_writes_nothing(tmp_path, tokenizer):
+    """``save_pretrained(folder, False)``: transformers' second parameter is ``is_main_process``."""
+    folder = tmp_path / "ckpt"
+    perturbed("mean", seed=0, tokenizer=tokenizer).save_pretrained(folder)
+    before = {name: (folder / name).read_bytes() for name in os.listdir(folder)}
+    perturbed("mean", seed=1, tokenizer=tokenizer).save_pretrained(folder, False)
+    assert {name: (folder / name).read_bytes() for name in os.listdir(folder)} == before

@@ -126,3 +126,49 @@ def test_no_tokenizer_is_a_clear_error():
     model = tiny_model("llama", "causal", "mean")
     with pytest.raises(ValueError, match="no tokenizer"):
         model.encode("hello")
+
+
+def test_no_misleading_too_long_log_from_encode(model):
+    """transformers logs "Token indices sequence length is longer than the specified maximum ... will
+    result in indexing errors" for a long text; encode truncates it, so not from encode; a direct call
+    of the tokenizer still gets it."""
+    import logging
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    model.tokenizer.deprecation_warnings.pop("sequence-length-is-longer-than-the-specified-maximum", None)
+    root = logging.getLogger("transformers")
+    root.addHandler(handler)
+    try:
+        with pytest.warns(UserWarning, match="1 of 1 texts were longer"):
+            model.encode("word " * 600)
+        assert not [r for r in records if "Token indices sequence length" in r.getMessage()]
+        model.tokenizer("word " * 600)
+        assert [r for r in records if "Token indices sequence length" in r.getMessage()]
+    finally:
+        root.removeHandler(handler)
+
+
+def test_truncation_warning_points_at_the_callers_line(model):
+    """Python shows a warning once per location: pointed into llm_embed, the warning of a second call
+    site would be hidden."""
+    from pathlib import Path
+
+    model.config.max_seq_length = 8
+    for call in (model.encode, model.encode_query, model.encode_document):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            call(["word " * 50])
+        assert [(Path(w.filename).name, w.lineno) for w in caught] == [(Path(__file__).name, CALL_LINE)]
+
+
+def _call_line() -> int:
+    """The line of ``call(["word " * 50])`` in the test above."""
+    import inspect
+
+    source, start = inspect.getsourcelines(test_truncation_warning_points_at_the_callers_line)
+    return start + next(i for i, line in enumerate(source) if 'call(["word " * 50])' in line)
+
+
+CALL_LINE = _call_line()

@@ -8,6 +8,7 @@ import threading
 import time
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -394,3 +395,76 @@ def test_vocabulary_bound_is_recomputed_when_tokens_are_added(tokenizer):
     before = max_token_chars(grown)
     grown.add_tokens(["<" + "z" * (before + 20) + ">"])
     assert max_token_chars(grown) == before + 22
+
+
+# ---------------------------------------------------------------- the tokenizer follows the config
+
+
+def test_append_eos_false_on_a_loaded_model(tokenizer, tmp_path):
+    """A checkpoint saved with append_eos=True carries a tokenizer that appends EOS; loading it with
+    append_eos=False (or setting it later) must give the ids of a model built with append_eos=False."""
+    from transformers import AutoTokenizer
+
+    saved = with_tokenizer(tiny_model("llama", "bidirectional", "mean"), tokenizer)
+    saved.save_pretrained(tmp_path / "model")
+    reference = with_tokenizer(tiny_model("llama", "bidirectional", "mean", append_eos=False), tokenizer)
+    want = tokenizer(TEXTS)["input_ids"]  # SmolLM2's own tokenizer adds no special tokens
+    assert reference.tokenizer(TEXTS)["input_ids"] == want
+
+    loaded = LLMEmbeddingModel.from_pretrained(tmp_path / "model", append_eos=False)
+    assert loaded.tokenizer(TEXTS)["input_ids"] == want
+    np.testing.assert_allclose(loaded.encode(TEXTS), reference.encode(TEXTS), atol=1e-6)
+    with pytest.raises(ValueError, match="produced no tokens"):
+        loaded.encode("")
+
+    saved.config.append_eos = False  # after the tokenizer was attached
+    assert saved.tokenizer(TEXTS)["input_ids"] == want
+    np.testing.assert_allclose(saved.encode(TEXTS), reference.encode(TEXTS), atol=1e-6)
+    saved.save_pretrained(tmp_path / "no-eos")
+    assert AutoTokenizer.from_pretrained(tmp_path / "no-eos")(TEXTS)["input_ids"] == want
+    saved.config.append_eos = True  # and back
+    assert saved.tokenizer(TEXTS)["input_ids"] == [ids + [tokenizer.eos_token_id] for ids in want]
+
+
+def test_append_eos_false_keeps_the_prefix(tokenizer):
+    """A tokenizer that wraps texts in BOS ... EOS loses the EOS only, both ways round."""
+    from tokenizers.processors import TemplateProcessing
+
+    wrapping = copy.deepcopy(tokenizer)
+    bos, eos = wrapping.bos_token, wrapping.eos_token
+    bos_id, eos_id = wrapping.bos_token_id, wrapping.eos_token_id
+    wrapping.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"{bos} $A {eos}", pair=f"{bos} $A {eos} $B:1 {eos}:1", special_tokens=[(bos, bos_id), (eos, eos_id)])
+    plain = tokenizer("hello world")["input_ids"]
+    model = with_tokenizer(tiny_model("llama", "bidirectional", "mean", append_eos=False), wrapping)
+    assert model.tokenizer("hello world")["input_ids"] == [bos_id, *plain]
+    assert wrapping("hello world")["input_ids"] == [bos_id, *plain, eos_id]  # the caller's object is unchanged
+    model.config.append_eos = True
+    assert model.tokenizer("hello world")["input_ids"] == [bos_id, *plain, eos_id]
+
+
+def test_tokenizer_follows_config_changes(tokenizer, tmp_path):
+    """Settings changed after the tokenizer was attached reach the tokenizer the model uses and saves,
+    so that model(**AutoTokenizer(saved folder)(...)) still equals encode."""
+    from transformers import AutoTokenizer
+
+    model = with_tokenizer(tiny_model("llama", "bidirectional", "mean"), tokenizer)
+    attached = model.tokenizer
+    assert model.tokenizer is attached  # unchanged config: no new copy per call
+    model.config.max_seq_length = 8
+    model.config.padding_side = "left"
+    current = model.tokenizer
+    assert (current.model_max_length, current.padding_side) == (8, "left")
+    assert model.tokenizer is current
+    model.save_pretrained(tmp_path / "model")
+    saved = AutoTokenizer.from_pretrained(tmp_path / "model")
+    assert (saved.model_max_length, saved.padding_side) == (8, "left")
+    texts = ["one two three four five six seven eight nine ten eleven twelve", "short"]
+    batch = saved(texts, padding=True, truncation=True, return_tensors="pt")
+    assert batch["attention_mask"].sum(1).tolist() == [8, 2]
+    with torch.no_grad():
+        forward = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).embeddings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the truncation warning
+        encoded = model.encode(texts, convert_to_tensor=True)
+    torch.testing.assert_close(forward, encoded, atol=1e-5, rtol=0)

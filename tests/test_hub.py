@@ -3,11 +3,12 @@ intercepted), laid out as the Hub cache would hold it, loaded by repo id offline
 process without llm_embed."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
-from huggingface_hub import CommitInfo, HfApi, RepoUrl
+from huggingface_hub import CommitInfo, CommitOperationDelete, HfApi, RepoUrl
 
 from .conftest import run_without_llm_embed, tiny_model
 
@@ -17,41 +18,66 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 @pytest.fixture()
 def fake_hub(monkeypatch, tmp_path):
-    """Capture what would be uploaded; write it into an HF_HUB_CACHE layout."""
+    """Capture what would be uploaded; keep the repo's files across commits as the Hub does (a commit
+    adds and deletes files, the rest stays) and write them into an HF_HUB_CACHE layout. The repo's
+    files (``repo_files``) can be set before a push, as if pushed by someone else."""
     cache = tmp_path / "hub"
     uploaded = {}
+    repo_files = {".gitattributes": b"*.safetensors filter=lfs\n"}
 
     def create_repo(self, repo_id, **kwargs):
         return RepoUrl(f"https://huggingface.co/{repo_id}")
 
-    def create_commit(self, repo_id, operations, commit_message=None, **kwargs):
+    def list_repo_files(self, repo_id, *, revision=None, **kwargs):
+        return sorted(repo_files)
+
+    def hf_hub_download(self, repo_id, filename, *, cache_dir=None, **kwargs):
+        path = tmp_path / "downloads" / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(repo_files[filename])
+        return str(path)
+
+    def create_commit(self, repo_id, operations, commit_message=None, commit_description=None, **kwargs):
         snapshot = cache / f"models--{repo_id.replace('/', '--')}" / "snapshots" / COMMIT
-        snapshot.mkdir(parents=True, exist_ok=True)
+        uploaded.clear()
         for operation in operations:
+            if isinstance(operation, CommitOperationDelete):
+                del repo_files[operation.path_in_repo]
+                uploaded.setdefault("_deleted", []).append(operation.path_in_repo)
+                continue
             with open(operation.path_or_fileobj, "rb") as handle:
                 data = handle.read()
             uploaded[operation.path_in_repo] = data
-            (snapshot / operation.path_in_repo).write_bytes(data)
+            repo_files[operation.path_in_repo] = data
+        if snapshot.exists():
+            shutil.rmtree(snapshot)
+        snapshot.mkdir(parents=True)
+        for name, data in repo_files.items():
+            (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+            (snapshot / name).write_bytes(data)
         refs = snapshot.parents[1] / "refs"
         refs.mkdir(exist_ok=True)
         (refs / "main").write_text(COMMIT)
         uploaded["_commit_message"] = commit_message
+        uploaded["_commit_description"] = commit_description
         return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/{COMMIT}",
-                          commit_message=commit_message, commit_description="", oid=COMMIT)
+                          commit_message=commit_message, commit_description=commit_description or "", oid=COMMIT)
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "list_repo_files", list_repo_files)
+    monkeypatch.setattr(HfApi, "hf_hub_download", hf_hub_download)
     monkeypatch.setattr(HfApi, "create_commit", create_commit)
-    return cache, uploaded
+    return cache, uploaded, repo_files
 
 
 def test_push_uploads_everything_and_loads_by_repo_id_without_llm_embed(fake_hub, tokenizer, tmp_path,
                                                                           no_llm_embed_env):
-    cache, uploaded = fake_hub
+    cache, uploaded, _ = fake_hub
     model = tiny_model("llama", "bidirectional", "multi_layer")
     model.tokenizer = tokenizer
     info = model.push_to_hub(REPO, license="apache-2.0", evaluation_results={"STS-B (Spearman x100)": 12.5})
     assert info.oid == COMMIT
-    names = set(uploaded) - {"_commit_message"}
+    names = {name for name in uploaded if not name.startswith("_")}
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md",
             "configuration_llm_embed.py", "modeling_llm_embed.py", "pooling.py", "layer_states.py",
             "bidirectional.py", "encoding.py", "contrastive.py", "model_card.py"} <= names
@@ -78,7 +104,7 @@ print("RESULT", json.dumps(model.encode({texts!r}, prompt_name="query").tolist()
 
 
 def test_push_then_load_by_repo_id_with_llm_embed(fake_hub, tokenizer, monkeypatch):
-    cache, _ = fake_hub
+    cache, _, _ = fake_hub
     model = tiny_model("qwen2", "causal", "last_token")
     model.tokenizer = tokenizer
     model.push_to_hub(REPO)
@@ -129,7 +155,7 @@ def test_lora_adapters_and_head_push_and_load_by_repo_id(fake_hub, tiny_backbone
     from llm_embed import LLMEmbeddingModel
     from llm_embed.lora import apply_lora, load_lora
 
-    cache, uploaded = fake_hub
+    cache, uploaded, _ = fake_hub
     build = lambda: LLMEmbeddingModel.from_backbone(tiny_backbone_dir, attention="bidirectional",
                                                     pooling="latent_attention")
     torch.manual_seed(0)
@@ -145,3 +171,63 @@ def test_lora_adapters_and_head_push_and_load_by_repo_id(fake_hub, tiny_backbone
     reloaded = load_lora(build(), REPO, cache_dir=str(cache))
     texts = ["what about the cat?", "a text on the moon"]
     np.testing.assert_allclose(reloaded.encode(texts), peft_model.encode(texts), atol=1e-6)
+
+
+def load_pushed(cache, monkeypatch):
+    import huggingface_hub.constants
+    from transformers import AutoModel
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    return AutoModel.from_pretrained(REPO, cache_dir=str(cache))
+
+
+def test_push_deletes_the_repos_stale_checkpoint_files(fake_hub, tokenizer, monkeypatch):
+    """A sharded push after an unsharded one: the old model.safetensors (which the loader would
+    prefer) is deleted in the same commit; files that are not checkpoint files stay."""
+    cache, uploaded, repo_files = fake_hub
+    repo_files["results/sts.json"] = b"{}"
+    repo_files["notes.md"] = b"mine"
+    first = tiny_model("llama", "bidirectional", "mean", seed=1)
+    first.tokenizer = tokenizer
+    first.push_to_hub(REPO)
+    assert "model.safetensors" in repo_files
+    second = tiny_model("llama", "bidirectional", "mean", seed=2)
+    second.push_to_hub(REPO, max_shard_size="2MB")  # and without a tokenizer: the old one goes too
+    assert "model.safetensors" in uploaded["_deleted"] and "tokenizer.json" in uploaded["_deleted"]
+    assert "model.safetensors" not in repo_files and "tokenizer.json" not in repo_files
+    assert len([name for name in repo_files if name.startswith("model-")]) > 1
+    assert repo_files["results/sts.json"] == b"{}" and repo_files["notes.md"] == b"mine"
+    assert ".gitattributes" in repo_files
+    loaded = load_pushed(cache, monkeypatch)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).embeddings, second(input_ids=ids).embeddings)
+
+
+def test_push_keeps_a_readme_on_the_repo_that_llm_embed_did_not_write(fake_hub):
+    _, uploaded, repo_files = fake_hub
+    users_card = b"---\nlicense: mit\n---\n# My model\nHand-written description.\n"
+    repo_files["README.md"] = users_card
+    tiny_model("llama", "bidirectional", "mean").push_to_hub(REPO)
+    assert "README.md" not in uploaded and "README.md" not in uploaded.get("_deleted", [])
+    assert repo_files["README.md"] == users_card
+    assert "model.safetensors" in uploaded
+
+
+def test_push_replaces_a_card_llm_embed_wrote(fake_hub):
+    _, uploaded, repo_files = fake_hub
+    tiny_model("llama", "bidirectional", "mean").push_to_hub(REPO)
+    assert "| pooling | mean |" in repo_files["README.md"].decode()
+    tiny_model("llama", "bidirectional", "last_token").push_to_hub(REPO)
+    assert "README.md" in uploaded and "| pooling | last_token |" in repo_files["README.md"].decode()
+
+
+def test_push_accepts_transformers_keywords(fake_hub):
+    _, uploaded, _ = fake_hub
+    model = tiny_model("llama", "causal", "mean")
+    model.push_to_hub(REPO, commit_message="msg", commit_description="longer text", safe_serialization=True)
+    assert uploaded["_commit_message"] == "msg" and uploaded["_commit_description"] == "longer text"
+    uploaded.clear()
+    with pytest.raises(ValueError, match="safetensors only; safe_serialization=False"):
+        model.push_to_hub(REPO, safe_serialization=False)
+    assert uploaded == {}  # refused before anything is committed

@@ -141,3 +141,34 @@ def test_checkpoint_without_tokenizer_loads_saves_and_says_why_it_cannot_encode(
     assert torch.equal(embed(AutoModel.from_pretrained(tmp_path)), expected)
     with pytest.raises(ValueError, match="no tokenizer"):
         model.encode("hello")
+
+
+def test_unreachable_hub_id_reports_the_connection_not_a_missing_config(tmp_path, monkeypatch):
+    """Offline (or no network) and the repo not cached: transformers' connection error, not
+    "holds no config.json, so it is not a saved llm_embed model"."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(OSError, match="couldn't connect") as caught:
+        LLMEmbeddingModel.from_pretrained("acme/my-embedder", cache_dir=str(tmp_path))
+    assert "holds no config.json" not in str(caught.value)
+
+
+def test_plain_decoder_folder_points_to_from_backbone(tiny_backbone_dir):
+    with pytest.raises(ValueError, match=r"holds a plain llama model .*LLMEmbeddingModel\.from_backbone"):
+        LLMEmbeddingModel.from_pretrained(tiny_backbone_dir)
+
+
+def test_folder_without_config_is_still_refused(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(OSError, match="holds no config.json"):
+        LLMEmbeddingModel.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("path", ["/nope/model", "./typo", "out/typo", "out/typo/", "a/b/c"])
+def test_missing_local_folder_says_so(tmp_path, monkeypatch, path):
+    """Not transformers' "Repo id must be in the form ..." nor a wait for the network."""
+    (tmp_path / "out").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        LLMEmbeddingModel.from_pretrained(path)

@@ -90,3 +90,91 @@ def _features(st, rows):
     st.eval()
     with torch.no_grad():
         return [[st.preprocess([r[key] for r in rows]) for key in ("query", "positive", "negative")]]
+
+
+def test_st_save_keeps_sentence_transformers_settings(saved, tmp_path):
+    """SentenceTransformer.save writes its settings, then the module's save (save_pretrained) runs:
+    the settings must survive it, and the tokenizer saved must follow st.max_seq_length."""
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoTokenizer
+
+    _, folder = saved
+    st = SentenceTransformer(str(folder), trust_remote_code=True, truncate_dim=8)
+    st.prompts = {"query": "search_query: ", "document": "search_document: ", "clustering": "cluster: "}
+    st.default_prompt_name = "clustering"
+    st.similarity_fn_name = "dot"
+    st.max_seq_length = 8
+    st.save(str(tmp_path / "st"))
+    again = SentenceTransformer(str(tmp_path / "st"), trust_remote_code=True)
+    assert again.prompts == st.prompts and again.default_prompt_name == "clustering"
+    assert (again.similarity_fn_name, again.truncate_dim, again.max_seq_length) == ("dot", 8, 8)
+    assert AutoTokenizer.from_pretrained(tmp_path / "st").model_max_length == 8
+    for method in ("encode", "encode_query", "encode_document"):
+        np.testing.assert_allclose(getattr(again, method)(TEXTS), getattr(st, method)(TEXTS), atol=1e-6)
+
+
+def test_module_source_is_the_module_file():
+    """Saves write the module from MODULE_SOURCE (a remote-code model has no other copy of it)."""
+    from pathlib import Path
+
+    from llm_embed.sentence_transformers_files import MODULE_SOURCE
+
+    module = Path(__file__).resolve().parents[1] / "llm_embed" / "sentence_transformers_llm_embed.py"
+    assert MODULE_SOURCE == module.read_text(encoding="utf-8"), (
+        "sentence_transformers_files.MODULE_SOURCE differs from sentence_transformers_llm_embed.py: copy the file's "
+        "text into it"
+    )
+
+
+def test_remote_code_model_saves_the_sentence_transformers_files(saved, no_llm_embed_env, tmp_path):
+    """Loaded with trust_remote_code (llm_embed not installed) and saved again, the folder still loads
+    as a SentenceTransformer running this module, with the same embeddings."""
+    from llm_embed.sentence_transformers_files import MODULE_SOURCE
+
+    model, folder = saved
+    resaved = tmp_path / "resaved"
+    script = f"""
+import json
+from transformers import AutoModel
+from sentence_transformers import SentenceTransformer
+AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True).save_pretrained({str(resaved)!r})
+st = SentenceTransformer({str(resaved)!r}, trust_remote_code=True)
+print("MODULES", json.dumps([type(module).__name__ for module in st]))
+print("RESULT", json.dumps(st.encode({TEXTS!r}, prompt_name="query").tolist()))
+"""
+    out = run_without_llm_embed(script, no_llm_embed_env, cwd=tmp_path)
+    assert json.loads(out.split("MODULES ", 1)[1].splitlines()[0]) == ["LLMEmbeddingSTModule"]
+    assert (resaved / "sentence_transformers_llm_embed.py").read_text(encoding="utf-8") == MODULE_SOURCE
+    for name in ("modules.json", "config_sentence_transformers.json"):
+        assert json.loads((resaved / name).read_text()) == json.loads((folder / name).read_text())
+    remote = json.loads(out.split("RESULT ", 1)[1])
+    np.testing.assert_allclose(np.asarray(remote, dtype=np.float32), model.encode(TEXTS, prompt_name="query"),
+                               atol=1e-6)
+
+
+def test_load_arguments_are_applied_or_refused(saved):
+    from sentence_transformers import SentenceTransformer
+
+    _, folder = saved
+    st = SentenceTransformer(str(folder), trust_remote_code=True,
+                             config_kwargs={"max_seq_length": 8, "normalize": False})
+    config = st[0].model.config
+    assert (config.max_seq_length, config.normalize, st.max_seq_length) == (8, False, 8)
+    assert not np.allclose(np.linalg.norm(st.encode(TEXTS[:1]), axis=-1), 1, atol=1e-3)
+    with pytest.raises(ValueError, match="backend='onnx'.* not supported .*backend='torch'"):
+        SentenceTransformer(str(folder), trust_remote_code=True, backend="onnx")
+    with pytest.raises(ValueError, match=r"processor_kwargs=.* not supported.*config_kwargs=\{'max_seq_length'"):
+        SentenceTransformer(str(folder), trust_remote_code=True, processor_kwargs={"model_max_length": 8})
+    with pytest.raises(ValueError, match="'max_seq_length' is 16 in model_kwargs and 8 in config_kwargs"):
+        SentenceTransformer(str(folder), trust_remote_code=True, model_kwargs={"max_seq_length": 16},
+                            config_kwargs={"max_seq_length": 8})
+
+
+def test_token_embeddings_are_refused_clearly(saved):
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(saved[1]), trust_remote_code=True)
+    with pytest.raises(ValueError, match="output_value='token_embeddings' is not supported.*sentence embeddings"):
+        st.encode(TEXTS, output_value="token_embeddings")
+    rows = st.encode(TEXTS, output_value=None)  # every output, as dicts: what the module gives
+    assert len(rows) == 3 and rows[0]["sentence_embedding"].shape == (32,)

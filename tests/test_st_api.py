@@ -41,6 +41,12 @@ def user_code(model) -> dict:
         "one_query": model.encode_query("a query", convert_to_tensor=True),
         "spelled_out": model.encode(TEXTS, batch_size=2, show_progress_bar=False, output_value="sentence_embedding",
                                     precision="float32", device="cpu", convert_to_numpy=True),
+        # sentence-transformers 6.2's name of the first argument, numpy texts and batch sizes
+        "inputs": model.encode(inputs=TEXTS),
+        "inputs_query": model.encode_query(inputs=TEXTS),
+        "inputs_document": model.encode_document(inputs=TEXTS),
+        "numpy_texts": model.encode(np.array(TEXTS)),
+        "numpy_batch_size": model.encode(TEXTS, batch_size=np.int64(2)),
     }
 
 
@@ -162,6 +168,33 @@ def test_compatible_argument_forms(model):
     np.testing.assert_allclose(model.encode(TEXTS, normalize=False, normalize_embeddings=False), raw, atol=0)
     with pytest.raises(TypeError, match="positional"):
         model.encode(TEXTS, None, None, 32, True)  # keyword-only past batch_size: no silent misbinding
+
+
+def test_inputs_and_sentences_and_numpy_forms(model):
+    """``inputs`` (sentence-transformers >= 6.2) and ``sentences`` (its older name) name the same
+    argument; numpy arrays of texts and numpy integers for batch_size work as there."""
+    reference = model.encode(TEXTS)
+    for method in (model.encode, model.encode_query, model.encode_document):
+        expected = method(TEXTS)
+        np.testing.assert_array_equal(method(inputs=TEXTS), expected)
+        np.testing.assert_array_equal(method(sentences=TEXTS), expected)
+        with pytest.raises(TypeError, match="both inputs and sentences"):
+            method(TEXTS, sentences=TEXTS)
+        with pytest.raises(TypeError, match="missing the texts"):
+            method()
+    np.testing.assert_array_equal(model.encode(np.array(TEXTS)), reference)
+    np.testing.assert_array_equal(model.encode(np.array(TEXTS, dtype=object)), reference)
+    with pytest.raises(TypeError, match=r"1-D numpy array of strings, got one of shape \(2, 3\)"):
+        model.encode(np.array([TEXTS, TEXTS]))
+    with pytest.raises(TypeError, match="1-D numpy array of strings"):
+        model.encode(np.arange(3))
+    np.testing.assert_allclose(model.encode(TEXTS, batch_size=np.int64(2)), model.encode(TEXTS, batch_size=2),
+                               atol=0)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0$"):
+        model.encode(TEXTS, batch_size=np.int64(0))
+    for bad in (2.5, True, "2"):
+        with pytest.raises(TypeError, match="batch_size must be an integer"):
+            model.encode(TEXTS, batch_size=bad)
 
 
 class FakeTokenizer:
