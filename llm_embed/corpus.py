@@ -14,8 +14,11 @@ Output, in ``--output-dir``:
   shard file rather than in a sidecar file: one file per shard means one atomic rename makes a shard's
   embeddings and ids appear together (a sidecar would leave a window, after a kill, where one exists
   without the other, and resume would have to check pairs), and one checksum covers both.
-- ``run.json``: the arguments that decide the shards' content (model, dtype, fields, prompt, shard
-  size, inputs), written before the first shard; a rerun with other arguments is refused.
+- ``run.json``: what decides the shards' content, written before the first shard: the arguments (model
+  path, dtype, fields, prompt name and text, shard size, inputs, batch size), the device kind and, on the
+  CPU, torch's thread count (:func:`compute_arguments`), and a fingerprint of the model
+  (:func:`model_fingerprint`: its embedding options, backbone config, tokenizer and weights); a rerun
+  where any of these differ is refused, naming what changed.
 - ``manifest.json``: written last, once every shard exists: the run's arguments, the model's
   attention and pooling, the dimension, and per shard its file, row count and sha256.
 
@@ -23,13 +26,20 @@ Every file is written to a hidden temporary name in the output folder, fsynced, 
 (``os.replace``), so a file with a final name is always whole. A rerun with the same arguments skips
 the shards whose file exists (after checking their ids against the input), so a run killed at any
 point and run again gives the same files, byte for byte, as one run without interruption (on the same
-device and software: the embeddings of a shard are computed the same way whichever run computes them).
+device, dtype, batch size and, on the CPU, thread count, all checked, and the same software: the
+embeddings of a shard are computed the same way whichever run computes them).
+
+The input is checked before the model loads (formats, files that exist and hold a row, none given
+twice); duplicate ids are refused as they are read (:func:`unique_ids`), before the shard holding the
+second one is written.
 
 Several processes (``RANK`` / ``WORLD_SIZE``, as torchrun and accelerate set them) split the shards:
 rank ``r`` embeds the shards ``k`` with ``k % WORLD_SIZE == r``. Each rank still reads the whole input
 (rows of other ranks' shards are parsed, never embedded), so a shard's rows do not depend on how many
-processes ran; rank 0 writes the manifest after every shard file exists (it polls the folder: no process
-group needed).
+processes ran, and its bytes do not either when each process uses the same device kind and thread count
+(torchrun gives each CPU process one thread: compare with a one-process run under
+``OMP_NUM_THREADS=1``); rank 0 writes the manifest after every shard file exists (it polls the folder:
+no process group needed).
 """
 
 from __future__ import annotations
@@ -42,7 +52,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -96,6 +106,50 @@ def input_format(path: str | os.PathLike) -> str:
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no such input file (looked at {Path(path).resolve()})")
     return kind
+
+
+def has_rows(path: str | os.PathLike, kind: str) -> bool:
+    """Whether an input file holds at least one row (a blank line is none, nor is a CSV/TSV header):
+    reads up to its first row, so every input is checked before the model loads or a shard is written."""
+    if kind == "jsonl":
+        with open(path, "rb") as handle:
+            return any(line.strip() for line in handle)
+    if kind == "parquet":
+        import pyarrow
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.ParquetFile(path).metadata.num_rows > 0
+        except pyarrow.ArrowInvalid as error:  # pyarrow's message ("Parquet file size is 0 bytes") names no file
+            raise ValueError(f"{path} is not a readable Parquet file ({error}); pass a Parquet file written by "
+                             "pyarrow or pandas, or the corpus as .jsonl, .csv or .tsv") from error
+    csv.field_size_limit(2**31 - 1)
+    quoting = csv.QUOTE_NONE if kind == "tsv" else csv.QUOTE_MINIMAL
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        rows = (row for row in csv.reader(handle, delimiter="," if kind == "csv" else "\t", quoting=quoting) if row)
+        next(rows, None)  # the header
+        return next(rows, None) is not None
+
+
+def check_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
+    """The input paths, each checked before the model loads: a known format (:func:`input_format`), an
+    existing file holding at least one row (an empty corpus is a mistake, as in ``llm-embed-train`` and
+    ``llm-embed-evaluate``), and none given twice (its rows would be embedded twice under the same ids)."""
+    paths = [os.fspath(path) for path in inputs]
+    if not paths:
+        raise ValueError("no input files: pass at least one .jsonl, .csv, .tsv or .parquet file")
+    seen: dict[str, str] = {}
+    for path in paths:
+        kind = input_format(path)
+        real = os.path.realpath(path)
+        if real in seen:
+            raise ValueError(f"{path}: given twice as an input (also as {seen[real]}); its rows would be embedded "
+                             "twice under the same ids. Pass each file once")
+        seen[real] = path
+        if not has_rows(path, kind):
+            what = "a header but no row" if kind in ("csv", "tsv") else "no row"
+            raise ValueError(f"{path}: holds {what}: an empty corpus; pass a file with at least one row")
+    return paths
 
 
 def _jsonl_records(path: str) -> Iterator[tuple[Any, str]]:
@@ -193,6 +247,22 @@ def read_documents(inputs: Iterable[str | os.PathLike], text_field: str = "text"
             records = _csv_records(path, "," if kind == "csv" else "\t", fields)
         for record, where in records:
             yield _document(record, where, text_field, title_field, id_field)
+
+
+def unique_ids(documents: Iterable[Document], find_first: Callable[[str], str]) -> Iterator[Document]:
+    """The documents, with a ``ValueError`` at the first id seen before: it names the id and both rows
+    (``file:line``). Two rows with one id would make ``load_shards`` return an id twice, for two vectors.
+
+    Streamed: only the ids seen so far are kept, in a set (about 60 bytes plus the id's length per row,
+    e.g. some 1.3 GB for a 21M-passage corpus with short ids); where the first occurrence was is not
+    kept but found again with ``find_first(id)`` (a second read of the input, on the error path only)."""
+    seen: set[str] = set()
+    for document in documents:
+        if document.id in seen:
+            raise ValueError(f"{document.where}: duplicate id {document.id!r}, first at {find_first(document.id)}; "
+                             "every row needs its own id (--id-field): remove or rename one of them")
+        seen.add(document.id)
+        yield document
 
 
 def count_rows(inputs: Iterable[str | os.PathLike]) -> int:
@@ -330,8 +400,116 @@ def check_existing_shard(path: Path, ids: list[str], dimension: int) -> None:
 # ----------------------------------------------------------------------------- the run's arguments
 
 
+WEIGHT_SAMPLE = 65536
+"""Elements per tensor that :func:`weights_fingerprint` hashes (all of a smaller tensor)."""
+
+TRAINING_ONLY_OPTIONS = ("initializer_range",)
+"""Config options that do not change a trained model's vectors (besides the ``loss_*`` ones), so not
+part of :func:`model_fingerprint`: the head's initial weights are hashed as weights."""
+
+
+def _sha256_json(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def weights_fingerprint(model) -> str:
+    """sha256 over every state-dict tensor (sorted by name): its name, dtype, shape and the exact bytes of
+    ``WEIGHT_SAMPLE`` elements spread over it (every element of a smaller tensor: norms, biases).
+
+    Why a sample and not every byte: hashing a 7B model's 14 GB (bf16) takes some 18 s at this CPU's
+    770 MB/s, and a copy of each tensor from the GPU; the sample is one small gather per tensor on its
+    own device, so its cost grows with the number of tensors, not their size (0.24 s for SmolLM2-135M's
+    272 tensors on this 2-core CPU; a 7B Mistral has 291, 38 MB of samples; not timed). It is still sound
+    for what it guards against, the same folder holding other or retrained weights: training (full, LoRA
+    merged into the weights, or the head alone) moves practically every element of each trained tensor,
+    so the sampled ones differ unless almost none moved. A hand edit of a few elements of a large tensor
+    could pass unseen. Exact bytes, not float sums, so the same weights give the same hash on any device. The
+    positions are offset within each stride so that they do not all fall in the same columns of a
+    matrix."""
+    import torch
+
+    digest = hashlib.sha256()
+    positions: dict[tuple[int, torch.device], torch.Tensor] = {}  # per tensor size and device: layers share them
+    for name, tensor in sorted(model.state_dict().items()):
+        if tensor.device.type == "meta":
+            raise ValueError(f"cannot fingerprint the model's weights: {name} is not in memory (meta device: "
+                             "offloaded?); load the model without disk offload to embed a corpus")
+        flat = tensor.detach().reshape(-1)
+        count = flat.numel()
+        if count > WEIGHT_SAMPLE:
+            key = (count, flat.device)
+            if key not in positions:
+                index = np.arange(WEIGHT_SAMPLE, dtype=np.int64)
+                spread = index * count // WEIGHT_SAMPLE + (index * 40503) % (count // WEIGHT_SAMPLE)
+                positions[key] = torch.from_numpy(spread).to(flat.device)
+            flat = flat[positions[key]]
+        digest.update(f"{name}|{str(tensor.dtype).removeprefix('torch.')}|{tuple(tensor.shape)}|".encode())
+        if count:
+            digest.update(flat.contiguous().view(torch.uint8).cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 of what decides the token ids: the tokenizer's definition (the ``tokenizers`` JSON, less
+    its truncation and padding state, which ``encode`` does not use; else the vocabulary) and its EOS and
+    pad ids."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        definition = json.loads(backend.to_str())
+        definition.pop("truncation", None)
+        definition.pop("padding", None)
+    else:
+        definition = dict(type=type(tokenizer).__name__, vocab=sorted(tokenizer.get_vocab().items()))
+    return _sha256_json(dict(definition=definition, eos=tokenizer.eos_token_id, pad=tokenizer.pad_token_id))
+
+
+def model_fingerprint(model) -> dict:
+    """What decides the vectors besides the input, recorded in ``run.json`` so that a resume with another
+    model saved at the same path is refused: the embedding options (attention, pooling, prompts,
+    normalize, output_dim, max_seq_length, append_eos, padding side, ...: every config option but the
+    training-only ones), the attention implementation in use, the backbone's config (hashed), the
+    tokenizer (hashed, :func:`tokenizer_fingerprint`) and the weights (:func:`weights_fingerprint`)."""
+    from .configuration_llm_embed import OPTIONS
+
+    config = model.config
+    options = {option.name: getattr(config, option.name) for option in OPTIONS
+               if not option.name.startswith("loss_") and option.name not in TRAINING_ONLY_OPTIONS}
+    backbone = model.backbone.config.to_dict()
+    for key in [key for key in backbone if key.startswith("_") or key in ("transformers_version", "dtype")]:
+        del backbone[key]  # not the model: where it was loaded from, the library version, the dtype (recorded apart)
+    attn = getattr(model.backbone.config, "_attn_implementation", None)
+    return dict(options=options, attn_implementation=attn, backbone_config_sha256=_sha256_json(backbone),
+                tokenizer_sha256=tokenizer_fingerprint(model.tokenizer), weights_sha256=weights_fingerprint(model))
+
+
+HINTS = {
+    "model_fingerprint": "the model is not the one that wrote these shards: another model saved at the same path, "
+                         "or retrained?",
+    "batch_size": "the batch size changes the embeddings' last bits",
+    "cpu_threads": "torch's CPU thread count changes the embeddings' last bits: set OMP_NUM_THREADS to the "
+                   "recorded count (torchrun sets 1 per process)",
+    "device": "another kind of device changes the embeddings' last bits",
+}
+"""Why a difference in these ``run.json`` entries is refused, for the message."""
+
+
+def differences(saved: Any, current: Any, key: str = "") -> list[str]:
+    """``key: <saved> there, <current> now`` for each differing entry, nested keys joined by dots. At the
+    top, only the keys of ``current`` (the manifest holds more than the arguments); below, both sides'."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        names = list(current) + ([name for name in saved if name not in current] if key else [])
+        return [line for name in names for line in differences(saved.get(name, _MISSING), current.get(name, _MISSING),
+                                                                 f"{key}.{name}" if key else name)]
+    if saved is _MISSING:
+        return [f"{key}: not recorded there (written by an earlier llm-embed-encode), {current!r} now"]
+    if current is _MISSING:
+        return [f"{key}: {saved!r} there, absent now"]
+    return [] if saved == current else [f"{key}: {saved!r} there, {current!r} now"]
+
+
 def check_arguments(output_dir: Path, arguments: dict) -> None:
-    """Refuse to resume into a folder that another run wrote; write ``run.json`` if it is new.
+    """Refuse to resume into a folder that another run wrote, naming what differs; write ``run.json``
+    if it is new.
 
     Every rank does this at start; ranks of one run write the same bytes, so their races are harmless."""
     for name in (RUN_FILE, MANIFEST):
@@ -342,12 +520,13 @@ def check_arguments(output_dir: Path, arguments: dict) -> None:
             saved = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as error:
             raise ValueError(f"{path}: not readable ({error}); pass another --output-dir") from error
-        differ = [key for key in arguments if saved.get(key, _MISSING) != arguments[key]]
-        if differ:
-            details = "; ".join(f"{key}: {saved.get(key, '(none)')!r} there, {arguments[key]!r} now" for key in differ)
-            raise ValueError(f"{output_dir} holds the output of a run with other arguments ({name}: {details}). "
-                             "Rerun with the same arguments to resume it, or pass another --output-dir (or empty "
-                             "this one) to start over")
+        found = differences(saved, arguments)
+        if found:
+            hints = [HINTS[key] for key in HINTS if any(item.startswith(key) for item in found)]
+            why = f" ({'; '.join(hints)})" if hints else ""
+            raise ValueError(f"{output_dir} holds the output of a run with other arguments ({name}: "
+                             f"{'; '.join(found)}){why}. Its shards would mix with this run's. Rerun with the same "
+                             "arguments to resume it, or pass another --output-dir (or delete this one) to start over")
     run_file = output_dir / RUN_FILE
     if not run_file.is_file():
         if glob.glob(glob.escape(str(output_dir)) + "/shard-*.safetensors"):
@@ -375,6 +554,19 @@ def rank_and_world_size(rank: int | None = None, world_size: int | None = None) 
 
 def model_dtype(model) -> str:
     return str(model.dtype).removeprefix("torch.")
+
+
+def compute_arguments(model, batch_size: int) -> dict:
+    """How the vectors are computed, beyond the model: float reductions run in another order with another
+    batch size (batches are sorted by length and padded or packed per batch), another kind of device, or,
+    on the CPU, another number of torch threads (``torch.get_num_threads()``: ``OMP_NUM_THREADS``, which
+    torchrun sets to 1 per process), so their last bits differ (measured: up to 9e-8 between batch sizes
+    1 and 32). Recorded so that a resume cannot mix shards computed either way; a GPU's model and
+    software versions also matter but are not recorded."""
+    import torch
+
+    device = model.device.type
+    return dict(batch_size=batch_size, device=device, cpu_threads=torch.get_num_threads() if device == "cpu" else None)
 
 
 def encode_corpus(
@@ -408,19 +600,16 @@ def encode_corpus(
         raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if not inputs:
-        raise ValueError("no input files: pass at least one .jsonl, .csv, .tsv or .parquet file")
     rank, world_size = rank_and_world_size(rank, world_size)
-    inputs = [os.path.abspath(os.fspath(path)) for path in inputs]
-    for path in inputs:
-        input_format(path)  # every input checked before anything is written
+    inputs = [os.path.abspath(path) for path in check_inputs(inputs)]  # all checked before anything is written
     config = model.config
     prefix = resolve_prompt(config.prompts, config.default_prompt_name, prompt_name, None)  # unknown name: refused
     dimension = int(config.embedding_dim)
     model_path = model_path if model_path is not None else str(getattr(model, "name_or_path", "") or "")
     arguments = dict(format=FORMAT, model=model_path, dtype=model_dtype(model), prompt_name=prompt_name,
                      text_field=text_field, title_field=title_field, id_field=id_field, inputs=inputs,
-                     shard_size=shard_size)
+                     shard_size=shard_size, **compute_arguments(model, batch_size), prompt=prefix,
+                     model_fingerprint=model_fingerprint(model))
 
     output_dir = Path(output_dir).absolute()
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -434,8 +623,13 @@ def encode_corpus(
     start = time.perf_counter()
     expected: list[tuple[int, str]] = []  # per shard: rows and sha256 of its ids, to check the other ranks' files
     embedded = tokens = truncated = written = resumed = total = 0
+
+    def first_place(doc_id: str) -> str:  # where a duplicate id was first seen: read again, on the error path only
+        return next((doc.where for doc in read_documents(inputs, text_field, title_field, id_field)
+                     if doc.id == doc_id), "an earlier row")
+
     with bar:
-        documents = read_documents(inputs, text_field, title_field, id_field)
+        documents = unique_ids(read_documents(inputs, text_field, title_field, id_field), first_place)
         for index, shard in enumerate(shards_of(documents, shard_size)):
             ids = [document.id for document in shard]
             total += len(shard)
@@ -478,7 +672,7 @@ def encode_corpus(
     if rank == 0:
         records = wait_for_shards(output_dir, expected, dimension, wait_timeout)
         manifest = dict(arguments, attention=config.attention, pooling=config.pooling, dimension=dimension,
-                        normalized=bool(config.normalize), prompt=prefix, total_rows=total, shards=records)
+                        normalized=bool(config.normalize), total_rows=total, shards=records)
         manifest_path = output_dir / MANIFEST
         write_json(manifest_path, manifest)
         for stale in glob.glob(glob.escape(str(output_dir)) + "/.*.tmp"):
@@ -510,8 +704,8 @@ def wait_for_shards(output_dir: Path, expected: list[tuple[int, str]], dimension
         if time.monotonic() > deadline:
             raise TimeoutError(f"{len(missing)} shards still missing in {output_dir} after {timeout:.0f} s "
                                f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}): their ranks have "
-                               "not finished or have failed. Rerun with the same arguments (any number of processes) "
-                               "to embed them; the shards written are kept")
+                               "not finished or have failed. Rerun with the same arguments (any number of processes; "
+                               "on the CPU, the same thread count each) to embed them; the shards written are kept")
         time.sleep(WAIT_POLL_SECONDS)
     extra = sorted(set(glob.glob(glob.escape(str(output_dir)) + "/shard-*.safetensors")) - {str(p) for p in paths})
     if extra:
@@ -575,6 +769,34 @@ def default_device() -> str:
     return "cpu"
 
 
+def check_device(name: str) -> str:
+    """``--device``, checked before the model loads: a device torch can parse (else torch's RuntimeError
+    would come with a traceback after the load), of a kind this machine has, and an index it has."""
+    import torch
+
+    from .cli import one_line
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"--device {name!r}: not a device ({one_line(error)}); pass cpu, cuda, cuda:1, "
+                         "mps, ...") from error
+    if device.type == "cpu":
+        return name
+    backend = getattr(torch, device.type, None)
+    if device.type == "mps":
+        backend = torch.backends.mps
+    available = getattr(backend, "is_available", None)
+    if available is None or not available():
+        raise ValueError(f"--device {name!r}: this machine has no {device.type} device available to torch "
+                         f"{torch.__version__}; pass --device cpu (or leave it out: cuda if available, else cpu)")
+    count = getattr(backend, "device_count", None)
+    if device.index is not None and count is not None and device.index >= count():
+        raise ValueError(f"--device {name!r}: this machine has {count()} {device.type} device(s), numbered from 0; "
+                         "pass one of them")
+    return name
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Parse the arguments (``sys.argv`` by default), load the model, embed; returns
     :func:`encode_corpus`'s summary. The console command runs :func:`cli`, which turns this into an
@@ -611,9 +833,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.shard_size < 1 or args.batch_size < 1:
         parser.error("--shard-size and --batch-size must be positive")
-    for path in args.inputs:
-        input_format(path)  # an unknown extension, a missing file or pyarrow fails before the model loads
+    check_inputs(args.inputs)  # an unknown extension, a missing or empty file, pyarrow: before the model loads
     rank_and_world_size()
+    device = check_device(args.device) if args.device else default_device()
 
     import torch
     from transformers import AutoModel
@@ -622,7 +844,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     kwargs = {"dtype": getattr(torch, args.dtype)} if args.dtype else {}
     model = AutoModel.from_pretrained(args.model, **kwargs)
-    model.to(args.device or default_device())
+    model.to(device)
     model_path = os.path.abspath(args.model) if os.path.isdir(args.model) else args.model
     return encode_corpus(model, args.inputs, args.output_dir, text_field=args.text_field, title_field=args.title_field,
                          id_field=args.id_field, prompt_name=args.prompt_name, batch_size=args.batch_size,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -88,18 +89,37 @@ def arguments(model_dir: Path, inputs: list[Path], output_dir: Path, *extra: str
             "--prompt-name", PROMPT, *FIELDS, "--batch-size", "3", *extra]
 
 
-def subprocess_env(**extra: str) -> dict:
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def subprocess_env(pin_threads: bool = True, **extra: str) -> dict:
+    """The environment of a subprocess run: one torch thread (as the reference run), or, with
+    ``pin_threads=False``, torch's default for this machine, as a user's shell gives it."""
     env = {key: value for key, value in os.environ.items()
-           if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", FAIL_AFTER_SHARDS_ENV)}
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", **extra)
+           if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", FAIL_AFTER_SHARDS_ENV, *THREAD_VARIABLES)}
+    env.update(TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", **extra)
+    if pin_threads:
+        env.update(dict.fromkeys(THREAD_VARIABLES, "1"))
     return env
 
 
-def start(model_dir: Path, inputs: list[Path], output_dir: Path, **env: str) -> subprocess.Popen:
+def start(model_dir: Path, inputs: list[Path], output_dir: Path, pin_threads: bool = True,
+          **env: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "llm_embed.corpus",
                *arguments(model_dir, inputs, output_dir, "--shard-size", str(SHARD_SIZE), "--wait-timeout", "300")]
-    return subprocess.Popen(command, env=subprocess_env(**env), cwd=output_dir.parent, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(command, env=subprocess_env(pin_threads, **env), cwd=output_dir.parent,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture()
+def one_thread():
+    """In-process runs with one torch thread, as the subprocess runs they resume (run.json records it)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def finish(process: subprocess.Popen) -> tuple[int, str, str]:
@@ -152,7 +172,19 @@ def test_shards_equal_encode_in_file_order(suffix, model_dir, loaded_model, tmp_
     assert manifest["dimension"] == loaded_model.config.embedding_dim
     assert manifest["inputs"] == [str(path) for path in inputs] and manifest["shard_size"] == 5
     assert manifest["total_rows"] == 23 and [s["rows"] for s in manifest["shards"]] == [5, 5, 5, 5, 3]
+    assert manifest["batch_size"] == 3 and manifest["prompt"] == loaded_model.config.prompts[PROMPT]
+    assert (manifest["device"], manifest["cpu_threads"]) == ("cpu", torch_threads())
+    assert manifest["model_fingerprint"]["options"]["pooling"] == "mean"
+    assert json.loads((tmp_path / "out" / RUN_FILE).read_text()) == {
+        key: value for key, value in manifest.items()
+        if key not in ("attention", "pooling", "dimension", "normalized", "total_rows", "shards")}
     assert (tmp_path / "out" / RUN_FILE).is_file() and leftovers(tmp_path / "out") == []
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def test_a_finished_run_rerun_writes_nothing(model_dir, tmp_path):
@@ -213,6 +245,71 @@ def test_unknown_extension_is_a_one_line_error_of_the_command(model_dir, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
+def test_empty_input_is_refused_naming_the_file(model_dir, tmp_path):
+    """An empty corpus is a mistake (a wrong path, a failed export): refused before the model loads,
+    as llm-embed-train and llm-embed-evaluate refuse theirs."""
+    empty = {"empty.jsonl": "", "blank.jsonl": "\n  \n", "header.csv": "doc_id,heading,body\n",
+             "header.tsv": "doc_id\theading\tbody\n"}
+    for name, content in empty.items():
+        corpus = tmp_path / name
+        corpus.write_text(content)
+        what = "a header but no row" if name.startswith("header") else "no row"
+        with pytest.raises(ValueError, match=re.escape(f"{corpus}: holds {what}: an empty corpus")):
+            main(arguments(model_dir, [write_corpus(tmp_path / "ok.jsonl", corpus_rows(2)), corpus],
+                           tmp_path / "out"))
+    if importlib.util.find_spec("pyarrow") is not None:
+        corpus = write_corpus(tmp_path / "empty.parquet", corpus_rows(2))
+        import pyarrow.parquet as pq
+
+        pq.write_table(pq.read_table(corpus).slice(0, 0), corpus)
+        with pytest.raises(ValueError, match=re.escape(f"{corpus}: holds no row")):
+            main(arguments(model_dir, [corpus], tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_duplicate_ids_are_refused_naming_both_rows(model_dir, tmp_path):
+    rows = corpus_rows(7)
+    rows[5]["doc_id"] = "d3"
+    corpus = write_corpus(tmp_path / "c.jsonl", rows)
+    with pytest.raises(ValueError, match=re.escape(f"{corpus}:6: duplicate id 'd3', first at {corpus}:4; ")):
+        main(arguments(model_dir, [corpus], tmp_path / "out", "--shard-size", "3"))
+    # refused as the row is read: the shard before it is written, the one holding it is not
+    assert sorted(shard_files(tmp_path / "out")) == [shard_name(0)]
+
+    first = write_corpus(tmp_path / "a.csv", corpus_rows(4))
+    second = write_corpus(tmp_path / "b.csv", corpus_rows(2))  # d0, d1 again
+    with pytest.raises(ValueError, match=re.escape(f"{second}:2: duplicate id 'd0', first at {first}:2")):
+        main(arguments(model_dir, [first, second], tmp_path / "out2"))
+    with pytest.raises(ValueError, match=re.escape(f"{first}: given twice as an input (also as {first})")):
+        main(arguments(model_dir, [first, second, first], tmp_path / "out3"))
+    assert not (tmp_path / "out3").exists()
+
+
+def test_invalid_device_is_one_line_before_the_model_loads(tmp_path, monkeypatch):
+    """--device is checked before the model loads (the model path here does not even exist), and its
+    error is the command's one line, not torch's traceback after a long load."""
+    corpus = write_corpus(tmp_path / "corpus.jsonl", corpus_rows(3))
+    script = Path(sys.executable).parent / "llm-embed-encode"
+    command = [str(script), str(tmp_path / "no-model"), str(corpus), "--output-dir", str(tmp_path / "out"),
+               "--device", "foo"]
+    result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600,
+                            env=subprocess_env())
+    assert result.returncode == 1, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("llm-embed-encode: error: --device 'foo': not a device (") and "pass cpu, cuda" in last
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"--device 'cuda': this machine has no cuda device available to torch"):
+        main([str(tmp_path / "no-model"), str(corpus), "--output-dir", str(tmp_path / "out"), "--device", "cuda"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"--device 'cuda:1': this machine has 1 cuda device\(s\), numbered from 0"):
+        main([str(tmp_path / "no-model"), str(corpus), "--output-dir", str(tmp_path / "out"), "--device", "cuda:1"])
+
+
 # ----------------------------------------------------------------------------- resume and several processes
 
 
@@ -253,16 +350,19 @@ def test_two_processes_write_what_one_does(model_dir, reference, tmp_path):
 
 
 def test_torchrun_two_processes_write_what_one_does(model_dir, reference, tmp_path):
-    """The launch users type: torchrun sets RANK / WORLD_SIZE / LOCAL_RANK for each process."""
+    """The launch users type, in the environment they type it in (threads not pinned): torchrun sets
+    RANK / WORLD_SIZE / LOCAL_RANK and OMP_NUM_THREADS=1 for each process, so the bytes equal those of
+    one process with one thread (the reference), and run.json records that thread count."""
     corpus, reference_dir = reference
     out = tmp_path / "out"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "llm_embed.corpus",
                *arguments(model_dir, [corpus], out, "--shard-size", str(SHARD_SIZE), "--wait-timeout", "300")]
-    result = subprocess.run(command, env=subprocess_env(), cwd=tmp_path, stdin=subprocess.DEVNULL,
+    result = subprocess.run(command, env=subprocess_env(pin_threads=False), cwd=tmp_path, stdin=subprocess.DEVNULL,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rank 0/2: " in result.stdout and "rank 1/2: " in result.stdout
+    assert json.loads((out / RUN_FILE).read_text())["cpu_threads"] == 1
     assert shard_files(out) == shard_files(reference_dir)
     assert json.loads((out / MANIFEST).read_text()) == json.loads((reference_dir / MANIFEST).read_text())
     assert leftovers(out) == []
@@ -284,22 +384,104 @@ def test_manifest_checksums_and_corruption(reference, tmp_path):
         load_shards(copy)
 
 
-def test_resume_with_other_arguments_is_refused(model_dir, reference, tmp_path):
+def test_resume_with_other_arguments_is_refused(model_dir, reference, tmp_path, one_thread):
     corpus, reference_dir = reference
     copy = shutil.copytree(reference_dir, tmp_path / "copy")
     before = shard_files(copy)
     same = ["--shard-size", str(SHARD_SIZE)]
-    with pytest.raises(ValueError, match=r"prompt_name: 'query' there, 'document' now.*another --output-dir"):
+    with pytest.raises(ValueError, match=r"\(run\.json: prompt_name: 'query' there, 'document' now; "
+                                         r"prompt: 'Instruct: .*' there, '' now\).*another --output-dir"):
         main(arguments(model_dir, [corpus], copy, *same, "--prompt-name", "document"))
-    with pytest.raises(ValueError, match=r"shard_size: 4 there, 5 now"):
+    with pytest.raises(ValueError, match=r"\(run\.json: shard_size: 4 there, 5 now\)"):
         main(arguments(model_dir, [corpus], copy, "--shard-size", "5"))
+    # the batch size changes the vectors' last bits: a resume must not mix two
+    with pytest.raises(ValueError, match=r"\(run\.json: batch_size: 3 there, 4 now\) \(the batch size "):
+        main(arguments(model_dir, [corpus], copy, *same, "--batch-size", "4"))
     (copy / MANIFEST).unlink()  # an unfinished run: run.json alone decides
-    with pytest.raises(ValueError, match=r"run\.json: text_field: 'body' there, 'heading' now"):
+    with pytest.raises(ValueError, match=r"\(run\.json: text_field: 'body' there, 'heading' now\)"):
         main(arguments(model_dir, [corpus], copy, *same, "--text-field", "heading"))
+    run = json.loads((copy / RUN_FILE).read_text())
+    del run["model_fingerprint"]  # as an earlier version wrote it: the model cannot be checked
+    (copy / RUN_FILE).write_text(json.dumps(run))
+    with pytest.raises(ValueError, match=r"model_fingerprint: not recorded there \(written by an earlier"):
+        main(arguments(model_dir, [corpus], copy, *same))
     assert shard_files(copy) == before
 
 
-def test_shards_of_a_changed_input_are_refused(model_dir, reference, tmp_path):
+def test_resume_with_another_model_at_the_same_path_is_refused(model_dir, tokenizer, tmp_path):
+    """The audit's case: a run stopped, the model folder replaced (another design, or the same design
+    retrained: same shapes), the same command run again. run.json's model fingerprint refuses both,
+    naming what changed, and no shard is touched."""
+    folder = shutil.copytree(model_dir, tmp_path / "model")
+    corpus = write_corpus(tmp_path / "c.jsonl", corpus_rows(7))
+    args = arguments(folder, [corpus], tmp_path / "out", "--shard-size", "3")
+    main(args)
+    (tmp_path / "out" / MANIFEST).unlink()
+    (tmp_path / "out" / shard_name(2)).unlink()  # as a killed run leaves it
+    before = shard_files(tmp_path / "out")
+
+    def replace_model(**kwargs) -> None:
+        model = tiny_model("llama", "bidirectional", **kwargs)
+        model.tokenizer = tokenizer
+        shutil.rmtree(folder)
+        model.save_pretrained(folder)
+
+    replace_model(pooling="multi_layer")
+    with pytest.raises(ValueError, match=r"model_fingerprint\.options\.pooling: 'mean' there, 'multi_layer' now;"
+                                         r".*model_fingerprint\.weights_sha256: .*another model saved at the same "
+                                         r"path, or retrained\?.*another --output-dir \(or delete this one\)"):
+        main(args)
+    replace_model(pooling="mean", seed=1)  # the same design and shapes, other weights
+    with pytest.raises(ValueError, match=r"\(run\.json: model_fingerprint\.weights_sha256: '[0-9a-f]{64}' there, "
+                                         r"'[0-9a-f]{64}' now\)"):
+        main(args)
+    assert shard_files(tmp_path / "out") == before
+
+
+def test_weights_fingerprint_sees_retrained_weights_cheaply(loaded_model, model_dir):
+    """The same weights loaded again give the same fingerprint; a small update of a large (sampled)
+    tensor, one element of a small (whole) one, or another dtype give another."""
+    import copy
+
+    import torch
+    from transformers import AutoModel
+
+    from llm_embed.corpus import WEIGHT_SAMPLE, model_fingerprint, weights_fingerprint
+
+    reference_print = model_fingerprint(loaded_model)
+    assert model_fingerprint(AutoModel.from_pretrained(model_dir)) == reference_print
+    tensors = dict(loaded_model.named_parameters())
+    large = next(name for name, tensor in tensors.items() if tensor.numel() > WEIGHT_SAMPLE)
+    small = next(name for name, tensor in tensors.items() if tensor.numel() < WEIGHT_SAMPLE)
+    for name, change in ((large, lambda t: t.add_(1e-4 * torch.randn_like(t))), (small, lambda t: t[0].add_(1e-3))):
+        other = copy.deepcopy(loaded_model)
+        with torch.no_grad():
+            change(dict(other.named_parameters())[name])
+        assert weights_fingerprint(other) != reference_print["weights_sha256"], name
+    half = copy.deepcopy(loaded_model).to(torch.bfloat16)  # numpy has no bfloat16: hashed as bytes
+    assert weights_fingerprint(half) != reference_print["weights_sha256"]
+
+
+def test_resume_with_another_thread_count_is_refused(model_dir, reference, tmp_path):
+    """Run as users run it (threads not pinned: torch takes every core), killed, and resumed with one
+    thread: the CPU's float reductions depend on the thread count, so the resume is refused, naming the
+    count and OMP_NUM_THREADS; run.json records the count."""
+    corpus, _ = reference
+    out = tmp_path / "out"
+    code, _, stderr = finish(start(model_dir, [corpus], out, pin_threads=False, **{FAIL_AFTER_SHARDS_ENV: "2"}))
+    assert code == 1, stderr[-3000:]
+    threads = json.loads((out / RUN_FILE).read_text())["cpu_threads"]
+    if threads == 1:
+        pytest.skip("torch uses one thread here unpinned (one core?): no other count to resume with")
+    code, _, stderr = finish(start(model_dir, [corpus], out))  # OMP_NUM_THREADS=1
+    assert code == 1
+    last = stderr.strip().splitlines()[-1]
+    assert f"cpu_threads: {threads} there, 1 now" in last and "set OMP_NUM_THREADS to the recorded count" in last, last
+    assert "Traceback" not in stderr
+    assert sorted(shard_files(out)) == [shard_name(0), shard_name(1)]
+
+
+def test_shards_of_a_changed_input_are_refused(model_dir, reference, tmp_path, one_thread):
     corpus, reference_dir = reference
     copy = shutil.copytree(reference_dir, tmp_path / "copy")
     rows = corpus_rows()
