@@ -52,10 +52,23 @@ def run_console(main: Callable[[], object], prog: str) -> int:
         if not quiet:
             traceback.print_exc()
         reason = one_line(error) if quiet else f"{type(error).__name__}: {one_line(error)}"
+        close_progress_bars()
         sys.stdout.flush()
         print(f"{prog}: error: {reason}", file=sys.stderr, flush=True)
         return 1
     return 0
+
+
+def close_progress_bars() -> None:
+    """Close every open tqdm bar. A bar left open by the exception (the Trainer's, an encode loop's)
+    redraws itself when it is closed or collected at exit, after the error line, which would then not
+    be the last line of stderr."""
+    tqdm_module = sys.modules.get("tqdm.std")
+    if tqdm_module is None:  # no bar was ever made
+        return
+    for bar in list(tqdm_module.tqdm._instances):
+        bar.close()
+    sys.stderr.flush()
 
 
 # ----------------------------------------------------------------------------- config options on a command line
@@ -121,6 +134,38 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, dashes: bool, exclu
     return group
 
 
+#: the design options that only some pooling heads read; for any other head a value is stored in the
+#: config but changes nothing
+HEAD_OPTIONS = {
+    "pooling_layers": ("multi_layer",),
+    "layer_reduction": ("multi_layer", "latent_attention"),
+    **dict.fromkeys(("num_latents", "pooling_attention_heads", "pooling_head_dim", "pooling_ff_mult",
+                     "pooling_residual"), ("latent_attention", "multi_layer")),
+}
+
+
+def check_head_options(given: dict, *, dashes: bool) -> None:
+    """Refuse a head option given explicitly (on the command line or in an arguments file) that the
+    chosen head does not read: ``--pooling mean --pooling_layers 1 2`` would otherwise train and save a
+    mean-pooling model with the layers stored and unused, unlike what was asked for. The config
+    cannot tell a given value from its default, so the check lives here, where ``given`` holds only
+    what the user wrote. A head registered from user code is not checked (which options it reads is
+    its own)."""
+    from .configuration_llm_embed import OPTIONS_BY_NAME
+
+    pooling = given.get("pooling", OPTIONS_BY_NAME["pooling"].default)
+    known = {head for heads in HEAD_OPTIONS.values() for head in heads} | {"last_token", "mean", "weighted_mean"}
+    if pooling not in known:
+        return
+    unused = [name for name, heads in HEAD_OPTIONS.items() if name in given and pooling not in heads]
+    if unused:
+        flags = " ".join(option_flag(name, dashes) for name in unused)
+        users = sorted({head for name in unused for head in HEAD_OPTIONS[name]})
+        raise ValueError(f"{flags}: not used by the {pooling} pooling head (only by {' / '.join(users)}); drop "
+                         f"{'it' if len(unused) == 1 else 'them'}, or choose {option_flag('pooling', dashes)} "
+                         f"{users[-1]}")
+
+
 def config_kwargs(namespace: argparse.Namespace | dict) -> dict:
     """The config values given on the command line (those added by :func:`add_config_arguments`)."""
     from .configuration_llm_embed import OPTIONS
@@ -129,4 +174,4 @@ def config_kwargs(namespace: argparse.Namespace | dict) -> dict:
     return {option.name: values[option.name] for option in OPTIONS if option.name in values}
 
 
-__all__ = ["add_config_arguments", "config_kwargs", "run_console"]
+__all__ = ["add_config_arguments", "check_head_options", "config_kwargs", "run_console"]

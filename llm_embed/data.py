@@ -94,6 +94,13 @@ def check_negative_counts(counts: Sequence[int], locations: Sequence[str]) -> No
         )
 
 
+def check_limit(limit) -> None:
+    """Refuse a row limit below 1: ``0`` or a negative number would otherwise read as "no rows" or be
+    ignored, and the run would train on something other than what was asked for."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"row limit {limit!r}: give a whole number of rows of at least 1, or no limit for every row")
+
+
 class TripletDataset(Dataset):
     """Rows of contrastive training data, validated up front (a bad row fails before training starts).
 
@@ -115,18 +122,23 @@ class TripletDataset(Dataset):
         check_negative_counts([len(row["negatives"]) for row in self.rows], self.locations)
 
     @classmethod
-    def from_jsonl(cls, path: str | os.PathLike, limit: int | None = None) -> TripletDataset:
-        """Rows of a JSONL file, one JSON object a line (blank lines skipped); ``limit`` keeps the first N.
+    def from_jsonl(cls, path: str | os.PathLike, limit: int | None = None, what: str = "training data"
+                   ) -> TripletDataset:
+        """Rows of a JSONL file, one JSON object a line (blank lines skipped); ``limit`` keeps the first N
+        (at least 1); ``what`` names the data in errors (``"evaluation data"`` for an eval file).
         Read as bytes and decoded line by line so that a non-UTF-8 byte is reported at its line."""
         if not Path(path).is_file():
             raise FileNotFoundError(
-                f"training data {path} {'is a folder' if Path(path).is_dir() else 'does not exist'}; "
+                f"{what} {path} {'is a folder' if Path(path).is_dir() else 'does not exist'}; "
                 f"pass a JSONL file with one {ROW_FORMAT} a line"
             )
+        check_limit(limit)
         rows, locations = [], []
         offset = 0  # bytes before the current line, for the position of an undecodable byte
         with open(path, "rb") as handle:
             for number, raw in enumerate(handle, 1):
+                if limit is not None and len(rows) >= limit:
+                    break
                 line = _decode_line(raw, path, number, offset)
                 offset += len(raw)
                 if not line.strip():
@@ -142,17 +154,17 @@ class TripletDataset(Dataset):
                     )
                 rows.append(row)
                 locations.append(f"{path}:{number}")
-                if limit is not None and len(rows) >= limit:
-                    break
         return cls(rows, locations, source=str(path))
 
     @classmethod
-    def from_any(cls, data, limit: int | None = None) -> TripletDataset:
-        """A JSONL path, a list of dicts, a ``datasets.Dataset`` or a TripletDataset."""
+    def from_any(cls, data, limit: int | None = None, what: str = "training data") -> TripletDataset:
+        """A JSONL path, a list of dicts, a ``datasets.Dataset`` or a TripletDataset; ``limit`` keeps the
+        first N rows (at least 1); ``what`` names the data in errors."""
         if isinstance(data, TripletDataset):
             return data
+        check_limit(limit)
         if isinstance(data, (str, Path)):
-            return cls.from_jsonl(data, limit)
+            return cls.from_jsonl(data, limit, what)
         if isinstance(data, Mapping):
             hint = f"; pick one split, e.g. data[{next(iter(data))!r}]" if data else ""
             raise TypeError(f"training data is a mapping ({type(data).__name__}), not a sequence of rows{hint}")
@@ -242,6 +254,7 @@ __all__ = [
     "ROW_FORMAT",
     "ContrastiveDataCollator",
     "TripletDataset",
+    "check_limit",
     "check_negative_counts",
     "validate_row",
 ]

@@ -50,12 +50,12 @@ import numpy as np
 
 from .evaluation.significance import compare, holm
 from .evaluation.task_specs import (
-    TASK_SPEC_HELP,
     TaskSpec,
     TaskSpecError,
     build_tasks,
     check_unique_names,
     parse_task_specs,
+    task_spec_help,
 )
 from .evaluation.tasks import LIMIT_KEYS, TaskResult, default_tasks, parse_task_limit
 
@@ -555,6 +555,11 @@ def write_reports(args) -> dict:
 
 DESIGN_OPTIONS = ("attention", "pooling")  # set per design (DESIGNS), not by an option
 
+#: the example of ``--help``'s ``--task`` section, in this command's options (no model: it trains its own)
+STUDY_TASK_EXAMPLE = """:
+  llm-embed-study --task sts:pairs.csv sentence1=q sentence2=d score=label name=Mine \\
+      --task classification:train.tsv,test.tsv text=body label=intent --tasks stsb --task-limit 100"""
+
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Defaults in the options' help, the epilog (the ``--task`` syntax) as written."""
@@ -564,7 +569,7 @@ def parse_args(argv: list[str] | None = None):
     from .cli import add_config_arguments
 
     parser = argparse.ArgumentParser(description="Train and compare the paper's five designs on one backbone.",
-                                     epilog=TASK_SPEC_HELP.replace("llm-embed-evaluate my-model", "llm-embed-study"),
+                                     epilog=task_spec_help(STUDY_TASK_EXAMPLE, "--task-limit"),
                                      formatter_class=HelpFormatter)
     parser.add_argument("--backbone", default=None, help="decoder folder or Hub id (default: bundled SmolLM2-135M)")
     parser.add_argument("--data-dir", default="../shared/data")

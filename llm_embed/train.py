@@ -60,8 +60,8 @@ class ModelArguments:
 class DataArguments:
     train_file: str = field(metadata={"help": "JSONL rows {query|anchor, positive, negative|negatives}"})
     eval_file: str | None = field(default=None, metadata={"help": "JSONL in the same format, for eval loss"})
-    max_train_rows: int | None = field(default=None, metadata={"help": "use only the first N training rows"})
-    max_eval_rows: int | None = field(default=None, metadata={"help": "use only the first N eval rows"})
+    max_train_rows: int | None = field(default=None, metadata={"help": "use only the first N training rows (N >= 1)"})
+    max_eval_rows: int | None = field(default=None, metadata={"help": "use only the first N eval rows (N >= 1)"})
     query_prompt_name: str | None = field(
         default="query", metadata={"help": "prompt (config.prompts key) for queries"}
     )
@@ -93,7 +93,21 @@ def build_parser() -> HfArgumentParser:
     for dataclass_type in (DataArguments, TrainingArguments):
         parser.dataclass_types.append(dataclass_type)
         parser._add_dataclass_arguments(dataclass_type)
+    for action in parser._actions:  # HfArgumentParser sets the type from the field's annotation: no range check
+        if action.dest in ("max_train_rows", "max_eval_rows"):
+            action.type = positive_int
     return parser
+
+
+def positive_int(text: str) -> int:
+    """A row count of at least 1 (``--max_train_rows 0`` would otherwise be taken without a word)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of rows, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1 row, got {value}; leave the option out for every row")
+    return value
 
 
 def build_model(model_args: ModelArguments, config_options: dict) -> LLMEmbeddingModel:
@@ -118,9 +132,15 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     check_head_learning_rate(model_args.head_learning_rate)
     # data and settings first: a bad row or option fails in seconds, not after the backbone has loaded
     train_data = TripletDataset.from_any(data_args.train_file, data_args.max_train_rows)
-    eval_data = TripletDataset.from_any(data_args.eval_file, data_args.max_eval_rows) if data_args.eval_file else None
+    eval_data = (TripletDataset.from_any(data_args.eval_file, data_args.max_eval_rows, what="evaluation data")
+                 if data_args.eval_file else None)
     if training_args.world_size > 1 and not training_args.dataloader_drop_last:
         raise ValueError("training on several processes gathers equal per-rank batches: pass --dataloader_drop_last")
+    check_batches_contrast(train_data, training_args.train_batch_size, training_args.world_size,
+                           training_args.dataloader_drop_last, "training", "--per_device_train_batch_size")
+    if eval_data is not None:
+        check_batches_contrast(eval_data, training_args.eval_batch_size, training_args.world_size,
+                               training_args.dataloader_drop_last, "evaluation", "--per_device_eval_batch_size")
     model = build_model(model_args, config_options or {})
     tokenizer, config = model.tokenizer, model.config
     if training_args.remove_unused_columns:
@@ -143,8 +163,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     )
     check_engine_applied(trainer, training_args)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    if eval_data is not None:
-        logger.info("eval: %s", trainer.evaluate())
+    # saved before the final evaluation, so that an evaluation that fails cannot lose the trained model
     output_dir = training_args.output_dir
     model = unsharded_model(trainer, model_args, config_options or {})  # every rank: gathering is collective
     if trainer.is_world_process_zero():
@@ -159,7 +178,31 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
             model.save_pretrained(output_dir)
         trainer.save_state()  # trainer_state.json: the log history (losses) beside the model
         logger.info("saved the trained model to %s (loads with AutoModel.from_pretrained)", output_dir)
+    if eval_data is not None:
+        logger.info("eval: %s", trainer.evaluate())  # every rank: the eval loss is gathered
+        if trainer.is_world_process_zero():
+            trainer.save_state()  # again, with the final eval loss in the log history
     return output_dir
+
+
+def check_batches_contrast(data: TripletDataset, batch_size: int, world_size: int, drop_last: bool, what: str,
+                           batch_option: str) -> None:
+    """Refuse data that would make a batch of one query without hard negatives: the contrastive loss
+    has nothing to contrast it with and raises, at that step (the last one of an epoch, or the final
+    evaluation), long after the run started. The loss gathers the batches of all ``world_size``
+    processes; without ``drop_last`` the last batch holds ``len(data) % batch_size`` rows."""
+    if len(data) == 0 or data[0]["negatives"]:  # every row has as many negatives as the first (checked)
+        return
+    full = batch_size * world_size
+    last = 0 if drop_last else len(data) % batch_size
+    if full == 1 or last == 1:  # several processes need drop_last (checked before): no short last batch there
+        where = ("every batch" if full == 1 else
+                 f"the last batch ({len(data)} rows in batches of {batch_size})")
+        raise ValueError(
+            f"the {what} data has no hard negatives and {where} would hold a single query, which the contrastive "
+            f"loss cannot score (nothing to contrast it with); add negatives to the rows, change {batch_option} "
+            f"(so that no batch holds exactly one row), or pass --dataloader_drop_last to skip the short last batch"
+        )
 
 
 def check_engine_applied(trainer, training_args: TrainingArguments) -> None:
@@ -238,11 +281,25 @@ def outside_zero3_init():
 SAVE_OPTIONS = ("--save_strategy", "--save_steps")
 
 
+def gives_save_option(args: list[str]) -> bool:
+    """Whether the command line sets ``--save_strategy`` or ``--save_steps`` in any spelling the parser
+    takes: underscores or dashes (``--save-steps``, as --help lists them), ``--opt value`` or
+    ``--opt=value``, or an abbreviation argparse expands (``--save_strat``). Such a choice must not be
+    overridden by the forced ``--save_strategy no``."""
+    for arg in args:
+        if not arg.startswith("--"):
+            continue
+        name = "--" + arg[2:].split("=", 1)[0].replace("-", "_")
+        if len(name) >= len("--save_st") and any(option.startswith(name) for option in SAVE_OPTIONS):
+            return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> str:
     """Parse the arguments (``sys.argv`` by default, or one JSON / YAML file holding them), train,
     save; returns the saved model's folder. The console command runs :func:`cli`, which turns this
     into an exit status."""
-    from .cli import config_kwargs
+    from .cli import check_head_options, config_kwargs
     from .configuration_llm_embed import OPTIONS
 
     parser = build_parser()
@@ -254,10 +311,11 @@ def main(argv: list[str] | None = None) -> str:
             values["save_strategy"] = "no"
         model_args, data_args, training_args = parser.parse_dict(values)
     else:
-        if not any(arg.split("=")[0] in SAVE_OPTIONS for arg in args):
+        if not gives_save_option(args):
             args += ["--save_strategy", "no"]  # the final model is saved anyway; no optimizer-state checkpoints
         model_args, data_args, training_args, *given = parser.parse_args_into_dataclasses(args)
         config_options = config_kwargs(given[0]) if given else {}
+    check_head_options(config_options, dashes=False)
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return run(model_args, data_args, training_args, config_options)

@@ -159,3 +159,89 @@ def test_run_console_statuses(capsys, monkeypatch):
     assert exited.value.code == 2
     assert run_console(raising(KeyboardInterrupt()), "prog") == 130
     assert capsys.readouterr().err == "prog: interrupted\n"
+
+
+def test_the_error_is_the_last_line_after_an_open_progress_bar(capsys, monkeypatch):
+    """A tqdm bar left open by the exception (the Trainer's) used to redraw itself after the error
+    line when it was closed or collected."""
+    import gc
+
+    from tqdm.auto import tqdm
+
+    monkeypatch.delenv("LLM_EMBED_TRACEBACK", raising=False)
+
+    def main():
+        bar = tqdm(total=3)
+        bar.update(1)
+        raise ValueError("bad batch")
+
+    assert run_console(main, "prog") == 1
+    gc.collect()  # an unclosed bar would write now
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == "prog: error: bad batch", err
+
+
+# ----------------------------------------------------------------------------- arguments refused before the work
+
+
+def test_evaluate_refuses_an_output_folder_before_loading_the_model(tmp_path, capsys):
+    from llm_embed.evaluation import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "no-model"), "--task", "sts:pairs.csv", "--output", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert f"--output {tmp_path} is a folder; pass a file name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("limit", [["0"], ["banking77_train=0"], ["scifact=0"], ["20", "stsb=0"], ["0", "stsb=5"]])
+def test_evaluate_refuses_a_limit_of_zero_as_usage(tmp_path, capsys, limit):
+    from llm_embed.evaluation import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "no-model"), "--data-dir", str(tmp_path), "--limit", *limit])
+    assert exit_info.value.code == 2
+    assert "a limit must be at least 1 item" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_backbone_for_a_model_that_is_not_an_adapter(tmp_path, capsys):
+    from llm_embed.evaluation import main
+    from llm_embed.evaluation.runner import load_model
+
+    (tmp_path / "model").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "model"), "--task", "sts:pairs.csv", "--backbone", "/does/not/exist"])
+    assert exit_info.value.code == 2
+    assert "--backbone is only for a LoRA artifact" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="backbone='/x' is only for a LoRA artifact"):
+        load_model(tmp_path / "model", backbone="/x")
+
+
+def test_a_builtin_task_listed_twice_is_named_as_such(tmp_path, capsys):
+    from llm_embed.evaluation import default_tasks, main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "no-model"), "--data-dir", str(tmp_path), "--tasks", "stsb", "stsb"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--tasks lists stsb more than once; name each task once" in err and "name=" not in err
+    with pytest.raises(ValueError, match="--tasks lists stsb more than once"):  # the study's path
+        default_tasks(tmp_path, ["stsb", "sick", "stsb"])
+
+
+def test_study_help_example_uses_the_study_options(capsys):
+    from llm_embed.study import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert "llm-embed-study --task sts:pairs.csv" in out and "--tasks stsb --task-limit 100" in out
+    assert "put the model" not in out and "--limit 100" not in out and "; --limit applies" not in out
+
+
+def test_an_empty_parquet_input_is_named(tmp_path):
+    pytest.importorskip("pyarrow")
+    from llm_embed.corpus import check_inputs
+
+    (tmp_path / "x.parquet").write_bytes(b"")
+    with pytest.raises(ValueError, match=f"{tmp_path / 'x.parquet'} is not a readable Parquet file"):
+        check_inputs([tmp_path / "x.parquet"])

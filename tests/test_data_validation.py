@@ -114,3 +114,20 @@ def test_missing_file_and_empty_file_say_what_to_pass(tmp_path):
 def test_a_mapping_of_splits_asks_for_one_split():
     with pytest.raises(TypeError, match=r"pick one split, e.g. data\['train'\]"):
         TripletDataset.from_any({"train": triplet_rows(2)})
+
+
+@pytest.mark.parametrize("limit", [0, -3])
+def test_row_limits_below_one_are_refused(tmp_path, limit):
+    """``limit=0`` used to keep 1 row (the row was appended before the limit was tested)."""
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in triplet_rows(3)))
+    with pytest.raises(ValueError, match=f"row limit {limit}: give a whole number of rows of at least 1"):
+        TripletDataset.from_any(data, limit)
+    with pytest.raises(ValueError, match="at least 1"):
+        TripletDataset.from_any(triplet_rows(3), limit)
+    assert len(TripletDataset.from_any(data, 2)) == 2 and len(TripletDataset.from_any(data, 9)) == 3
+
+
+def test_a_missing_eval_file_is_named_evaluation_data(tmp_path):
+    with pytest.raises(FileNotFoundError, match="^evaluation data .*nope.jsonl does not exist"):
+        TripletDataset.from_any(tmp_path / "nope.jsonl", what="evaluation data")

@@ -437,3 +437,25 @@ def test_command_prints_small_sample_warnings_and_marks_the_table(tokenizer, tmp
     assert "| STS-B | sts | spearman |" in captured.out and "* STS-B: only 10 pairs" in captured.out
     saved = json.loads((tmp_path / "r.json").read_text())["results"][0]
     assert saved["warnings"] == result.warnings and "only 10 pairs" in saved["warnings"][0]
+
+
+def test_refusals_advise_raising_a_limit_only_where_one_cut_the_data(tmp_path):
+    """``clusters=500`` on 200 texts used to say "raise the limit (at least 25000 texts)", and 2
+    training rows for 3 classes "raise the training limit", with no limit set."""
+    texts, labels = write_clustering(tmp_path, [str(i % 4) for i in range(200)])
+    with pytest.raises(SampleTooSmallError, match="500 clusters for 200 texts") as error:
+        ClusteringTask("K", texts, labels, n_clusters=500)
+    assert "ask for fewer clusters (clusters=, now 500)" in str(error.value)
+    assert "raise the limit" not in str(error.value) and "25000" not in str(error.value)
+    with pytest.raises(SampleTooSmallError, match="raise the limit") as error:
+        ClusteringTask("K", texts, labels, limit=3)
+    assert "ask for fewer clusters" not in str(error.value)
+    train = write_labelled_csv(tmp_path / "train.csv", ["a", "b"])
+    test = write_labelled_csv(tmp_path / "test.csv", ["a", "b", "c"] * 5)
+    with pytest.raises(SampleTooSmallError, match="2 training rows for 3 classes") as error:
+        ClassificationTask("C", train, test)
+    assert f"add rows to {train} (no limit cut them)" in str(error.value)
+    assert "raise the training limit" not in str(error.value)
+    big = write_labelled_csv(tmp_path / "big.csv", ["a", "b", "c"] * 20)
+    with pytest.raises(SampleTooSmallError, match="raise the training limit"):
+        ClassificationTask("C", big, test, limit_train=2)

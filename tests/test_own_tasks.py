@@ -369,3 +369,44 @@ def test_study_refuses_to_mix_saved_forms_in_one_folder(tmp_path):
         check_saved_form(adapters, merged=True)
     with pytest.raises(ValueError, match="holds a merged model from an earlier study; saving LoRA adapters"):
         check_saved_form(merged, merged=False)
+
+
+def docs_command(doc: str, marker: str) -> list[str]:
+    """The words of the bash command in ``doc`` (a docs/ file) that contains ``marker``, its program
+    left out: line continuations joined, comments dropped."""
+    import re
+    import shlex
+
+    text = (ROOT / "docs" / doc).read_text(encoding="utf-8")
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        joined = block.replace("\\\n", " ")
+        for line in joined.splitlines():
+            if marker in line:
+                return shlex.split(line, comments=True)[1:]
+    raise AssertionError(f"no command with {marker!r} in docs/{doc}")
+
+
+@needs_scoring
+def test_the_documented_command_with_several_tasks_runs(model_dir, tmp_path, monkeypatch, capsys):
+    """docs/evaluation.md's example with three --task specs and a built-in task: its classification
+    and retrieval specs both defaulted to the folder's name ("two tasks named ...") until they got a
+    name= each. Run as written on small files of the columns it names."""
+    from llm_embed.evaluation import main
+
+    monkeypatch.chdir(tmp_path)
+    words = docs_command("evaluation.md", "--task sts:pairs.csv sentence1=question")
+    assert words[0] == "path/to/model" and "--data-dir" not in words
+    write(tmp_path / "pairs.csv", ["question", "answer", "similarity"], PAIRS)
+    write(tmp_path / "train.tsv", ["utterance", "intent"], LABELLED[:40])
+    write(tmp_path / "test.tsv", ["utterance", "intent"], LABELLED[40:])
+    docs = [(f"d{i}", f"all about the {TOPICS[i % 4]} {i}") for i in range(10)]
+    write(tmp_path / "docs.jsonl", ["id", "body"], docs)
+    questions = [(f"q{i}", f"which {TOPICS[i % 4]} {i}?") for i in range(6)]
+    write(tmp_path / "questions.jsonl", ["id", "question"], questions)
+    write(tmp_path / "qrels.tsv", ["query-id", "corpus-id", "score"], [(f"q{i}", f"d{i}", 1) for i in range(6)])
+    (tmp_path / "data" / "stsb").mkdir(parents=True)
+    (tmp_path / "data" / "stsb" / "sts-test.csv").write_text(
+        "".join(f"main\tfile\t2012\t{i}\t{score}\t{a}\t{b}\n" for i, (a, b, score) in enumerate(PAIRS)))
+    results = main([str(model_dir), *words[1:], "--data-dir", "data", "--no-progress"])
+    assert [r.task for r in results] == ["STS-B", "FAQ", "Intents", "QA"]
+    assert json.loads((tmp_path / "results.json").read_text())["results"][3]["task"] == "QA"

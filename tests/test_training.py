@@ -208,3 +208,131 @@ def test_lora_train_save_reload_merge(tiny_backbone_dir, tmp_path, checkpointing
     merged.save_pretrained(tmp_path / "merged")
     from_disk = AutoModel.from_pretrained(tmp_path / "merged")
     np.testing.assert_allclose(from_disk.encode(texts), trained, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- llm-embed-train's checks
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def train_args(backbone, tmp_path, *more):
+    return ["--backbone", str(backbone), "--output_dir", str(tmp_path / "m"), "--pooling", "mean",
+            "--max_seq_length", "16", "--report_to", "none", "--use_cpu", "--disable_tqdm", "true", *more]
+
+
+@pytest.mark.parametrize("which", ["train", "eval"])
+def test_a_batch_of_one_query_without_negatives_is_refused_before_training(tiny_backbone_dir, tmp_path, which):
+    """5 rows without negatives in batches of 4 leave a last batch of one query, which the loss cannot
+    score: refused before the backbone loads (it used to fail at the last step or the final
+    evaluation, with nothing saved), naming the three fixes."""
+    from llm_embed.train import main
+
+    good = write_jsonl(tmp_path / "good.jsonl", triplet_rows(8))
+    noneg = write_jsonl(tmp_path / "noneg.jsonl", triplet_rows(5, negatives=0))
+    files = (["--train_file", noneg] if which == "train" else ["--train_file", good, "--eval_file", noneg])
+    batch = f"--per_device_{which}_batch_size"
+    message = (f"the {which}[a-z]* data has no hard negatives and the last batch .*5 rows in batches of 4.*"
+               f"add negatives.*change {batch}.*--dataloader_drop_last")
+    with pytest.raises(ValueError, match=message):
+        main(train_args(tiny_backbone_dir, tmp_path, *files, "--max_steps", "1", batch, "4"))
+    assert not (tmp_path / "m").exists()
+
+
+def test_check_batches_contrast_cases():
+    from llm_embed.train import check_batches_contrast
+
+    noneg, withneg = TripletDataset(triplet_rows(5, negatives=0)), TripletDataset(triplet_rows(5))
+    check_batches_contrast(noneg, 4, 1, True, "training", "--b")   # the short last batch is dropped
+    check_batches_contrast(noneg, 3, 1, False, "training", "--b")  # 3 + 2
+    check_batches_contrast(withneg, 4, 1, False, "training", "--b")  # the negative is a second candidate
+    check_batches_contrast(noneg, 1, 2, True, "training", "--b")   # two processes' queries are gathered
+    with pytest.raises(ValueError, match="every batch would hold a single query"):
+        check_batches_contrast(noneg, 1, 1, True, "training", "--b")
+    with pytest.raises(ValueError, match="last batch"):
+        check_batches_contrast(TripletDataset(triplet_rows(1, negatives=0)), 4, 1, False, "evaluation", "--b")
+
+
+def test_the_model_is_saved_before_the_final_evaluation(tiny_backbone_dir, tmp_path, monkeypatch):
+    """An evaluation that fails after training must not lose the trained model."""
+    from llm_embed import train
+
+    def failing_evaluate(self, *args, **kwargs):
+        raise RuntimeError("evaluation failed")
+
+    monkeypatch.setattr(train.EmbeddingTrainer, "evaluate", failing_evaluate)
+    data = write_jsonl(tmp_path / "rows.jsonl", triplet_rows(4))
+    with pytest.raises(RuntimeError, match="evaluation failed"):
+        train.main(train_args(tiny_backbone_dir, tmp_path, "--train_file", data, "--eval_file", data,
+                              "--max_steps", "1", "--per_device_train_batch_size", "2"))
+    assert AutoModel.from_pretrained(tmp_path / "m").config.pooling == "mean"
+
+
+@pytest.mark.parametrize("args, given", [
+    (["--save_steps", "5"], True), (["--save-steps", "5"], True), (["--save-strategy=steps"], True),
+    (["--save_strategy=no"], True), (["--save_strat", "no"], True), (["--save_total_limit", "2"], False),
+    (["--logging_steps", "5"], False), (["--output_dir", "save_steps"], False),
+])
+def test_save_options_are_found_in_every_spelling(args, given):
+    from llm_embed.train import gives_save_option
+
+    assert gives_save_option(args) is given
+
+
+def test_dashed_save_options_are_not_overridden(tiny_backbone_dir, tmp_path):
+    """``--save-strategy steps --save-steps 1`` (the spelling --help lists) used to be overridden by
+    the forced ``--save_strategy no``: no checkpoint was written."""
+    from llm_embed.train import main
+
+    data = write_jsonl(tmp_path / "rows.jsonl", triplet_rows(4))
+    main(train_args(tiny_backbone_dir, tmp_path, "--train_file", data, "--max_steps", "1",
+                    "--per_device_train_batch_size", "2", "--save-strategy", "steps", "--save-steps", "1"))
+    assert (tmp_path / "m" / "checkpoint-1").is_dir()
+
+
+@pytest.mark.parametrize("option", ["--max_train_rows", "--max_eval_rows"])
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_row_limits_below_one_are_usage_errors(tmp_path, capsys, option, value):
+    from llm_embed.train import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--train_file", "x.jsonl", "--output_dir", str(tmp_path), option, value])
+    assert exit_info.value.code == 2
+    assert f"expected at least 1 row, got {value}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, unused", [
+    (["--pooling", "mean", "--pooling_layers", "1", "2"], "--pooling_layers"),
+    (["--pooling", "last_token", "--num_latents", "7"], "--num_latents"),
+    (["--pooling", "latent_attention", "--pooling_layers", "1"], "--pooling_layers"),
+])
+def test_head_options_the_head_does_not_use_are_refused(tmp_path, args, unused):
+    from llm_embed.train import main
+
+    with pytest.raises(ValueError, match=f"{unused}: not used by the {args[1]} pooling head"):
+        main(["--train_file", "x.jsonl", "--output_dir", str(tmp_path), *args])
+
+
+def test_a_missing_eval_file_is_called_evaluation_data(tmp_path):
+    from llm_embed.train import main
+
+    data = write_jsonl(tmp_path / "rows.jsonl", triplet_rows(4))
+    with pytest.raises(FileNotFoundError, match="^evaluation data .*nope.jsonl does not exist"):
+        main(["--train_file", data, "--eval_file", str(tmp_path / "nope.jsonl"), "--output_dir", str(tmp_path / "m")])
+
+
+def test_lora_run_saves_then_evaluates_with_the_eval_loss_in_the_state(tiny_backbone_dir, tmp_path):
+    """The final evaluation now runs after the save (which merges the adapters): it must still run,
+    and trainer_state.json, written again after it, holds its loss."""
+    pytest.importorskip("peft")
+    from llm_embed.train import main
+
+    data = write_jsonl(tmp_path / "rows.jsonl", triplet_rows(4))
+    out = main(train_args(tiny_backbone_dir, tmp_path, "--lora", "--lora_r", "2", "--train_file", data,
+                          "--eval_file", data, "--max_steps", "1", "--per_device_train_batch_size", "2"))
+    history = json.loads((tmp_path / "m" / "trainer_state.json").read_text())["log_history"]
+    assert any("eval_loss" in entry for entry in history)
+    assert (tmp_path / "m" / "adapter" / "adapter_config.json").is_file()
+    assert AutoModel.from_pretrained(out).config.pooling == "mean"

@@ -51,6 +51,12 @@ def data_layout() -> str:
                      for name, (files, source) in TASK_FILES.items())
 
 
+def is_lora_artifact(name_or_path) -> bool:
+    """Whether the model is a LoRA artifact (adapters + head + :data:`LORA_BASE_FILE`), the one kind
+    of model that ``backbone`` applies to."""
+    return (Path(name_or_path) / LORA_BASE_FILE).is_file()
+
+
 def load_model(name_or_path, backbone: str | None = None):
     """The model to evaluate: a saved llm_embed model (folder or Hub id) through ``AutoModel``, or a
     LoRA artifact (adapters + trained head, :data:`LORA_BASE_FILE`) as a plain model with the
@@ -59,7 +65,7 @@ def load_model(name_or_path, backbone: str | None = None):
     overrides where the decoder is, e.g. on another machine), the adapters put on with
     :func:`~llm_embed.lora.load_lora` and merged with :func:`~llm_embed.lora.merge_lora`."""
     folder = Path(name_or_path)
-    if (folder / LORA_BASE_FILE).is_file():
+    if is_lora_artifact(name_or_path):
         from ..lora import load_lora, merge_lora
         from ..modeling_llm_embed import LLMEmbeddingModel
 
@@ -77,6 +83,9 @@ def load_model(name_or_path, backbone: str | None = None):
                          "they were trained on; load them in Python with load_lora(LLMEmbeddingModel.from_backbone("
                          "decoder, attention=..., pooling=...), folder) (docs/training.md), or evaluate the merged "
                          "model")
+    if backbone is not None:
+        raise ValueError(f"backbone={backbone!r} is only for a LoRA artifact (a folder with {LORA_BASE_FILE}); "
+                         f"{name_or_path} is a saved model that holds its backbone's weights: drop backbone")
     from transformers import AutoModel
 
     import llm_embed  # noqa: F401  (registers the Auto classes)
@@ -146,14 +155,23 @@ def main(argv: list[str] | None = None) -> list[TaskResult]:
         parser.error(str(error))
     builtin = args.tasks if args.tasks is not None else ([] if specs else list(TASK_FILES))
 
+    duplicates = sorted({name for name in builtin if builtin.count(name) > 1})
+    if duplicates:
+        parser.error(f"--tasks lists {', '.join(duplicates)} more than once; name each task once")
     if builtin and not Path(args.data_dir).is_dir():
         parser.error(f"--data-dir {args.data_dir}: no such folder (looked at {Path(args.data_dir).resolve()}, "
                      f"relative to the current folder {Path.cwd()}); pass the folder that holds the task data "
                      "(stsb/, sick/, scifact/, banking77/, clustering_stackoverflow/: see --help; nothing is "
                      "downloaded)")
+    if args.output and Path(args.output).is_dir():
+        parser.error(f"--output {args.output} is a folder; pass a file name for the JSON, e.g. "
+                     f"{Path(args.output) / 'results.json'} (checked now, before the evaluation runs)")
     if args.output and not Path(args.output).resolve().parent.is_dir():
         parser.error(f"--output {args.output}: its folder does not exist; create it first (checked now, before the "
                      "evaluation runs)")
+    if args.backbone is not None and not is_lora_artifact(args.model):
+        parser.error(f"--backbone is only for a LoRA artifact (a folder with {LORA_BASE_FILE}); {args.model} is a "
+                     "saved model that holds its backbone's weights: drop --backbone")
     # the task files first: a missing or malformed one, or a subset too small for its metric, fails before the
     # model loads; small-subset warnings are printed now and again under the table
     with warnings.catch_warnings(record=True) as caught:

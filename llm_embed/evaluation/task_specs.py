@@ -36,7 +36,7 @@ from .tasks import (
 )
 
 __all__ = ["KINDS", "TASK_SPEC_HELP", "TaskSpec", "TaskSpecError", "build_tasks", "check_unique_names",
-           "parse_task_spec", "parse_task_specs"]
+           "parse_task_spec", "parse_task_specs", "task_spec_help"]
 
 
 class TaskSpecError(ValueError):
@@ -83,7 +83,7 @@ DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pi
 _INTEGER_KEYS = ("limit", "train_limit", "corpus_limit", "clusters")
 
 
-TASK_SPEC_HELP = """\
+_TASK_SPEC_HELP = """\
 Your own data: --task KIND:FILE[,FILE...] [key=value ...] (repeatable; mixes with --tasks in one
 report). Files are CSV (.csv), TSV (.tsv) with a header row, or JSONL (.jsonl, one object a line),
 read by the same reader as the built-in tasks; paths are relative to the current folder. The
@@ -99,17 +99,28 @@ key=value words after the files rename columns (JSON fields) and set the rest:
 
   every kind: name=REPORT_NAME (default: the file's name without suffix; for classification and
   retrieval, the folder of the files), delimiter=CHAR (or tab, comma, semicolon, pipe; default:
-  from the suffix), limit=N (seeded random subset; --limit applies to the built-in tasks only);
+  from the suffix), limit=N (seeded random subset; {limit_option} applies to the built-in tasks only);
   sts, classification, clustering: prompt=NAME; classification: train_limit=N; retrieval:
   corpus_limit=N, query_prompt=NAME, document_prompt=NAME (none: no prompt); clustering: clusters=K.
 
-Example (put the model before --task):
-  llm-embed-evaluate my-model --task sts:pairs.csv sentence1=q sentence2=d score=label name=Mine \\
-      --task classification:train.tsv,test.tsv text=body label=intent --tasks stsb --limit 100
+Example{example}
 A bad file stops the run before the model loads, naming file:line and the key to pass, e.g.
   pairs.csv:1: no column 'score' (columns: q, d, label); pass score=<column>
 A worked example that writes its own small files: examples/evaluate_own_data.py.
 """
+
+
+def task_spec_help(example: str, limit_option: str = "--limit") -> str:
+    """The ``--task`` syntax for a command's ``--help``; ``example``: the part from ``Example`` on
+    (``:`` and the indented command lines) and ``limit_option``: the built-in tasks' limit, both in
+    the command's own options (one shared text with a word replaced went wrong for the study)."""
+    return _TASK_SPEC_HELP.format(example=example, limit_option=limit_option)
+
+
+#: ``llm-embed-evaluate``'s ``--task`` help (``llm-embed-study`` passes its own example to :func:`task_spec_help`)
+TASK_SPEC_HELP = task_spec_help(""" (put the model before --task):
+  llm-embed-evaluate my-model --task sts:pairs.csv sentence1=q sentence2=d score=label name=Mine \\
+      --task classification:train.tsv,test.tsv text=body label=intent --tasks stsb --limit 100""")
 
 
 @dataclass(frozen=True)

@@ -508,6 +508,9 @@ class ClassificationTask(EvaluationTask):
         self.n_classes = len(classes)  # over both whole files, before any limit
         if not self.train_texts or not self.test_texts:
             raise ValueError(f"{train_path if not self.train_texts else test_path} holds no rows")
+        # the advice in refusals: raise the limit only where a limit cut the training rows
+        cut = limit_train is not None and len(self.train_texts) >= limit_train
+        self.train_fix = "raise the training limit" if cut else f"add rows to {train_path} (no limit cut them)"
         self.check_sample()
 
     def check_sample(self) -> None:
@@ -515,15 +518,15 @@ class ClassificationTask(EvaluationTask):
         trained = set(self.train_labels)
         if len(trained) < 2:
             self.refuse(f"{n_train} training row(s) of {len(trained)} class: a classifier needs at least 2 classes; "
-                        "raise the training limit")
+                        f"{self.train_fix}")
         if n_train < classes:
             self.refuse(f"{n_train} training rows for {classes} classes: at least {classes - n_train} classes cannot "
-                        "have a training example, so their test items are wrong by construction; raise the training "
-                        f"limit to at least {classes} (better {MIN_ROWS_PER_CLASS * classes})")
+                        f"have a training example, so their test items are wrong by construction; {self.train_fix} "
+                        f"(at least {classes}, better {MIN_ROWS_PER_CLASS * classes})")
         unseen = [label for label in self.test_labels if label not in trained]
         if len(unseen) == n_test:
             self.refuse(f"none of the {n_test} test items has a class seen in the {n_train} training rows: accuracy "
-                        "would be 0 whatever the model; raise the training limit")
+                        f"would be 0 whatever the model; {self.train_fix}")
         if unseen:
             n_unseen = len(set(unseen))
             self.warn_small(f"{len(unseen)} of {n_test} test items ({n_unseen} class{'es' if n_unseen > 1 else ''}) "
@@ -579,22 +582,31 @@ class ClusteringTask(EvaluationTask):
         rows = seeded_subset(list(zip(texts, labels)), limit, seed)
         self.texts, self.labels = [t for t, _ in rows], [label for _, label in rows]
         self.n_clusters = n_clusters or len(set(self.labels))
+        self.limited = limit is not None and limit < len(texts)  # the advice: raise the limit only where it cut
+        self.clusters_given = n_clusters is not None
         self.check_sample(n_clusters or len(set(labels)))
 
     def check_sample(self, full_k: int) -> None:
         """``full_k``: the cluster count on the whole file (what a larger limit tends to), for the advice."""
         n, k, n_gold = len(self.texts), self.n_clusters, len(set(self.labels))
+        more_texts = (f"raise the limit (at least {MIN_TEXTS_PER_CLUSTER * full_k} texts)" if self.limited else
+                      "give more texts (no limit cut them)")
+        fewer_clusters = f"ask for fewer clusters (clusters=, now {k})" if self.clusters_given else None
         if n_gold < 2 or k < 2:
+            fix = more_texts if n_gold < 2 else "ask for at least 2 clusters (clusters=)"
             self.refuse(f"{n} texts with {n_gold} gold label(s) into {k} cluster(s): V-measure needs at least 2 of "
-                        "each; raise the limit")
+                        f"each; {fix}")
         if k >= n:
             self.refuse(f"{k} clusters for {n} texts: k-means cannot make more clusters than texts, and with as many "
-                        "each text is its own cluster and the score depends on the labels only; raise the limit "
-                        f"(at least {MIN_TEXTS_PER_CLUSTER * full_k} texts)")
+                        "each text is its own cluster and the score depends on the labels only; "
+                        f"{' or '.join(filter(None, (fewer_clusters, more_texts)))}")
         self.chance_v_measure = chance_v_measure(self.labels, k, self.seed)
-        advice = (f"raise the limit to {MIN_TEXTS_PER_CLUSTER * full_k}+ texts "
-                  f"({MIN_TEXTS_PER_CLUSTER} per cluster of "
-                  f"{full_k} bring it under about {NOISY_CHANCE_V_MEASURE:.0f})")
+        per_cluster = (f"{MIN_TEXTS_PER_CLUSTER} texts per cluster bring it under about "
+                       f"{NOISY_CHANCE_V_MEASURE:.0f}")
+        if self.limited:
+            advice = f"raise the limit to {MIN_TEXTS_PER_CLUSTER * full_k}+ texts ({per_cluster})"
+        else:
+            advice = f"{fewer_clusters + ' or ' if fewer_clusters else ''}give more texts ({per_cluster})"
         if self.chance_v_measure >= REFUSED_CHANCE_V_MEASURE:
             self.refuse(f"a random assignment of these {n} texts to {k} clusters already scores a V-measure of "
                         f"{self.chance_v_measure:.1f} (it rises as clusters get as many as texts): a score here would "
@@ -652,7 +664,7 @@ def parse_task_limit(values: list[str] | None) -> int | dict[str, int] | None:
         return None
     numbers = [value for value in values if "=" not in value]
     if len(values) == 1 and numbers:
-        return int(values[0]) if values[0].isdigit() else _bad_limit(values[0])
+        return _limit_number(values[0], values[0])
     if len(numbers) > 1:
         _bad_limit(" ".join(numbers))
     limits = {}
@@ -660,15 +672,22 @@ def parse_task_limit(values: list[str] | None) -> int | dict[str, int] | None:
         if value in numbers:
             continue
         key, _, number = value.partition("=")
-        if not number.isdigit():
-            _bad_limit(value)
-        limits[key] = int(number)
+        limits[key] = _limit_number(number, value)
     task_limits(limits)  # names unknown keys now rather than after a model is loaded
     if numbers:
-        if not numbers[0].isdigit():
-            _bad_limit(numbers[0])
-        limits = {**task_limits(int(numbers[0])), **limits}
+        limits = {**task_limits(_limit_number(numbers[0], numbers[0])), **limits}
     return limits
+
+
+def _limit_number(number: str, value: str) -> int:
+    """A limit's number: a whole number of at least 1. ``0`` would leave a task no items, and the
+    error would then blame the data file."""
+    if not number.isdigit():
+        _bad_limit(value)
+    if int(number) < 1:
+        raise ValueError(f"task limit {value!r}: a limit must be at least 1 item; leave the task (or the key) out "
+                         "for its whole test set")
+    return int(number)
 
 
 def _bad_limit(value: str):
@@ -711,7 +730,11 @@ def check_task_files(data_dir, names: list[str]) -> None:
 def default_tasks(data_dir, names: list[str] | None = None, limit: int | Mapping[str, int] | None = None) -> list:
     """The shared data sets as tasks. ``limit`` (see :func:`task_limits`) keeps seeded random subsets
     for quick or CPU-sized runs; a subset too small for its metric raises :class:`SampleTooSmallError`
-    naming the limit key to raise (see the module docstring)."""
+    naming the limit key to raise (see the module docstring). A name listed twice is refused: its
+    results would clash in the report, and the fix is to list it once, not to rename it."""
+    twice = sorted({name for name in names or () if list(names).count(name) > 1})
+    if twice:
+        raise ValueError(f"--tasks lists {', '.join(twice)} more than once; name each task once")
     data = Path(data_dir)
     caps = task_limits(limit)
     factories = {
