@@ -459,8 +459,13 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
                 kwargs.update(kwargs.pop(name, {}))
         del kwargs[next(iter(signature.parameters))]  # save_directory
         if not kwargs.get("is_main_process", True):
-            # Other ranks of a distributed save write nothing of ours (transformers skips them too).
-            return super().save_pretrained(save_directory, **kwargs)
+            # Other ranks write nothing: the main rank's save is atomic, and a rank writing weights into
+            # the same folder would race it (transformers 5.2 still writes the shards from every rank;
+            # later versions do not). A save_function is the caller's collective (XLA's xm.save must be
+            # called on every rank), so then transformers' own save runs.
+            if "save_function" in kwargs:
+                return super().save_pretrained(save_directory, **kwargs)
+            return None
         push_to_hub = kwargs.pop("push_to_hub", False)
         hub_kwargs = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "private", "token", "create_pr")
                       if key in kwargs}
