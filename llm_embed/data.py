@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .encoding import pad_batch, resolve_pad_id, resolve_prompt, tokenize_texts
+from .tokenizer_setup import configure_tokenizer, tokenizer_settings
 
 QUERY_FIELDS = ("query", "anchor")
 ROW_FORMAT = '{"query": ..., "positive": ..., "negative": ...} (or "anchor"; "negatives": [...]; or no negatives)'
@@ -210,21 +211,46 @@ class ContrastiveDataCollator:
     query-major). Every row of a batch must have the same number of hard negatives.
 
     Args:
-        tokenizer: the model's tokenizer (``model.tokenizer``).
+        tokenizer: the model's tokenizer (``model.tokenizer``) or its backbone's.
         config: the model's :class:`LLMEmbeddingConfig` (prompts, max_seq_length, EOS, padding side).
         query_prompt_name / document_prompt_name: keys of ``config.prompts`` (None: no prefix).
+
+    The collator reads ``config`` at every batch, as ``encode`` does: a change made after it was built
+    (``model.config.max_seq_length = 256``, ``append_eos``, ``padding_side``, a prompt) reaches the
+    training batches too. Its tokenizer is a copy configured for the config
+    (:func:`~llm_embed.tokenizer_setup.configure_tokenizer`), configured again when those values change,
+    so that a tokenizer that appends EOS itself stops doing so when ``append_eos`` is switched off.
     """
 
     def __init__(self, tokenizer, config, query_prompt_name: str | None = "query",
                  document_prompt_name: str | None = "document"):
-        self.tokenizer = tokenizer
         self.config = config
-        self.query_prefix = resolve_prompt(config.prompts, None, query_prompt_name, None)
-        self.document_prefix = resolve_prompt(config.prompts, None, document_prompt_name, None)
-        self.pad_id = resolve_pad_id(tokenizer)
+        self.query_prompt_name = query_prompt_name
+        self.document_prompt_name = document_prompt_name
+        self._given_tokenizer = tokenizer
+        self._configure()
+        self._prefixes()  # an unknown prompt name fails here, not at the first batch
+
+    def _configure(self) -> None:
+        self._settings = tokenizer_settings(self.config)
+        self._tokenizer = configure_tokenizer(self._given_tokenizer, self.config)
+        self.pad_id = resolve_pad_id(self._tokenizer)
+
+    @property
+    def tokenizer(self):
+        """The tokenizer the batches are made with: the given one configured for the current config."""
+        if tokenizer_settings(self.config) != self._settings:
+            self._configure()
+        return self._tokenizer
+
+    def _prefixes(self) -> tuple[str, str]:
+        prompts = self.config.prompts
+        return (resolve_prompt(prompts, None, self.query_prompt_name, None),
+                resolve_prompt(prompts, None, self.document_prompt_name, None))
 
     def _tokenize(self, texts: list[str], prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = tokenize_texts(self.tokenizer, [prefix + t for t in texts], self.config.max_seq_length,
+        tokenizer = self.tokenizer  # configured again first if the config changed
+        ids = tokenize_texts(tokenizer, [prefix + t for t in texts], self.config.max_seq_length,
                              self.config.append_eos)
         return pad_batch(ids, self.pad_id, self.config.padding_side)
 
@@ -239,8 +265,9 @@ class ContrastiveDataCollator:
         queries = [query for query, _, _ in triples]
         documents = [positive for _, positive, _ in triples]
         documents += [negative for _, _, negatives in triples for negative in negatives]
-        query_ids, query_mask = self._tokenize(queries, self.query_prefix)
-        document_ids, document_mask = self._tokenize(documents, self.document_prefix)
+        query_prefix, document_prefix = self._prefixes()
+        query_ids, query_mask = self._tokenize(queries, query_prefix)
+        document_ids, document_mask = self._tokenize(documents, document_prefix)
         return {
             "query_input_ids": query_ids,
             "query_attention_mask": query_mask,

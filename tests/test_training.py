@@ -46,6 +46,36 @@ def test_collator_layout_and_prompts(model, tokenizer):
     assert row_of(6) == tokenizer(rows[1]["negatives"][1])["input_ids"]
 
 
+def test_collator_follows_config_changes_made_after_it_was_built(model):
+    """A config change after the collator was built (append_eos off, a shorter max_seq_length, another
+    padding side, a new prompt) reaches the training batches exactly as it reaches encode: the
+    collator's tokenizer used to keep appending EOS, and its prompts were fixed at construction."""
+    collator = ContrastiveDataCollator(model.tokenizer, model.config)
+    rows = [{"query": "how do I reset my card", "positive": "reset it in the app " * 3}]
+    model.config.append_eos = False
+    model.config.max_seq_length = 6
+    model.config.padding_side = "right"
+    model.config.prompts = {"query": "Find: ", "document": ""}
+    with pytest.warns(UserWarning, match="truncated"):
+        batch = collator(rows)
+    expected = model.tokenizer("Find: how do I reset my card")["input_ids"][:6]
+    assert batch["query_input_ids"][0].tolist() == expected and expected[-1] != model.tokenizer.eos_token_id
+    assert batch["document_attention_mask"][0].tolist() == [1] * 6
+    assert collator.tokenizer("a")["input_ids"] == model.tokenizer("a")["input_ids"]
+    assert collator.tokenizer.padding_side == "right" and collator.tokenizer.model_max_length == 6
+
+
+def test_collator_configures_the_backbone_tokenizer_like_the_model(model, tokenizer):
+    """Given the backbone's own tokenizer (no pad token, no EOS post-processor), the collator makes the
+    batches the model's configured tokenizer makes, and leaves the caller's tokenizer unchanged."""
+    rows = triplet_rows(3, negatives=1)
+    pad, processor = tokenizer.pad_token, tokenizer.backend_tokenizer.post_processor.__getstate__()
+    ours = ContrastiveDataCollator(tokenizer, model.config)(rows)
+    models = ContrastiveDataCollator(model.tokenizer, model.config)(rows)
+    assert all(torch.equal(ours[key], models[key]) for key in models)
+    assert tokenizer.pad_token == pad and tokenizer.backend_tokenizer.post_processor.__getstate__() == processor
+
+
 def test_collator_accepts_anchor_naming_and_no_negatives(model, tokenizer):
     collator = ContrastiveDataCollator(tokenizer, model.config)
     batch = collator([{"anchor": "a b", "positive": "c d"}, {"anchor": "e f", "positive": "g h"}])
