@@ -164,6 +164,12 @@ def check_head_options(given: dict, *, dashes: bool) -> None:
         raise ValueError(f"{flags}: not used by the {pooling} pooling head (only by {' / '.join(users)}); drop "
                          f"{'it' if len(unused) == 1 else 'them'}, or choose {option_flag('pooling', dashes)} "
                          f"{users[-1]}")
+    residual = given.get("pooling_residual", OPTIONS_BY_NAME["pooling_residual"].default)
+    if pooling == "latent_attention" and "layer_reduction" in given and not residual:
+        # latent_attention reduces the last layer only for its baseline (pooling.LatentAttentionPooling)
+        raise ValueError(f"{option_flag('layer_reduction', dashes)}: the latent_attention pooling head reads it "
+                         f"only with {option_flag('pooling_residual', dashes)} true (it reduces the last layer "
+                         f"for the head's baseline); drop it, or add {option_flag('pooling_residual', dashes)} true")
 
 
 def config_kwargs(namespace: argparse.Namespace | dict) -> dict:

@@ -345,6 +345,21 @@ def test_head_options_the_head_does_not_use_are_refused(tmp_path, args, unused):
         main(["--train_file", "x.jsonl", "--output_dir", str(tmp_path), *args])
 
 
+def test_layer_reduction_without_the_residual_is_refused_for_latent_attention(tmp_path):
+    """latent_attention reads layer_reduction only for its pooling_residual baseline: without the
+    residual the value would be saved in the config and change nothing."""
+    from llm_embed.cli import check_head_options
+    from llm_embed.train import main
+
+    with pytest.raises(ValueError, match="--layer_reduction: the latent_attention pooling head reads it only with "
+                                         "--pooling_residual true"):
+        main(["--train_file", "x.jsonl", "--output_dir", str(tmp_path), "--pooling", "latent_attention",
+              "--layer_reduction", "mean"])
+    check_head_options({"pooling": "latent_attention", "layer_reduction": "mean", "pooling_residual": True},
+                       dashes=True)
+    check_head_options({"pooling": "multi_layer", "layer_reduction": "mean"}, dashes=True)
+
+
 def test_a_missing_eval_file_is_called_evaluation_data(tmp_path):
     from llm_embed.train import main
 
