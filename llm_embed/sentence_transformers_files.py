@@ -52,6 +52,7 @@ equal).
 
 from __future__ import annotations
 
+import json
 import os
 
 import torch
@@ -122,16 +123,37 @@ class LLMEmbeddingSTModule(InputModule):
         """The model's ``save_pretrained``, keeping the ``config_sentence_transformers.json`` that
         ``SentenceTransformer.save`` wrote just before calling this (its prompts, default prompt,
         ``truncate_dim``, similarity function): ``save_pretrained`` writes its own, from the model's
-        config, and would otherwise replace the settings the user changed on the SentenceTransformer."""
+        config, and would otherwise replace the settings the user changed on the SentenceTransformer.
+
+        The SentenceTransformer's prompts and default prompt become the model config's first
+        (``st.prompts`` is the user's copy of them), so that ``config.json`` holds the same prompts, and
+        ``AutoModel.from_pretrained(folder).encode(prompt_name=...)`` embeds as ``st.encode`` did."""
         path = os.path.join(output_path, SETTINGS_FILE)
         settings = None
         if os.path.isfile(path):
             with open(path, "rb") as handle:
                 settings = handle.read()
+            self._adopt_prompts(json.loads(settings))
         self.model.save_pretrained(output_path)
         if settings is not None:
             with open(path, "wb") as handle:
                 handle.write(settings)
+
+    def _adopt_prompts(self, settings: dict) -> None:
+        """Set ``settings``' prompts and default prompt on the model's config, checked as any config
+        value is; a refused pair leaves the config as it was."""
+        config = self.model.config
+        prompts = settings.get("prompts", config.prompts)
+        default = settings.get("default_prompt_name", config.default_prompt_name)
+        if prompts == config.prompts and default == config.default_prompt_name:
+            return
+        before = (config.prompts, config.default_prompt_name)
+        try:
+            config.prompts, config.default_prompt_name = dict(prompts), default
+            config.validate_design()
+        except (TypeError, ValueError):
+            config.prompts, config.default_prompt_name = before
+            raise
 
     @classmethod
     def load(cls, model_name_or_path: str, subfolder: str = "", token=None, cache_folder=None, revision=None,

@@ -113,6 +113,38 @@ def test_st_save_keeps_sentence_transformers_settings(saved, tmp_path):
         np.testing.assert_allclose(getattr(again, method)(TEXTS), getattr(st, method)(TEXTS), atol=1e-6)
 
 
+def test_st_save_writes_the_prompts_into_the_model_config(saved, tmp_path):
+    """Prompts edited on the SentenceTransformer reach config.json, so the saved folder embeds the same
+    through AutoModel as through SentenceTransformer (config.json used to keep the old prompts)."""
+    from sentence_transformers import SentenceTransformer
+
+    _, folder = saved
+    st = SentenceTransformer(str(folder), trust_remote_code=True)
+    st.prompts = {"query": "search_query: ", "document": "", "clustering": "cluster: "}
+    st.default_prompt_name = "clustering"
+    st.save(str(tmp_path / "st"))
+    assert st[0].model.config.prompts == st.prompts  # the live model agrees too
+    model = AutoModel.from_pretrained(tmp_path / "st")
+    assert model.config.prompts == st.prompts and model.config.default_prompt_name == "clustering"
+    for prompt_name in ("query", "clustering"):
+        np.testing.assert_allclose(model.encode(TEXTS, prompt_name=prompt_name),
+                                   st.encode(TEXTS, prompt_name=prompt_name), atol=1e-6)
+    np.testing.assert_allclose(model.encode(TEXTS), st.encode(TEXTS), atol=1e-6)  # the default prompt
+
+
+def test_st_save_refuses_prompts_the_config_refuses(saved, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    _, folder = saved
+    st = SentenceTransformer(str(folder), trust_remote_code=True)
+    before = dict(st[0].model.config.prompts)
+    st.prompts = {"query": 3}
+    with pytest.raises((TypeError, ValueError), match="prompts"):
+        st.save(str(tmp_path / "st"))
+    assert st[0].model.config.prompts == before
+    assert not (tmp_path / "st" / "config.json").exists()
+
+
 def test_module_source_is_the_module_file():
     """Saves write the module from MODULE_SOURCE (a remote-code model has no other copy of it)."""
     from pathlib import Path
