@@ -838,12 +838,13 @@ def main(argv: list[str] | None = None) -> dict:
     device = check_device(args.device) if args.device else default_device()
 
     import torch
-    from transformers import AutoModel
 
-    import llm_embed  # noqa: F401  (registers the Auto classes)
+    from .modeling_llm_embed import LLMEmbeddingModel
 
     kwargs = {"dtype": getattr(torch, args.dtype)} if args.dtype else {}
-    model = AutoModel.from_pretrained(args.model, **kwargs)
+    # Not AutoModel: a plain decoder's folder would load as that decoder and fail later on a missing
+    # attribute; LLMEmbeddingModel refuses it (and a missing folder, a mistyped path) by name.
+    model = LLMEmbeddingModel.from_pretrained(args.model, **kwargs)
     model.to(device)
     model_path = os.path.abspath(args.model) if os.path.isdir(args.model) else args.model
     return encode_corpus(model, args.inputs, args.output_dir, text_field=args.text_field, title_field=args.title_field,

@@ -44,8 +44,19 @@ def saved_config_file(name_or_path, hub_kwargs: dict) -> str | None:
     from transformers.utils import CONFIG_NAME, cached_file
 
     kwargs = {key: value for key, value in hub_kwargs.items() if key != "trust_remote_code"}
-    # With both _raise_exceptions flags left on, transformers returns None only for a missing config.json.
-    return cached_file(name_or_path, CONFIG_NAME, **kwargs)
+    try:
+        # With both _raise_exceptions flags left on, transformers returns None only for a missing config.json.
+        return cached_file(name_or_path, CONFIG_NAME, **kwargs)
+    except OSError as error:
+        path = os.fspath(name_or_path)
+        if os.path.exists(path):
+            raise
+        # A name that is no local folder was looked up on the Hub; it may be a mistyped local path
+        # ("models/my-embed" run from the wrong directory), which transformers' message does not consider.
+        raise OSError(
+            f"{error}\nNo local folder {os.path.abspath(path)} exists either: if {path!r} was meant as a local "
+            "path, check its spelling and the working directory."
+        ) from error
 
 
 def check_local_path(name_or_path) -> None:

@@ -98,6 +98,20 @@ def test_evaluate_command_missing_task_file_is_one_line_error(tmp_path):
     assert_one_line_failure(result, "llm-embed-evaluate", "sts-test.csv")
 
 
+@pytest.mark.parametrize("command", ["llm-embed-evaluate", "llm-embed-encode"])
+def test_a_plain_decoder_folder_is_a_one_line_error_naming_from_backbone(tiny_backbone_dir, tmp_path, command):
+    """The commands loaded through AutoModel, which returned the plain decoder: the run then failed on
+    "'LlamaConfig' object has no attribute 'prompts'" with a traceback."""
+    if command == "llm-embed-evaluate":
+        write_stsb(tmp_path / "data")
+        args = ["--data-dir", tmp_path / "data", "--tasks", "stsb", "--no-progress"]
+    else:
+        args = [write_rows(tmp_path / "corpus.jsonl", [{"_id": "1", "text": "a"}]), "--output-dir", tmp_path / "out"]
+    result = run_script(command, tiny_backbone_dir, *args, cwd=tmp_path)
+    assert_one_line_failure(result, command, "holds a plain llama model")
+    assert "LLMEmbeddingModel.from_backbone" in result.stderr
+
+
 # ----------------------------------------------------------------------------- llm-embed-study
 
 

@@ -1,6 +1,7 @@
 """Save / load round trips for every design, both AutoModel ways, and strict head loading."""
 
 import json
+import os
 import textwrap
 
 import pytest
@@ -152,6 +153,8 @@ def test_unreachable_hub_id_reports_the_connection_not_a_missing_config(tmp_path
     with pytest.raises(OSError, match="couldn't connect") as caught:
         LLMEmbeddingModel.from_pretrained("acme/my-embedder", cache_dir=str(tmp_path))
     assert "holds no config.json" not in str(caught.value)
+    # the name may be a mistyped local path: the message says no such folder exists either
+    assert f"No local folder {os.path.abspath('acme/my-embedder')} exists either" in str(caught.value)
 
 
 def test_plain_decoder_folder_points_to_from_backbone(tiny_backbone_dir):

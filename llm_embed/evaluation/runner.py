@@ -86,11 +86,11 @@ def load_model(name_or_path, backbone: str | None = None):
     if backbone is not None:
         raise ValueError(f"backbone={backbone!r} is only for a LoRA artifact (a folder with {LORA_BASE_FILE}); "
                          f"{name_or_path} is a saved model that holds its backbone's weights: drop backbone")
-    from transformers import AutoModel
+    from ..modeling_llm_embed import LLMEmbeddingModel
 
-    import llm_embed  # noqa: F401  (registers the Auto classes)
-
-    return AutoModel.from_pretrained(name_or_path)
+    # Not AutoModel: a plain decoder's folder would load as that decoder and fail later on a missing
+    # attribute; LLMEmbeddingModel refuses it (and a missing folder, a mistyped path) by name.
+    return LLMEmbeddingModel.from_pretrained(name_or_path)
 
 
 def evaluate(model, tasks, batch_size: int = 32, show_progress_bar: bool = True) -> list[TaskResult]:
