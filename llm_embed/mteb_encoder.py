@@ -11,7 +11,10 @@ configured). ``task_prompts`` overrides by task name or task type, as mteb's own
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
+import os
 from typing import Any
 
 import numpy as np
@@ -42,10 +45,12 @@ class MTEBEncoder:
         **load_kwargs: Any,
     ):
         require_mteb()
-        if isinstance(model, str):
-            from transformers import AutoModel
+        if isinstance(model, (str, os.PathLike)):
+            from .modeling_llm_embed import LLMEmbeddingModel
 
-            model = AutoModel.from_pretrained(model, revision=revision, **load_kwargs)
+            # Not AutoModel: a plain decoder's folder would load as that decoder and fail at the first
+            # encode; LLMEmbeddingModel refuses it by name.
+            model = LLMEmbeddingModel.from_pretrained(model, revision=revision, **load_kwargs)
         if device is not None:
             model = model.to(device)
         self.model = model
@@ -94,6 +99,18 @@ class MTEBEncoder:
         b = torch.nn.functional.normalize(self._as_tensor(embeddings2), dim=-1)
         return (a * b).sum(dim=-1)
 
+    def weights_revision(self) -> str:
+        """The revision mteb records when none was given: 16 hex digits of a hash of what decides the
+        vectors (options, backbone config, tokenizer, sampled weights: ``corpus.model_fingerprint``).
+        mteb caches results by model name and revision, and the name is only the folder's last part
+        (``runA/final`` and ``runB/final`` are both ``llm_embed/final``; an unsaved model is
+        ``llm_embed/unnamed``), so a fixed revision would hand one model's cached scores to another.
+        Computed at each call: a model trained between two evaluations gets a new revision."""
+        from .corpus import model_fingerprint
+
+        encoded = json.dumps(model_fingerprint(self.model), sort_keys=True, default=str).encode("utf-8")
+        return "weights-" + hashlib.sha256(encoded).hexdigest()[:16]
+
     @property
     def mteb_model_meta(self):
         from mteb.models.model_meta import ModelMeta
@@ -106,7 +123,7 @@ class MTEBEncoder:
         return ModelMeta(
             loader=None,
             name=name,
-            revision=self.revision,
+            revision=self.revision or self.weights_revision(),
             release_date=None,
             languages=None,
             n_parameters=parameters,

@@ -2,6 +2,7 @@
 (AnySTSEvaluator) run on the local STS-B test set."""
 
 import csv
+import warnings
 
 import numpy as np
 import pytest
@@ -115,3 +116,48 @@ def test_mteb_evaluate_end_to_end_on_local_stsb(encoder):
     model = encoder.model
     cosine = np.sum(model.encode([r[0] for r in rows]) * model.encode([r[1] for r in rows]), axis=1)
     assert abs(scores["cosine_spearman"] - spearmanr(cosine, [r[2] for r in rows]).statistic) < 1e-6
+
+
+def test_two_models_never_share_a_cached_result(tokenizer, tmp_path):
+    """mteb caches results by model name and revision, and the name is the folder's last part: two
+    models saved as runA/final and runB/final were both "llm_embed/final" with no revision, so
+    mteb.evaluate handed model A's cached scores to model B. The default revision hashes the model."""
+    from datasets import Dataset, DatasetDict
+    from scipy.stats import spearmanr
+
+    from llm_embed import LLMEmbeddingModel
+    from llm_embed.mteb_encoder import MTEBEncoder
+
+    rows = stsb_test(40)
+    cache = mteb.ResultCache(cache_path=str(tmp_path / "cache"))
+    for run, seed in (("runA", 0), ("runB", 1)):
+        model = tiny_model("llama", "bidirectional", "mean", seed=seed)
+        model.tokenizer = tokenizer
+        model.save_pretrained(tmp_path / run / "final")
+    revisions = set()
+    for run in ("runA", "runB"):
+        encoder = MTEBEncoder(str(tmp_path / run / "final"), batch_size=8)
+        meta = encoder.mteb_model_meta
+        assert meta.name == "llm_embed/final" and meta.revision == encoder.mteb_model_meta.revision
+        revisions.add(meta.revision)
+        task = mteb.get_task("STSBenchmark")
+        task.dataset = DatasetDict({"test": Dataset.from_dict({
+            "sentence1": [r[0] for r in rows], "sentence2": [r[1] for r in rows], "score": [r[2] for r in rows]})})
+        task.data_loaded = True
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = mteb.evaluate(encoder, [task], cache=cache, show_progress_bar=False)
+        model = encoder.model
+        cosine = np.sum(model.encode([r[0] for r in rows]) * model.encode([r[1] for r in rows]), axis=1)
+        expected = spearmanr(cosine, [r[2] for r in rows]).statistic
+        assert abs(result.task_results[0].scores["test"][0]["cosine_spearman"] - expected) < 1e-6, run
+    assert len(revisions) == 2
+    assert MTEBEncoder(LLMEmbeddingModel.from_pretrained(tmp_path / "runA" / "final"),
+                       revision="v1").mteb_model_meta.revision == "v1"
+
+
+def test_a_plain_decoder_folder_is_refused_by_name(tiny_backbone_dir):
+    from llm_embed.mteb_encoder import MTEBEncoder
+
+    with pytest.raises(ValueError, match="holds a plain llama model"):
+        MTEBEncoder(str(tiny_backbone_dir))
