@@ -148,7 +148,7 @@ def test_bad_files_name_the_file_the_line_and_the_key(tmp_path):
     with pytest.raises(ValueError, match=r"rows.jsonl:3: not valid JSON"):
         parse_task_spec([f"sts:{rows}", "sentence1=q", "sentence2=d", "score=label"]).build()
     bad_score = write(tmp_path / "scores.tsv", ["q", "d", "label"], [*PAIRS[:3], ("x", "y", "high"), *PAIRS[3:]])
-    with pytest.raises(ValueError, match=r"scores.tsv:5: score 'high' \(column 'label'\) is not a number"):
+    with pytest.raises(ValueError, match=r"scores.tsv:5: score 'high' \(column 'label'\) is not a finite number"):
         parse_task_spec([f"sts:{bad_score}", "sentence1=q", "sentence2=d", "score=label"]).build()
     short = tmp_path / "short.csv"
     short.write_text("text,label\nfine,a\nfine too,b\nno label here\n")
@@ -166,6 +166,45 @@ def test_bad_files_name_the_file_the_line_and_the_key(tmp_path):
         parse_task_spec([f"retrieval:{corpus},{queries},{qrels}"]).build()
     with pytest.raises(FileNotFoundError, match=f"no such file {tmp_path}/nope.csv \\(looked at {tmp_path}/nope.csv"):
         parse_task_spec([f"sts:{tmp_path}/nope.csv"]).build()
+
+
+def test_repeated_ids_and_scores_that_are_not_numbers_are_refused(tmp_path):
+    """A repeated document id counted as two documents (nDCG@10 reached 163), a repeated query id kept
+    its last text, and a gold score of nan made the task's Spearman nan: each is refused, naming the file."""
+    corpus, queries, qrels = retrieval_files(tmp_path, "jsonl")
+    spec = [f"retrieval:{corpus},{queries},{qrels}", *as_words(RETRIEVAL_COLUMNS)]
+    parse_task_spec(spec).build()  # the files as written are fine
+    with open(corpus, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"key": "d3", "heading": "again", "body": "the cat again"}) + "\n")
+    with pytest.raises(ValueError, match=r"docs.jsonl: document id 'd3' names records 4 and 11"):
+        parse_task_spec(spec).build()
+    corpus, queries, qrels = retrieval_files(tmp_path, "jsonl")
+    with open(queries, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"key": "q1", "question": "another text"}) + "\n")
+    with pytest.raises(ValueError, match=r"asks.jsonl: query id 'q1' names records 2 and 7"):
+        parse_task_spec(spec).build()
+    corpus, queries, qrels = retrieval_files(tmp_path, "jsonl")
+    with open(qrels, "a", encoding="utf-8") as handle:
+        handle.write("q0\td4\t1\n")
+    with pytest.raises(ValueError, match=r"judged.tsv: judgement \(query -> document\) id 'q0 -> d4' names records"):
+        parse_task_spec(spec).build()
+    for bad in ("nan", "inf"):
+        pairs = write(tmp_path / "pairs.csv", ["sentence1", "sentence2", "score"], [*PAIRS[:4], ("x", "y", bad)])
+        with pytest.raises(ValueError, match=rf"pairs.csv:6: score '{bad}' \(column 'score'\) is not a finite number"):
+            parse_task_spec([f"sts:{pairs}"]).build()
+
+
+def test_a_tsv_is_read_without_csv_quoting(tmp_path):
+    """A TSV text opening with an unclosed quote swallowed the next lines, and quotes were dropped."""
+    from llm_embed.evaluation.tasks import read_records
+
+    path = tmp_path / "texts.tsv"
+    path.write_text('text\tlabel\n"Stop," he said\ta\n"unclosed quote\tb\nplain\tc\n', encoding="utf-8")
+    rows = read_records(path, {"text": "text", "label": "label"})
+    assert [row["text"] for row in rows] == ['"Stop," he said', '"unclosed quote', "plain"]
+    csv_path = tmp_path / "texts.csv"
+    csv_path.write_text('text,label\n"Stop, he said",a\n', encoding="utf-8")
+    assert read_records(csv_path, {"text": "text", "label": "label"})[0]["text"] == "Stop, he said"
 
 
 @pytest.mark.parametrize("words, message", [

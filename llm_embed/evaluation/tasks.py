@@ -44,7 +44,7 @@ import importlib
 import json
 import math
 import warnings
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,12 +175,32 @@ def file_format(path, delimiter: str | None) -> str | None:
                      "line), or pass the delimiter of a table with a header (e.g. delimiter=tab)")
 
 
+def finite_float(text: str) -> float:
+    """``float(text)``, refusing ``nan`` and ``inf``: a gold score that is not a number would make
+    the task's correlation ``nan`` (and the results file invalid JSON) instead of an error."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
+def refuse_duplicate_ids(ids: Sequence[str], path, what: str) -> None:
+    """Refuse an id that names two records of ``path``: a repeated document id would count as two
+    documents (each adding gain, so nDCG above 100), a repeated query id would keep one text only."""
+    first: dict[str, int] = {}
+    for number, item in enumerate(ids, 1):
+        if item in first:
+            raise ValueError(f"{path}: {what} id {item!r} names records {first[item]} and {number} (counting records, "
+                             "not lines); ids must be unique: remove or rename the repeated one")
+        first[item] = number
+
+
 def _where(path, line: int) -> str:
     return f"{path}:{line}"
 
 
 def read_records(path, columns: Mapping[str, str | int], *, delimiter: str | None = None, header: bool = True,
-                 quoting: int = csv.QUOTE_MINIMAL, optional: Collection[str] = (),
+                 quoting: int | None = None, optional: Collection[str] = (),
                  convert: Mapping[str, Callable[[str], object]] | None = None) -> list[dict]:
     """Rows of a CSV/TSV file with a header row, or of a JSONL file, as dicts role -> value.
 
@@ -189,8 +209,14 @@ def read_records(path, columns: Mapping[str, str | int], *, delimiter: str | Non
     ``delimiter`` or the suffix (:func:`file_format`). ``optional`` roles missing from a file read as
     ``""`` (a corpus without titles). ``convert`` turns a role's text into a value (``float`` for
     a score). Every problem is a ``ValueError`` naming the file, the line, what is missing and
-    which ``role=<column>`` to pass, since a renamed column is the usual cause."""
+    which ``role=<column>`` to pass, since a renamed column is the usual cause. ``quoting`` (None: by
+    the delimiter) is the csv module's: a TSV is read without quoting (``QUOTE_NONE``, as the
+    built-in STS-B reader and ``llm-embed-encode`` read it), since tab-separated exports do not
+    quote and a text that opens with ``"`` would otherwise swallow the following lines; other
+    delimiters with CSV quoting."""
     delimiter = file_format(path, delimiter)
+    if quoting is None:
+        quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     convert = convert or {}
     rows: list[dict] = []
     with open(path, encoding="utf-8", newline="" if delimiter is not None else None) as handle:
@@ -275,7 +301,8 @@ def _convert(path, line: int, role: str, column, value: str, convert: Mapping[st
     try:
         return convert[role](value)
     except ValueError:
-        kind = "a whole number" if convert[role] is int else "a number"
+        kind = "a whole number" if convert[role] is int else "a finite number" if convert[role] is finite_float \
+            else "a number"
         raise ValueError(f"{_where(path, line)}: {role} {value!r} (column {column!r}) is not {kind}") from None
 
 
@@ -286,14 +313,14 @@ SICK_COLUMNS = {"sentence1": "sentence_A", "sentence2": "sentence_B", "score": "
 
 
 def read_pairs(path, columns: Mapping[str, str | int] | None = None, limit: int | None = None, seed: int = 0, *,
-               delimiter: str | None = None, header: bool = True, quoting: int = csv.QUOTE_MINIMAL
+               delimiter: str | None = None, header: bool = True, quoting: int | None = None
                ) -> list[tuple[str, str, float]]:
     """(sentence1, sentence2, score) rows of an STS table or JSONL file (:func:`read_records`);
     ``columns`` renames the roles ``sentence1``, ``sentence2``, ``score`` (default: those names).
     ``limit`` keeps a seeded random subset (:func:`seeded_subset`)."""
     columns = {**PAIR_COLUMNS, **(columns or {})}
     records = read_records(path, columns, delimiter=delimiter, header=header, quoting=quoting,
-                           convert={"score": float})
+                           convert={"score": finite_float})
     return seeded_subset([(r["sentence1"], r["sentence2"], r["score"]) for r in records], limit, seed)
 
 
@@ -404,18 +431,22 @@ class RetrievalTask(EvaluationTask):
         qrels_delimiter = delimiter if delimiter is not None or Path(qrels_path).suffix.lower() in (
             *SUFFIX_DELIMITERS, *JSONL_SUFFIXES) else "\t"
         self.qrels: dict[str, dict[str, int]] = {}
-        for row in read_records(qrels_path, pick(("qrels_query_id", "qrels_doc_id", "qrels_score")),
-                                delimiter=qrels_delimiter, convert={"qrels_score": int}):
+        qrels = read_records(qrels_path, pick(("qrels_query_id", "qrels_doc_id", "qrels_score")),
+                             delimiter=qrels_delimiter, convert={"qrels_score": int})
+        refuse_duplicate_ids([f"{row['qrels_query_id']} -> {row['qrels_doc_id']}" for row in qrels], qrels_path,
+                             "judgement (query -> document)")
+        for row in qrels:
             self.qrels.setdefault(row["qrels_query_id"], {})[row["qrels_doc_id"]] = row["qrels_score"]
-        queries = {row["query_id"]: row["query"]
-                   for row in read_records(queries_path, pick(("query_id", "query")), delimiter=delimiter)
-                   if row["query_id"] in self.qrels}
+        query_rows = read_records(queries_path, pick(("query_id", "query")), delimiter=delimiter)
+        refuse_duplicate_ids([row["query_id"] for row in query_rows], queries_path, "query")
+        queries = {row["query_id"]: row["query"] for row in query_rows if row["query_id"] in self.qrels}
         self.query_ids = seeded_subset(sorted(queries), limit_queries)
         self.queries = [queries[q] for q in self.query_ids]
         self.corpus_ids, self.documents = [], []
         needed = {doc for q in self.query_ids for doc in self.qrels[q]}
-        for item in read_records(corpus_path, pick(("doc_id", "title", "text")), delimiter=delimiter,
-                                 optional=("title",)):
+        corpus = read_records(corpus_path, pick(("doc_id", "title", "text")), delimiter=delimiter, optional=("title",))
+        refuse_duplicate_ids([item["doc_id"] for item in corpus], corpus_path, "document")
+        for item in corpus:
             if corpus_limit is not None and len(self.corpus_ids) >= corpus_limit and item["doc_id"] not in needed:
                 continue
             self.corpus_ids.append(item["doc_id"])
