@@ -190,7 +190,15 @@ def check_batches_contrast(data: TripletDataset, batch_size: int, world_size: in
     """Refuse data that would make a batch of one query without hard negatives: the contrastive loss
     has nothing to contrast it with and raises, at that step (the last one of an epoch, or the final
     evaluation), long after the run started. The loss gathers the batches of all ``world_size``
-    processes; without ``drop_last`` the last batch holds ``len(data) % batch_size`` rows."""
+    processes; without ``drop_last`` the last batch holds ``len(data) % batch_size`` rows. With
+    ``drop_last``, data smaller than one batch of all processes is refused too: every batch would be
+    dropped, no step would run, and an untrained model would be saved (or no eval loss computed)."""
+    if drop_last and len(data) < batch_size * world_size:
+        raise ValueError(
+            f"--dataloader_drop_last would drop every {what} batch: the {what} data has {len(data)} rows, fewer than "
+            f"one batch of {batch_size} rows x {world_size} process(es), so no {what} step would run; lower "
+            f"{batch_option}, add rows, or drop --dataloader_drop_last (one process only)"
+        )
     if len(data) == 0 or data[0]["negatives"]:  # every row has as many negatives as the first (checked)
         return
     full = batch_size * world_size
@@ -295,6 +303,25 @@ def gives_save_option(args: list[str]) -> bool:
     return False
 
 
+LORA_OPTIONS = ("lora_r", "lora_alpha", "lora_dropout")
+
+
+def check_lora_options(given: dict | list[str], lora: bool) -> None:
+    """Refuse LoRA sizes given without ``--lora``: the run would fine-tune every weight, with another
+    memory footprint and saved form than asked for, and ignore them without a word. ``given``: the
+    arguments file's dict, or the command line (``--lora_r 8``, ``--lora-r=8``)."""
+    if lora:
+        return
+    if isinstance(given, dict):
+        named = [name for name in LORA_OPTIONS if name in given]
+    else:
+        spelled = {"--" + arg[2:].split("=", 1)[0].replace("-", "_") for arg in given if arg.startswith("--")}
+        named = [name for name in LORA_OPTIONS if "--" + name in spelled]
+    if named:
+        raise ValueError(f"{' '.join('--' + name for name in named)} given without --lora: these size LoRA adapters, "
+                         "which only --lora trains; add --lora, or drop them to fine-tune every weight")
+
+
 def main(argv: list[str] | None = None) -> str:
     """Parse the arguments (``sys.argv`` by default, or one JSON / YAML file holding them), train,
     save; returns the saved model's folder. The console command runs :func:`cli`, which turns this
@@ -310,12 +337,15 @@ def main(argv: list[str] | None = None) -> str:
         if not any(key in values for key in ("save_strategy", "save_steps")):
             values["save_strategy"] = "no"
         model_args, data_args, training_args = parser.parse_dict(values)
+        given_args: dict | list[str] = values
     else:
         if not gives_save_option(args):
             args += ["--save_strategy", "no"]  # the final model is saved anyway; no optimizer-state checkpoints
         model_args, data_args, training_args, *given = parser.parse_args_into_dataclasses(args)
         config_options = config_kwargs(given[0]) if given else {}
+        given_args = args
     check_head_options(config_options, dashes=False)
+    check_lora_options(given_args, model_args.lora)
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return run(model_args, data_args, training_args, config_options)

@@ -77,7 +77,7 @@ def test_trainer_fsdp2_trains_and_saves_what_ddp_does(tiny_backbone_dir, tmp_pat
 def test_fsdp_is_refused_where_accelerate_does_not_shard(tiny_backbone_dir, tmp_path):
     """On CPU processes accelerate leaves FSDP out and the Trainer would run DDP without a word."""
     data = tmp_path / "rows.jsonl"
-    data.write_text("\n".join(json.dumps(r) for r in triplet_rows(8)) + "\n")
+    data.write_text("\n".join(json.dumps(r) for r in triplet_rows(16)) + "\n")
     result = torchrun(["-m", "llm_embed.train", "--backbone", str(tiny_backbone_dir), "--train_file", str(data),
                        "--output_dir", str(tmp_path / "out"), "--max_steps", "1", "--use_cpu", "--ddp_backend", "gloo",
                        "--report_to", "none", "--dataloader_drop_last", "--fsdp", "full_shard auto_wrap",
@@ -145,7 +145,7 @@ def test_deepspeed_on_cpu_processes_is_refused(tiny_backbone_dir, tmp_path):
     """accelerate starts DeepSpeed's process group on CPU ranks but counts one process (unsplit data)."""
     pytest.importorskip("deepspeed")
     data = tmp_path / "rows.jsonl"
-    data.write_text("\n".join(json.dumps(r) for r in triplet_rows(8)) + "\n")
+    data.write_text("\n".join(json.dumps(r) for r in triplet_rows(16)) + "\n")
     result = torchrun(["-m", "llm_embed.train", "--backbone", str(tiny_backbone_dir), "--train_file", str(data),
                        "--output_dir", str(tmp_path / "out"), "--max_steps", "1", "--report_to", "none",
                        "--dataloader_drop_last", "--deepspeed", str(CONFIGS / "deepspeed_zero2.json")],

@@ -360,6 +360,38 @@ def test_layer_reduction_without_the_residual_is_refused_for_latent_attention(tm
     check_head_options({"pooling": "multi_layer", "layer_reduction": "mean"}, dashes=True)
 
 
+@pytest.mark.parametrize("rows, batch_option", [(3, "--per_device_train_batch_size"),
+                                                 (8, "--per_device_eval_batch_size")])
+def test_drop_last_that_would_drop_every_batch_is_refused(tmp_path, rows, batch_option):
+    """3 rows in batches of 4 with --dataloader_drop_last ran 0 steps and saved the untrained model with
+    exit 0 (and an eval set smaller than its batch gave no eval loss)."""
+    from llm_embed.train import main
+
+    train = write_jsonl(tmp_path / "train.jsonl", triplet_rows(rows))
+    evaluation = write_jsonl(tmp_path / "eval.jsonl", triplet_rows(8))
+    what = "training" if "train" in batch_option else "evaluation"
+    with pytest.raises(ValueError, match=f"--dataloader_drop_last would drop every {what} batch: the {what} data has "
+                                         f"{rows if what == 'training' else 8} rows"):
+        main(["--train_file", train, "--eval_file", evaluation, "--output_dir", str(tmp_path / "m"),
+              "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "16", "--dataloader_drop_last"])
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("form", ["argv", "file"])
+def test_lora_sizes_without_lora_are_refused(tmp_path, form):
+    """--lora_r 8 without --lora fine-tuned every weight and ignored the size without a word."""
+    from llm_embed.train import main
+
+    values = {"train_file": "x.jsonl", "output_dir": str(tmp_path), "lora_r": 8, "lora_dropout": 0.2}
+    if form == "file":
+        (tmp_path / "args.json").write_text(json.dumps(values))
+        argv = [str(tmp_path / "args.json")]
+    else:
+        argv = ["--train_file", "x.jsonl", "--output_dir", str(tmp_path), "--lora-r=8", "--lora_dropout", "0.2"]
+    with pytest.raises(ValueError, match="--lora_r --lora_dropout given without --lora"):
+        main(argv)
+
+
 def test_a_missing_eval_file_is_called_evaluation_data(tmp_path):
     from llm_embed.train import main
 
