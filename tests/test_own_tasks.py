@@ -207,6 +207,19 @@ def test_a_tsv_is_read_without_csv_quoting(tmp_path):
     assert read_records(csv_path, {"text": "text", "label": "label"})[0]["text"] == "Stop, he said"
 
 
+def test_a_byte_order_mark_is_skipped_and_other_encodings_are_named(tmp_path):
+    """Excel's UTF-8 CSV starts with a BOM, which stuck to the first column's name ("no column
+    'sentence1'"); a Latin-1 file gave a bare codec error without the file's name."""
+    from llm_embed.evaluation.tasks import read_records
+
+    path = tmp_path / "pairs.csv"
+    path.write_bytes("sentence1,score\ncafé,1\n".encode("utf-8-sig"))
+    assert read_records(path, {"sentence1": "sentence1", "score": "score"}) == [{"sentence1": "café", "score": "1"}]
+    path.write_bytes("sentence1,score\ncafé,1\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"pairs.csv is not UTF-8 text .*save it as UTF-8"):
+        read_records(path, {"sentence1": "sentence1", "score": "score"})
+
+
 @pytest.mark.parametrize("words, message", [
     (["stss:a.csv"], "unknown kind 'stss'; write KIND:FILE\\[,FILE...\\] with KIND one of sts, classification"),
     (["a.csv"], "no kind in 'a.csv'"),

@@ -218,37 +218,46 @@ def read_records(path, columns: Mapping[str, str | int], *, delimiter: str | Non
     if quoting is None:
         quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     convert = convert or {}
+    # utf-8-sig: a byte-order mark (what Excel writes) would otherwise stick to the first column's name
+    try:
+        with open(path, encoding="utf-8-sig", newline="" if delimiter is not None else None) as handle:
+            return _read_open_records(path, handle, columns, delimiter, header, quoting, optional, convert)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text ({error.reason}, byte {error.object[error.start:error.end]!r}); "
+                         "save it as UTF-8, e.g. iconv -f latin1 -t utf-8 in.csv > out.csv") from error
+
+
+def _read_open_records(path, handle, columns, delimiter, header, quoting, optional, convert) -> list[dict]:
     rows: list[dict] = []
-    with open(path, encoding="utf-8", newline="" if delimiter is not None else None) as handle:
-        if delimiter is None:
-            for line, raw in enumerate(handle, 1):
-                if raw.strip():
-                    rows.append(_json_record(path, line, raw, columns, optional, convert))
-            return rows
-        reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
-        index: dict[str, int] = {}
-        names: list[str] = []
-        if header:
-            names = next(reader, [])
-            if not names:
-                raise ValueError(f"{_where(path, 1)}: no header row (the file is empty); a table starts with a row of "
-                                 f"column names, here {', '.join(map(str, columns.values()))}")
-            index = _header_index(path, reader.line_num or 1, names, columns, optional, delimiter)
-        else:
-            index = {role: int(column) for role, column in columns.items()}
-        for cells in reader:
-            if not cells:
-                continue
-            line = reader.line_num
-            record = {}
-            for role, position in index.items():
-                if position >= len(cells):
-                    what = f"column {names[position]!r}" if names else f"column {position + 1}"
-                    raise ValueError(f"{_where(path, line)}: only {len(cells)} cells, no {what} for {role}; check the "
-                                     f"delimiter ({delimiter!r}) and the quoting of this line")
-                record[role] = _convert(path, line, role, columns.get(role, role), cells[position], convert)
-            record.update({role: "" for role in columns if role not in index})
-            rows.append(record)
+    if delimiter is None:
+        for line, raw in enumerate(handle, 1):
+            if raw.strip():
+                rows.append(_json_record(path, line, raw, columns, optional, convert))
+        return rows
+    reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
+    index: dict[str, int] = {}
+    names: list[str] = []
+    if header:
+        names = next(reader, [])
+        if not names:
+            raise ValueError(f"{_where(path, 1)}: no header row (the file is empty); a table starts with a row of "
+                             f"column names, here {', '.join(map(str, columns.values()))}")
+        index = _header_index(path, reader.line_num or 1, names, columns, optional, delimiter)
+    else:
+        index = {role: int(column) for role, column in columns.items()}
+    for cells in reader:
+        if not cells:
+            continue
+        line = reader.line_num
+        record = {}
+        for role, position in index.items():
+            if position >= len(cells):
+                what = f"column {names[position]!r}" if names else f"column {position + 1}"
+                raise ValueError(f"{_where(path, line)}: only {len(cells)} cells, no {what} for {role}; check the "
+                                 f"delimiter ({delimiter!r}) and the quoting of this line")
+            record[role] = _convert(path, line, role, columns.get(role, role), cells[position], convert)
+        record.update({role: "" for role in columns if role not in index})
+        rows.append(record)
     return rows
 
 
