@@ -9,6 +9,7 @@ looking at the model rather than by a per-architecture table.
 from __future__ import annotations
 
 import importlib
+import os
 import re
 
 from torch import nn
@@ -58,7 +59,36 @@ def load_lora(model, adapter_path: str, is_trainable: bool = False, **hub_kwargs
     ``cache_dir``, ``token``) on a base model built the same way as for training
     (``LLMEmbeddingModel.from_backbone`` with the same design)."""
     peft = require_peft()
+    check_saved_head_fits(model, adapter_path)
     return peft.PeftModel.from_pretrained(model, adapter_path, is_trainable=is_trainable, **hub_kwargs)
+
+
+def check_saved_head_fits(model, adapter_path) -> None:
+    """Refuse a local adapter folder whose saved head (the weights that are not LoRA matrices) does not
+    fit ``model``: peft loads what it can and drops the rest without a word, so adapters trained with a
+    ``latent_attention`` head put on a ``mean`` base lose the trained head and give other vectors.
+    (A Hub repo is not checked: its file is not at hand before peft fetches it.)"""
+    path = os.path.join(os.fspath(adapter_path), "adapter_model.safetensors")
+    if not os.path.isfile(path):
+        return
+    from safetensors import safe_open
+
+    own = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    with safe_open(path, "pt") as handle:
+        saved = {key.removeprefix("base_model.model."): tuple(handle.get_slice(key).get_shape())
+                 for key in handle.keys() if ".lora_" not in key}
+    head = {name for name in own if name.split(".", 1)[0] in trained_head_modules(model)}
+    problems = [f"{name} {shape} is not in the model" if name not in own else
+                f"{name} is {shape} there, {own[name]} in the model"
+                for name, shape in sorted(saved.items()) if own.get(name) != shape]
+    problems += [f"{name} is not saved there" for name in sorted(head - set(saved))]
+    if problems:
+        raise ValueError(
+            f"the adapters in {adapter_path} were trained with another head than this model's "
+            f"(pooling={model.config.pooling!r}): {'; '.join(problems[:4])}{' ...' if len(problems) > 4 else ''}. "
+            "Build the base with the design they were trained with (LLMEmbeddingModel.from_backbone(decoder, "
+            "attention=..., pooling=..., and the same head sizes))."
+        )
 
 
 def merge_lora(peft_model):

@@ -238,6 +238,14 @@ def test_lora_train_save_reload_merge(tiny_backbone_dir, tmp_path, checkpointing
     merged.save_pretrained(tmp_path / "merged")
     from_disk = AutoModel.from_pretrained(tmp_path / "merged")
     np.testing.assert_allclose(from_disk.encode(texts), trained, atol=1e-5)
+    if checkpointing:
+        return
+    # a base of another design: peft dropped the trained head without a word (mean) or raised a raw
+    # KeyError (multi_layer); a head of other sizes too
+    for pooling, extra in (("mean", {}), ("multi_layer", {}), ("latent_attention", {"num_latents": 3})):
+        other = LLMEmbeddingModel.from_backbone(tiny_backbone_dir, attention="bidirectional", pooling=pooling, **extra)
+        with pytest.raises(ValueError, match=f"trained with another head than this model's \\(pooling='{pooling}'\\)"):
+            load_lora(other, str(tmp_path / "adapter"))
 
 
 # ----------------------------------------------------------------------------- llm-embed-train's checks
