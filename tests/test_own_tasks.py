@@ -462,3 +462,42 @@ def test_the_documented_command_with_several_tasks_runs(model_dir, tmp_path, mon
     results = main([str(model_dir), *words[1:], "--data-dir", "data", "--no-progress"])
     assert [r.task for r in results] == ["STS-B", "FAQ", "Intents", "QA"]
     assert json.loads((tmp_path / "results.json").read_text())["results"][3]["task"] == "QA"
+
+
+# ----------------------------------------------------------------------------- prompts of the tasks
+
+
+@needs_scoring
+def test_retrieval_falls_back_like_encode_query_and_bad_prompt_names_fail_first(tokenizer, tmp_path):
+    """Without query / document prompts a model is evaluated without them (``encode_query``'s rule,
+    never ``default_prompt_name``), instead of failing after the earlier tasks ran; an explicit
+    prompt name the model lacks fails before any task embeds anything."""
+    from llm_embed.evaluation import evaluate
+
+    model = tiny_model("llama", "causal", "mean", prompts={"query": "Q: ", "sts": "similar: "},
+                       default_prompt_name="sts")
+    model.tokenizer = tokenizer
+    corpus, queries, qrels = retrieval_files(tmp_path, "csv")
+    task = RetrievalTask("own", corpus, queries, qrels, columns=RETRIEVAL_COLUMNS)
+    embedded = task.embed(model)
+    np.testing.assert_array_equal(embedded["queries"], model.encode_query(task.queries))
+    np.testing.assert_array_equal(embedded["corpus"], model.encode_document(task.documents))
+    np.testing.assert_array_equal(embedded["corpus"], model.encode(task.documents, prompt=""))
+    assert not np.array_equal(embedded["corpus"], model.encode(task.documents))  # the default prompt differs
+    # query_prompt=none: no prompt at all, not the model's default one
+    spec = parse_task_spec([f"retrieval:{corpus},{queries},{qrels}", *as_words(RETRIEVAL_COLUMNS),
+                            "query_prompt=none", "document_prompt=sts"]).build()
+    embedded = spec.embed(model)
+    np.testing.assert_array_equal(embedded["queries"], model.encode(task.queries, prompt=""))
+    np.testing.assert_array_equal(embedded["corpus"], model.encode(task.documents, prompt_name="sts"))
+
+    pairs = write(tmp_path / "pairs.csv", ["q", "d", "label"], PAIRS)
+    calls = []
+    spy = type("Spy", (), {"config": model.config,
+                           "encode": lambda self, texts, **kw: calls.append(kw) or model.encode(texts, **kw)})()
+    first = STSTask("first", pairs, "table", columns={"sentence1": "q", "sentence2": "d", "score": "label"})
+    mistyped = RetrievalTask("own", corpus, queries, qrels, columns=RETRIEVAL_COLUMNS, document_prompt_name="doc")
+    with pytest.raises(ValueError, match=r"task own: document_prompt='doc' .* whose prompts are \['query', 'sts'\]"):
+        evaluate(spy, [first, mistyped], show_progress_bar=False)
+    assert calls == []
+    assert [r.task for r in evaluate(spy, [first, task], show_progress_bar=False)] == ["first", "own"]

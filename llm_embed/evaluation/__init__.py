@@ -15,6 +15,7 @@ is kept in each result's ``warnings``. Files of your own: the task classes' ``co
 from .runner import evaluate, format_table, load_model, main
 from .task_specs import TaskSpec, TaskSpecError, parse_task_spec
 from .tasks import (
+    SIDE_PROMPT,
     ClassificationTask,
     ClusteringTask,
     EvaluationTask,
@@ -23,12 +24,14 @@ from .tasks import (
     SmallSampleWarning,
     STSTask,
     TaskResult,
+    check_prompts,
     default_tasks,
     ndcg_at_k,
     recall_at_k,
 )
 
 __all__ = [
+    "SIDE_PROMPT",
     "ClassificationTask",
     "ClusteringTask",
     "EvaluationTask",
@@ -39,6 +42,7 @@ __all__ = [
     "TaskResult",
     "TaskSpec",
     "TaskSpecError",
+    "check_prompts",
     "default_tasks",
     "evaluate",
     "format_table",

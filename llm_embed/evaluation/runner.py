@@ -22,7 +22,15 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .task_specs import TASK_SPEC_HELP, TaskSpecError, build_tasks, check_unique_names, parse_task_specs
-from .tasks import LIMIT_KEYS, TASK_FILES, SmallSampleWarning, TaskResult, default_tasks, parse_task_limit
+from .tasks import (
+    LIMIT_KEYS,
+    TASK_FILES,
+    SmallSampleWarning,
+    TaskResult,
+    check_prompts,
+    default_tasks,
+    parse_task_limit,
+)
 
 __all__ = ["LORA_BASE_FILE", "cli", "evaluate", "format_table", "load_model", "main"]
 
@@ -94,6 +102,10 @@ def load_model(name_or_path, backbone: str | None = None):
 
 
 def evaluate(model, tasks, batch_size: int = 32, show_progress_bar: bool = True) -> list[TaskResult]:
+    """Run ``tasks`` on ``model`` in order. Every prompt name the tasks give is checked against the
+    model's prompts first (:func:`~.tasks.check_prompts`), so a mistyped one fails before the first
+    task spends its time."""
+    check_prompts(model, tasks)
     results = []
     for task in tqdm(tasks, desc="Tasks", disable=not show_progress_bar):
         start = time.perf_counter()

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from .tasks import (
     RETRIEVAL_COLUMNS,
+    SIDE_PROMPT,
     ClassificationTask,
     ClusteringTask,
     EvaluationTask,
@@ -70,8 +71,10 @@ KINDS: dict[str, Kind] = {
     "retrieval": Kind(files=(("CORPUS", "QUERIES", "QRELS"),), columns=dict(RETRIEVAL_COLUMNS),
                       settings={"limit": "seeded random subset of N queries",
                                 "corpus_limit": "at most N documents besides the relevant ones",
-                                "query_prompt": "prompt name of the queries (default: query; none for no prompt)",
-                                "document_prompt": "prompt name of the documents (default: document)"},
+                                "query_prompt": "prompt name of the queries (default: the model's query prompt, or "
+                                                "none if it has none; none for no prompt)",
+                                "document_prompt": "prompt name of the documents (default: the model's document "
+                                                   "prompt, or none if it has none; none for no prompt)"},
                       example="retrieval:corpus.jsonl,queries.jsonl,qrels.tsv"),
     "clustering": Kind(files=(("TEXTS",), ("TEXTS", "LABELS")), columns={"text": "text", "label": "label"},
                        settings={**_SYMMETRIC, "clusters": "k of k-means (default: the number of labels)"},
@@ -182,7 +185,8 @@ class TaskSpec:
                                       columns=columns, delimiter=delimiter)
         if self.kind == "retrieval":
             return RetrievalTask(self.name, *self.files, limit, self.setting("corpus_limit"),
-                                 self.setting("query_prompt", "query"), self.setting("document_prompt", "document"),
+                                 self.setting("query_prompt", SIDE_PROMPT),
+                                 self.setting("document_prompt", SIDE_PROMPT),
                                  columns=columns, delimiter=delimiter)
         if len(self.files) == 2:
             return ClusteringTask(self.name, *self.files, self.setting("clusters"), limit, prompt)

@@ -6,8 +6,11 @@ significance tests pair across designs). ``evaluate`` is ``score(embed(model))``
 are separate so that a caller can embed on the GPU and score (k-means, logistic regression) on
 CPU workers while the GPU goes on with the next model; ``score`` takes only numpy arrays.
 Prompts follow the paper and its peers: retrieval
-queries get the ``query`` instruction, documents the ``document`` prompt; symmetric tasks (STS,
-classification, clustering) use ``prompt_name`` (default: none, i.e. the model's default).
+queries get the model's ``query`` prompt, documents its ``document`` prompt, or no prompt where the
+model has none by that name (:data:`SIDE_PROMPT`, ``encode_query`` / ``encode_document``'s rule);
+symmetric tasks (STS, classification, clustering) use ``prompt_name`` (default: none, i.e. the
+model's default). A prompt name given explicitly must be one of the model's prompts:
+:func:`check_prompts` refuses it, before any task runs, when it is not.
 scikit-learn and scipy are needed (``pip install llm-embed[evaluation]``).
 
 Every CSV, TSV and JSONL file, built-in or your own, is read by :func:`read_records`: one reader,
@@ -50,6 +53,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..encoding import side_prompt_name
 
 __all__ = [
     "LIMIT_KEYS",
@@ -110,12 +115,53 @@ class SmallSampleWarning(UserWarning):
     """A task's items are few enough that its score is noisy or biased; the task still runs."""
 
 
+class _SidePrompt:
+    """The type of :data:`SIDE_PROMPT` (one instance; its repr is what signatures show)."""
+
+    def __repr__(self) -> str:
+        return "SIDE_PROMPT"
+
+
+#: a retrieval task's default query / document prompt: the model's prompt named ``"query"`` /
+#: ``"document"`` when it has one, else no prompt (:func:`~llm_embed.encoding.side_prompt_name`,
+#: the rule of ``encode_query`` / ``encode_document`` and of sentence-transformers), so that a
+#: model saved without those prompts is evaluated without prompts instead of failing
+SIDE_PROMPT = _SidePrompt()
+
+
+def model_prompts(model) -> dict[str, str]:
+    """The named prompts of ``model``: an llm_embed model's ``config.prompts``, a sentence-transformers
+    model's ``prompts``; none for any other object with an ``encode``."""
+    prompts = getattr(getattr(model, "config", None), "prompts", None)
+    if prompts is None:
+        prompts = getattr(model, "prompts", None)
+    return dict(prompts or {})
+
+
+def check_prompts(model, tasks) -> None:
+    """Refuse, before any task runs, a prompt name that ``model`` does not have: otherwise the tasks
+    before it would run (minutes on a real corpus) and the report be lost to the error."""
+    prompts = model_prompts(model)
+    for task in tasks:
+        for key, name in task.prompt_names().items():
+            if name not in prompts:
+                raise ValueError(f"task {task.name}: {key}={name!r} (the task's {key}_name) is not a prompt of the "
+                                 f"model, whose prompts are {sorted(prompts) or 'none'}; name one of those or leave "
+                                 f"{key} out (checked before any task runs)")
+
+
 class EvaluationTask:
     """What every task has: ``name``, ``category``, ``embed(model)`` and ``score(embeddings)``;
     ``evaluate`` runs both. ``warnings`` lists why the score of this subset is noisy (empty if it is not)."""
 
     name: str
     category: str
+
+    def prompt_names(self) -> dict[str, str]:
+        """The prompt names this task passes to ``encode`` explicitly, by the ``--task`` key that sets
+        them (for :func:`check_prompts`): a symmetric task's ``prompt_name`` when given."""
+        prompt_name = getattr(self, "prompt_name", None)
+        return {} if prompt_name is None else {"prompt": prompt_name}
 
     @property
     def warnings(self) -> list[str]:
@@ -426,10 +472,12 @@ class RetrievalTask(EvaluationTask):
     category = "retrieval"
 
     def __init__(self, name: str, corpus_path, queries_path, qrels_path, limit_queries: int | None = None,
-                 corpus_limit: int | None = None, query_prompt_name: str | None = "query",
-                 document_prompt_name: str | None = "document", *, columns: Mapping[str, str] | None = None,
-                 delimiter: str | None = None):
-        """``columns`` renames the roles of the three files (:data:`RETRIEVAL_COLUMNS`, default: the
+                 corpus_limit: int | None = None, query_prompt_name: str | None | _SidePrompt = SIDE_PROMPT,
+                 document_prompt_name: str | None | _SidePrompt = SIDE_PROMPT, *,
+                 columns: Mapping[str, str] | None = None, delimiter: str | None = None):
+        """``query_prompt_name`` / ``document_prompt_name``: a prompt of the model, ``None`` for no
+        prompt, or :data:`SIDE_PROMPT` (default): the model's ``query`` / ``document`` prompt when it has
+        one, else none. ``columns`` renames the roles of the three files (:data:`RETRIEVAL_COLUMNS`, default: the
         BEIR names); each file is a table or JSONL by its suffix, a table's ``delimiter`` from the
         suffix unless given (the qrels, named ``.tsv`` in BEIR, are read as TSV whatever their name
         when neither is given)."""
@@ -484,11 +532,25 @@ class RetrievalTask(EvaluationTask):
             self.warn_small(f"the corpus holds only {len(self.corpus_ids)} documents: recall@100 is 100 for any model "
                             "(nDCG@10 still ranks them)")
 
+    def prompt_names(self) -> dict[str, str]:
+        sides = {"query_prompt": self.query_prompt_name, "document_prompt": self.document_prompt_name}
+        return {option: name for option, name in sides.items() if isinstance(name, str)}
+
+    def side_prompts(self, model) -> tuple[str | None, str | None]:
+        """The (query, document) prompt names to encode with: :data:`SIDE_PROMPT` resolved against the
+        model's prompts, a name or ``None`` as given."""
+        prompts = model_prompts(model)
+        resolve = lambda name, side: side_prompt_name(prompts, side) if name is SIDE_PROMPT else name
+        return resolve(self.query_prompt_name, "query"), resolve(self.document_prompt_name, "document")
+
     def embed(self, model, batch_size: int = 32, show_progress_bar: bool = False) -> dict[str, np.ndarray]:
+        query_prompt, document_prompt = self.side_prompts(model)
+        # prompt="" with no prompt name: no prompt at all, not the model's default_prompt_name
+        side = lambda name: {"prompt_name": name} if name is not None else {"prompt": ""}
         return {
-            "corpus": model.encode(self.documents, prompt_name=self.document_prompt_name, batch_size=batch_size,
+            "corpus": model.encode(self.documents, **side(document_prompt), batch_size=batch_size,
                                    show_progress_bar=show_progress_bar),
-            "queries": model.encode(self.queries, prompt_name=self.query_prompt_name, batch_size=batch_size,
+            "queries": model.encode(self.queries, **side(query_prompt), batch_size=batch_size,
                                     show_progress_bar=show_progress_bar),
         }
 
