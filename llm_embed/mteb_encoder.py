@@ -6,7 +6,10 @@ used, resolved as ``encode`` resolves them (:func:`~llm_embed.encoding.resolve_p
 the model's ``query`` prompt and documents its ``document`` prompt, as ``encode_query`` /
 ``encode_document`` do (no prefix where the model has no such prompt); symmetric tasks get
 ``symmetric_prompt_name`` (default: the model's ``default_prompt_name``, i.e. no prompt unless
-configured). ``task_prompts`` overrides by task name or task type, as mteb's own wrappers allow.
+configured). ``task_prompts`` overrides them with literal prefixes, keyed as mteb's own wrappers key
+``model_prompts``, first match wins: ``"<task name>-<query|document>"``, ``"<task name>"``,
+``"<task type>-<query|document>"``, ``"<task type>"``, ``"query"`` / ``"document"``. A key that is
+none of these (a misspelt task name) is refused when the encoder is built, not ignored.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import hashlib
 import importlib
 import json
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -28,6 +32,29 @@ def require_mteb():
         return importlib.import_module("mteb")
     except ImportError as err:
         raise ImportError("the mteb encoder needs mteb: pip install 'llm-embed[mteb]' (or pip install mteb)") from err
+
+
+def check_task_prompts(task_prompts: dict[str, str] | None) -> dict[str, str]:
+    """``task_prompts`` as a new dict, once every key is one mteb knows (a task name or type, a prompt
+    type, or ``"<task name or type>-<prompt type>"``: mteb's ``validate_task_to_prompt_name``) and every
+    value is a string: a misspelt key would otherwise never match and be silently ignored."""
+    prompts = dict(task_prompts or {})
+    not_text = {key: value for key, value in prompts.items() if not isinstance(value, str)}
+    if not_text:
+        raise TypeError(f"task_prompts values must be strings (the literal prefix); got {not_text!r:.200}")
+    if not prompts:
+        return prompts
+    from mteb.models.abs_encoder import AbsEncoder
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # mteb warns per key; the error below names them all
+        valid, _ = AbsEncoder.validate_task_to_prompt_name(prompts, raise_for_invalid_keys=False)
+    unknown = sorted(set(prompts) - set(valid))
+    if unknown:
+        raise ValueError(f"task_prompts keys {unknown} are not known to mteb: a key is an mteb task name (e.g. "
+                         "'STSBenchmark'), a task type (e.g. 'STS', 'Retrieval'), 'query' or 'document', or "
+                         "'<task name or type>-<query|document>'; fix the spelling")
+    return prompts
 
 
 class MTEBEncoder:
@@ -56,14 +83,16 @@ class MTEBEncoder:
         self.model = model
         self.revision = revision
         self.batch_size = batch_size
-        self.task_prompts = dict(task_prompts or {})
+        self.task_prompts = check_task_prompts(task_prompts)
         self.symmetric_prompt_name = symmetric_prompt_name
 
     def prompt_for(self, task_metadata, prompt_type) -> str:
         """The literal prefix for this task and side."""
         kind = getattr(prompt_type, "value", prompt_type)
         name, task_type = task_metadata.name, task_metadata.type
-        for key in (f"{name}-{kind}", name, f"{task_type}-{kind}", task_type):
+        # mteb's get_prompt_name order; the sided keys and the bare side only for a sided prompt_type
+        keys = (f"{name}-{kind}", name, f"{task_type}-{kind}", task_type, kind) if kind else (name, task_type)
+        for key in keys:
             if key in self.task_prompts:
                 return self.task_prompts[key]
         config = self.model.config

@@ -68,6 +68,31 @@ def test_task_prompts_override(encoder):
     assert encoder.prompt_for(task, None) == "sts: "
 
 
+def test_task_prompts_keyed_as_mteb_keys_them(encoder):
+    """Every level of mteb's own ``model_prompts`` keys applies, the bare query / document one too, in
+    mteb's order; a key mteb does not know is refused when the encoder is built."""
+    from mteb.models.abs_encoder import get_prompt_name
+    from mteb.types import PromptType
+
+    from llm_embed.mteb_encoder import MTEBEncoder
+
+    scifact, sts = mteb.get_task("SciFact").metadata, mteb.get_task("STSBenchmark").metadata
+    prompts = {"query": "Q: ", "document": "D: "}
+    built = MTEBEncoder(encoder.model, task_prompts=prompts)
+    assert built.prompt_for(scifact, PromptType.query) == "Q: "
+    assert built.prompt_for(scifact, PromptType.document) == "D: "
+    assert built.prompt_for(sts, None) == ""  # a symmetric task is neither side
+    levels = {"SciFact-query": "1", "SciFact": "2", "Retrieval-query": "3", "Retrieval": "4", "query": "5"}
+    for dropped in [None, *levels]:
+        kept = {key: value for key, value in levels.items() if key != dropped}
+        built = MTEBEncoder(encoder.model, task_prompts=kept)
+        assert built.prompt_for(scifact, PromptType.query) == kept[get_prompt_name(kept, scifact, PromptType.query)]
+    with pytest.raises(ValueError, match=r"task_prompts keys \['SciFcat', 'qeury'\] are not known to mteb"):
+        MTEBEncoder(encoder.model, task_prompts={"qeury": "Q: ", "SciFcat": "x", "STS": "s"})
+    with pytest.raises(TypeError, match="task_prompts values must be strings"):
+        MTEBEncoder(encoder.model, task_prompts={"query": None})
+
+
 @pytest.mark.slow
 def test_mteb_sts_evaluator_on_local_stsb(smollm2_path):
     """mteb's AnySTSEvaluator over 300 STS-B test pairs with SmolLM2 (causal, mean pooling, untrained):
