@@ -72,6 +72,29 @@ def test_clustering_bootstrap_and_unpaired_input_is_refused():
                                                                                         "gold": gold}))
 
 
+def test_unpaired_results_and_undefined_resamples_are_refused():
+    """Other gold labels, another category, or a bootstrap whose resamples are too often undefined
+    (a few STS pairs: NaN resamples once counted on neither side of 0 and shrank the p-value) are
+    refused by name; rare undefined resamples are left out of the p-value and the interval."""
+    gold = [str(i % 4) for i in range(200)]
+    cluster = [i % 4 for i in range(200)]
+    make = lambda labels: TaskResult("SO", "clustering", "v_measure", 0.0, {}, {"cluster": cluster, "gold": labels})
+    with pytest.raises(ValueError, match="different gold labels"):
+        compare(make(gold), make([str(i % 5) for i in range(200)]))
+    accuracy = TaskResult("SO", "classification", "accuracy", 50.0, {}, {"correct": [True] * 200})
+    with pytest.raises(ValueError, match="cannot pair a classification result with a clustering result"):
+        compare(accuracy, make(gold))
+    with pytest.raises(ValueError, match="cannot pair a clustering result with a classification result"):
+        compare(make(gold), accuracy)
+    gold3 = [1.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match=r"of 1000 bootstrap resamples leave a correlation undefined"):
+        compare(sts_result([0.1, 0.5, 0.9], gold3, "tiny"), sts_result([0.9, 0.1, 0.5], gold3, "tiny"))
+    rng = np.random.default_rng(1)
+    gold8 = rng.uniform(0, 5, 8)
+    result = compare(sts_result(gold8 + rng.normal(0, 1, 8), gold8), sts_result(rng.normal(0, 1, 8), gold8))
+    assert np.isfinite([result.ci_low, result.ci_high]).all() and 0 < result.p_value <= 1
+
+
 def test_fast_v_measure_equals_sklearn():
     from sklearn.metrics import v_measure_score
 

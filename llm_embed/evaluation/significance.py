@@ -65,9 +65,33 @@ def rowwise_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (rx * ry).sum(axis=1) / np.sqrt((rx**2).sum(axis=1) * (ry**2).sum(axis=1))
 
 
+#: the largest share of bootstrap resamples whose statistic may be undefined (an STS resample of
+#: pairs that all have one gold score): they are left out, which is harmless while they are rare
+MAX_UNDEFINED_RESAMPLES = 0.01
+
+
+def defined_resamples(differences: np.ndarray, task: str) -> np.ndarray:
+    """The resampled differences whose statistic is defined. NaNs would otherwise count on neither
+    side of 0 and shrink the p-value (and make the interval NaN); when more than
+    :data:`MAX_UNDEFINED_RESAMPLES` of them are NaN, the items are too few for the bootstrap."""
+    undefined = int(np.isnan(differences).sum())
+    if undefined > MAX_UNDEFINED_RESAMPLES * len(differences):
+        raise ValueError(f"{task}: {undefined} of {len(differences)} bootstrap resamples leave a correlation "
+                         "undefined (every resampled pair has the same gold or cosine score): too few distinct "
+                         "items for a paired bootstrap; compare on more items")
+    return differences[~np.isnan(differences)]
+
+
 def check_paired(a: TaskResult, b: TaskResult, key: str) -> int:
     if a.task != b.task:
         raise ValueError(f"cannot pair results of different tasks: {a.task!r} vs {b.task!r}")
+    if a.category != b.category:
+        raise ValueError(f"{a.task}: cannot pair a {a.category} result with a {b.category} result; compare results "
+                         "of the same task")
+    missing = [name for name, result in (("A", a), ("B", b)) if key not in result.per_item]
+    if missing:
+        raise ValueError(f"{a.task}: result {' and '.join(missing)} has no per-item {key!r} scores; compare results "
+                         "as the evaluation returns them (TaskResult.per_item)")
     n_a, n_b = len(a.per_item[key]), len(b.per_item[key])
     if n_a != n_b:
         raise ValueError(f"{a.task}: the two results cover {n_a} vs {n_b} items; evaluate both on the same items")
@@ -81,7 +105,9 @@ def compare_sts(a: TaskResult, b: TaskResult, n_resamples: int = 1000, seed: int
         raise ValueError(f"{a.task}: the two results have different gold scores; they are not the same items")
     cos_a, cos_b = np.asarray(a.per_item["cosine"]), np.asarray(b.per_item["cosine"])
     index = resample_indices(n, n_resamples, seed)
-    differences = 100 * (rowwise_spearman(cos_a[index], gold[index]) - rowwise_spearman(cos_b[index], gold[index]))
+    with np.errstate(invalid="ignore", divide="ignore"):  # constant resamples: NaN, handled just below
+        differences = 100 * (rowwise_spearman(cos_a[index], gold[index]) - rowwise_spearman(cos_b[index], gold[index]))
+    differences = defined_resamples(differences, a.task)
     return Comparison(a.task, "spearman", "paired bootstrap", a.main_score - b.main_score, *interval(differences),
                       bootstrap_p_value(differences), n)
 
@@ -138,6 +164,8 @@ def v_measure_codes(gold: np.ndarray, cluster: np.ndarray, n_gold: int, n_cluste
 
 def compare_clustering(a: TaskResult, b: TaskResult, n_resamples: int = 1000, seed: int = 0) -> Comparison:
     n = check_paired(a, b, "cluster")
+    if list(a.per_item["gold"]) != list(b.per_item["gold"]):
+        raise ValueError(f"{a.task}: the two results have different gold labels; they are not the same items")
     codes = lambda labels: np.unique(np.asarray(labels), return_inverse=True)[1].ravel()
     gold, cluster_a, cluster_b = codes(a.per_item["gold"]), codes(a.per_item["cluster"]), codes(b.per_item["cluster"])
     sizes = int(gold.max()) + 1, int(max(cluster_a.max(), cluster_b.max())) + 1
