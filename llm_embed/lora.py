@@ -9,12 +9,39 @@ looking at the model rather than by a per-architecture table.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import re
+from pathlib import Path
 
 from torch import nn
 
 from .layer_states import find_decoder_layers
+
+#: beside peft's adapter files (``llm-embed-study --save-models``, ``llm-embed-train --lora``'s
+#: ``adapter/`` folder and checkpoints): the backbone and design the adapters were trained on, which
+#: ``llm-embed-evaluate`` rebuilds them onto and :func:`load_lora` checks a base against
+LORA_BASE_FILE = "llm_embed_base.json"
+
+#: the config options that decide what adapters and their head compute, compared by :func:`load_lora`
+#: with the base's when the adapter folder records them
+DESIGN_OPTIONS = ("attention", "pooling", "layer_reduction", "pooling_layers", "num_latents",
+                  "pooling_attention_heads", "pooling_head_dim", "pooling_ff_mult", "pooling_residual", "output_dim")
+
+
+def base_description(backbone, attention: str, pooling: str, attn_implementation: str | None, config: dict,
+                     gguf_file: str | None = None) -> dict:
+    """The :data:`LORA_BASE_FILE` content: the decoder (None: the bundled SmolLM2-135M; a local folder
+    as an absolute path, so that the file works from any folder) and the other
+    ``LLMEmbeddingModel.from_backbone`` arguments (``config``: the config options given, besides
+    attention and pooling)."""
+    if backbone is not None and Path(backbone).exists():
+        backbone = str(Path(backbone).resolve())
+    config = {key: value for key, value in config.items() if key not in ("attention", "pooling")}
+    if gguf_file is not None:
+        config["gguf_file"] = gguf_file
+    return {"backbone": backbone, "attention": attention, "pooling": pooling,
+            "attn_implementation": attn_implementation, "config": config}
 
 
 def require_peft():
@@ -59,8 +86,29 @@ def load_lora(model, adapter_path: str, is_trainable: bool = False, **hub_kwargs
     ``cache_dir``, ``token``) on a base model built the same way as for training
     (``LLMEmbeddingModel.from_backbone`` with the same design)."""
     peft = require_peft()
+    check_saved_design(model, adapter_path)
     check_saved_head_fits(model, adapter_path)
     return peft.PeftModel.from_pretrained(model, adapter_path, is_trainable=is_trainable, **hub_kwargs)
+
+
+def check_saved_design(model, adapter_path) -> None:
+    """Refuse a local adapter folder whose :data:`LORA_BASE_FILE` records another design than
+    ``model``'s: the attention mode (and a head option without weights, such as ``layer_reduction``)
+    leaves no trace in the weights that :func:`check_saved_head_fits` compares."""
+    path = Path(os.fspath(adapter_path)) / LORA_BASE_FILE
+    if not path.is_file():
+        return
+    base = json.loads(path.read_text(encoding="utf-8"))
+    saved = {"attention": base.get("attention"), "pooling": base.get("pooling"), **base.get("config", {})}
+    config = model.config
+    differences = [f"{name}={saved[name]!r} there, {getattr(config, name)!r} in the model" for name in DESIGN_OPTIONS
+                   if name in saved and json.dumps(saved[name]) != json.dumps(getattr(config, name))]
+    if differences:
+        raise ValueError(
+            f"the adapters in {adapter_path} were trained on another design ({'; '.join(differences)}, as its "
+            f"{LORA_BASE_FILE} records). Build the base with that design (LLMEmbeddingModel.from_backbone(decoder, "
+            "attention=..., pooling=..., ...)), or evaluate the folder with llm-embed-evaluate, which rebuilds it."
+        )
 
 
 def check_saved_head_fits(model, adapter_path) -> None:
@@ -101,4 +149,4 @@ def merge_lora(peft_model):
     return merged
 
 
-__all__ = ["apply_lora", "load_lora", "merge_lora"]
+__all__ = ["LORA_BASE_FILE", "apply_lora", "base_description", "load_lora", "merge_lora"]

@@ -550,7 +550,8 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(name_or_path, **hub_kwargs)
         model.tokenizer = tokenizer
-        model.config.name_or_path = str(name_or_path)
+        # both: transformers reads the config's, peft the model's (adapter_config.json's base_model_name_or_path)
+        model.config.name_or_path = model.name_or_path = str(name_or_path)
         return model
 
 

@@ -22,6 +22,7 @@ Two ways to use it, both with transformers' ``Trainer``:
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -89,6 +90,16 @@ class EmbeddingTrainer(Trainer):
 
     def __init__(self, *args, head_learning_rate: float | None = None, **kwargs):
         check_head_learning_rate(head_learning_rate)
+        given = inspect.signature(Trainer.__init__).bind_partial(self, *args, **kwargs).arguments
+        if head_learning_rate is not None and (given.get("optimizers") or (None, None))[1] is not None:
+            # the scheduler holds the optimizer's groups as they were; the head's new groups would
+            # make its first step fail (or go unscheduled)
+            raise ValueError(
+                "head_learning_rate with a scheduler of your own in optimizers=: the head's parameter groups are "
+                "made after your scheduler was built on the old ones. Pass optimizers=(optimizer, None) so the "
+                "Trainer builds the schedule, or call set_head_learning_rate(optimizer, model, rate) before building "
+                "your scheduler and drop head_learning_rate"
+            )
         self.head_learning_rate = head_learning_rate
         self._head_groups_made = False
         super().__init__(*args, **kwargs)

@@ -202,7 +202,7 @@ def train_design(args, design: int, seed: int, backbone_path, train_data):
     log = {"train_seconds": train_seconds, "losses": losses}
     saved = Path(args.save_models) / f"design{design}_seed{seed}" if args.save_models else None
     if saved is not None and args.lora and not args.save_merged:
-        save_lora_design(model, saved, base_description(args, design))
+        save_lora_design(model, saved, study_base_description(args, design))
     if args.lora:
         from .lora import merge_lora
 
@@ -220,7 +220,7 @@ def check_saved_form(folder: Path, merged: bool) -> None:
     """Refuse to save one form of a design (merged model, or adapters + head) over a folder holding the
     other: the atomic save keeps files it does not write, so the folder would hold both and load as
     the older one (an adapter folder wins in ``load_model``)."""
-    from .evaluation.runner import LORA_BASE_FILE
+    from .lora import LORA_BASE_FILE
 
     if not folder.is_dir():
         return
@@ -232,18 +232,14 @@ def check_saved_form(folder: Path, merged: bool) -> None:
                          "Remove the folder or pass another --save-models.")
 
 
-def base_description(args, design: int) -> dict:
+def study_base_description(args, design: int) -> dict:
     """What :func:`llm_embed.evaluation.runner.load_model` rebuilds a LoRA design's base from: the
-    backbone (None: the bundled SmolLM2-135M; a local folder as an absolute path) and the same
-    ``from_backbone`` arguments as :func:`build_model`."""
+    same ``from_backbone`` arguments as :func:`build_model` (:func:`~llm_embed.lora.base_description`)."""
     from .cli import config_kwargs
+    from .lora import base_description
 
-    backbone = args.backbone
-    if backbone is not None and Path(backbone).exists():
-        backbone = str(Path(backbone).resolve())
     attention, pooling = DESIGNS[design]
-    return {"backbone": backbone, "attention": attention, "pooling": pooling,
-            "attn_implementation": args.attn_implementation, "config": config_kwargs(args)}
+    return base_description(args.backbone, attention, pooling, args.attn_implementation, config_kwargs(args))
 
 
 def save_lora_design(peft_model, folder: Path, base: dict) -> None:
@@ -251,7 +247,7 @@ def save_lora_design(peft_model, folder: Path, base: dict) -> None:
     description, written atomically (:mod:`llm_embed.atomic_save`): a cut-off save leaves no
     half-written design for a later evaluation to load."""
     from .atomic_save import save_atomically
-    from .evaluation.runner import LORA_BASE_FILE
+    from .lora import LORA_BASE_FILE
 
     def write(staging: str) -> None:
         peft_model.save_pretrained(staging)

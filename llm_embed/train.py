@@ -25,8 +25,10 @@ from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from .contrastive import find_fully_sharded_root
 from .data import ContrastiveDataCollator, TripletDataset
+from .lora import LORA_BASE_FILE
 from .modeling_llm_embed import LLMEmbeddingModel
 from .optimization import EmbeddingTrainer, check_head_learning_rate
+from .resume import RunRecordCallback, check_resume, run_record, saved_cadence
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +145,10 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
                                training_args.dataloader_drop_last, "evaluation", "--per_device_eval_batch_size")
     model = build_model(model_args, config_options or {})
     tokenizer, config = model.tokenizer, model.config
+    record = run_record(config, model_args, training_args)
+    if training_args.resume_from_checkpoint:
+        check_resume(training_args.resume_from_checkpoint, record)  # before a step: not a raw restore error
+    base = lora_base(model_args, config, config_options or {}) if model_args.lora else None
     if training_args.remove_unused_columns:
         logger.info("setting remove_unused_columns=False: rows reach the collator as text, not as forward() arguments")
         training_args.remove_unused_columns = False
@@ -160,6 +166,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
         eval_dataset=eval_data,
         data_collator=collator,
         processing_class=tokenizer,
+        callbacks=[RunRecordCallback(record, {LORA_BASE_FILE: base} if base else None)],
     )
     check_engine_applied(trainer, training_args)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -171,6 +178,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
             from .lora import merge_lora
 
             model.save_pretrained(os.path.join(output_dir, "adapter"))
+            with open(os.path.join(output_dir, "adapter", LORA_BASE_FILE), "w", encoding="utf-8") as handle:
+                json.dump(base, handle, indent=1)  # llm-embed-evaluate out/adapter rebuilds the base from it
             merge_lora(model).save_pretrained(output_dir)
         elif model is trainer.model:
             trainer.save_model(output_dir)
@@ -183,6 +192,15 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
         if trainer.is_world_process_zero():
             trainer.save_state()  # again, with the final eval loss in the log history
     return output_dir
+
+
+def lora_base(model_args: ModelArguments, config, config_options: dict) -> dict:
+    """The :data:`~llm_embed.lora.LORA_BASE_FILE` of this run's adapters (its ``adapter/`` folder and
+    checkpoints): what ``llm-embed-evaluate`` rebuilds their base from and ``load_lora`` checks."""
+    from .lora import base_description
+
+    return base_description(model_args.backbone, config.attention, config.pooling, model_args.attn_implementation,
+                            config_options, gguf_file=model_args.gguf_file)
 
 
 def check_batches_contrast(data: TripletDataset, batch_size: int, world_size: int, drop_last: bool, what: str,
@@ -289,18 +307,37 @@ def outside_zero3_init():
 SAVE_OPTIONS = ("--save_strategy", "--save_steps")
 
 
-def gives_save_option(args: list[str]) -> bool:
-    """Whether the command line sets ``--save_strategy`` or ``--save_steps`` in any spelling the parser
-    takes: underscores or dashes (``--save-steps``, as --help lists them), ``--opt value`` or
-    ``--opt=value``, or an abbreviation argparse expands (``--save_strat``). Such a choice must not be
-    overridden by the forced ``--save_strategy no``."""
+def gives_option(args: list[str], options: tuple[str, ...], shortest: int) -> bool:
+    """Whether the command line sets one of ``options`` in any spelling the parser takes: underscores
+    or dashes (``--save-steps``, as --help lists them), ``--opt value`` or ``--opt=value``, or an
+    abbreviation argparse expands of at least ``shortest`` characters (``--save_strat``)."""
     for arg in args:
         if not arg.startswith("--"):
             continue
         name = "--" + arg[2:].split("=", 1)[0].replace("-", "_")
-        if len(name) >= len("--save_st") and any(option.startswith(name) for option in SAVE_OPTIONS):
+        if len(name) >= shortest and any(option.startswith(name) for option in options):
             return True
     return False
+
+
+def gives_save_option(args: list[str]) -> bool:
+    """Whether the command line sets ``--save_strategy`` or ``--save_steps``: such a choice must not be
+    overridden by the forced ``--save_strategy no``."""
+    return gives_option(args, SAVE_OPTIONS, len("--save_st"))
+
+
+def save_options(resume_from_checkpoint: str | None, given: bool) -> dict:
+    """The save options to add to what the user gave: none when a save option was given; else the
+    cadence of the run a resumed run continues (:func:`~llm_embed.resume.saved_cadence`), so that it
+    goes on writing checkpoints; else ``save_strategy no`` (only the final model is saved)."""
+    if given:
+        return {}
+    cadence = saved_cadence(resume_from_checkpoint) if resume_from_checkpoint else None
+    if cadence is None or cadence[0] == "no":
+        return {"save_strategy": "no"}
+    logger.warning("resuming from %s: checkpoints every %s %s, as the run that wrote it (pass --save_strategy no "
+                   "for none)", resume_from_checkpoint, cadence[1] if cadence[0] == "steps" else "", cadence[0])
+    return {"save_strategy": cadence[0], "save_steps": cadence[1]}
 
 
 LORA_OPTIONS = ("lora_r", "lora_alpha", "lora_dropout")
@@ -332,23 +369,67 @@ def main(argv: list[str] | None = None) -> str:
     parser = build_parser()
     args = list(argv if argv is not None else sys.argv[1:])
     if len(args) == 1 and args[0].endswith((".json", ".yaml", ".yml")):
-        values = read_arguments_file(args[0])
+        values = coerce_numbers(read_arguments_file(args[0]), args[0])
         config_options = {option.name: values.pop(option.name) for option in OPTIONS if option.name in values}
-        if not any(key in values for key in ("save_strategy", "save_steps")):
-            values["save_strategy"] = "no"
+        given = any(key in values for key in ("save_strategy", "save_steps"))
+        check_load_best(values.get("load_best_model_at_end", False), given)
+        values.update(save_options(values.get("resume_from_checkpoint"), given))
         model_args, data_args, training_args = parser.parse_dict(values)
         given_args: dict | list[str] = values
     else:
-        if not gives_save_option(args):
-            args += ["--save_strategy", "no"]  # the final model is saved anyway; no optimizer-state checkpoints
-        model_args, data_args, training_args, *given = parser.parse_args_into_dataclasses(args)
-        config_options = config_kwargs(given[0]) if given else {}
+        given = gives_save_option(args)
+        check_load_best(gives_option(args, ("--load_best_model_at_end",), len("--load_b")), given)
+        resume = parser.parse_known_args(args)[0].resume_from_checkpoint if not given else None
+        args += [word for key, value in save_options(resume, given).items() for word in (f"--{key}", str(value))]
+        model_args, data_args, training_args, *rest = parser.parse_args_into_dataclasses(args)
+        config_options = config_kwargs(rest[0]) if rest else {}
         given_args = args
     check_head_options(config_options, dashes=False)
     check_lora_options(given_args, model_args.lora)
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return run(model_args, data_args, training_args, config_options)
+
+
+def check_load_best(load_best: bool, saves: bool) -> None:
+    """``--load_best_model_at_end`` picks among checkpoints; without a save option the command line
+    saves none (``save_strategy no``), and transformers' error would be about a strategy the user never
+    set. Refused here, naming the options to add."""
+    if load_best and not saves:
+        raise ValueError("--load_best_model_at_end chooses among checkpoints, and without --save_strategy / "
+                         "--save_steps none are written: add --save_strategy with the same value as --eval_strategy "
+                         "(and --save_steps as --eval_steps), or drop --load_best_model_at_end")
+
+
+def coerce_numbers(values: dict, path: str) -> dict:
+    """An arguments file's values with numbers written as text made numbers, for options whose type is a
+    number: YAML 1.1 reads ``1e-3`` (no dot) as a string, and ``parse_dict`` passes it on untouched, to
+    fail much later inside the optimizer without naming the option. Text that is not a number is
+    refused, naming the file, the option and its type."""
+    import typing
+
+    from .configuration_llm_embed import OPTIONS
+
+    kinds = {option.name: {"int": int, "float": float}[option.kind] for option in OPTIONS
+             if option.kind in ("int", "float")}
+    for dataclass_type in (ModelArguments, DataArguments, TrainingArguments):
+        for name, hint in typing.get_type_hints(dataclass_type).items():
+            kinds_of = typing.get_args(hint) or (hint,)
+            numeric = [kind for kind in kinds_of if kind in (int, float)]
+            if numeric and str not in kinds_of:  # text is a value of its own for a str | float option
+                kinds[name] = float if float in numeric else int
+    coerced = dict(values)
+    for name, value in values.items():
+        if name in kinds and isinstance(value, str):
+            try:
+                number = float(value)
+                coerced[name] = int(number) if kinds[name] is int and number.is_integer() else number
+            except ValueError:
+                raise ValueError(f"{path}: {name}: {value!r} is not a number; write it as one, e.g. "
+                                 f"{name}: {'0.001' if kinds[name] is float else '10'}") from None
+            if kinds[name] is int and not isinstance(coerced[name], int):
+                raise ValueError(f"{path}: {name}: {value!r} is not a whole number")
+    return coerced
 
 
 def read_arguments_file(path: str) -> dict:

@@ -203,6 +203,20 @@ def test_embedding_trainer_schedules_the_head_rate_like_the_backbone_rate(tmp_pa
     assert [step[2] for step in rates] == pytest.approx([0, 0.5e-2, 1e-2, 0.5e-2])  # warm-up, then decay
 
 
+def test_embedding_trainer_refuses_the_head_rate_with_a_scheduler_of_your_own(tmp_path):
+    """The scheduler was built on the optimizer's old groups: the first ``scheduler.step()`` crashed."""
+    from transformers import get_linear_schedule_with_warmup
+
+    model = tiny_model("llama", "bidirectional", "latent_attention")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, save_strategy="no")
+    with pytest.raises(ValueError, match=r"scheduler of your own.*optimizers=\(optimizer, None\)"):
+        EmbeddingTrainer(model=model, args=args, head_learning_rate=1e-2,
+                         optimizers=(optimizer, get_linear_schedule_with_warmup(optimizer, 2, 4)))
+    trainer = EmbeddingTrainer(model=model, args=args, head_learning_rate=1e-2, optimizers=(optimizer, None))
+    assert trainer.head_learning_rate == 1e-2
+
+
 def test_the_entry_points_expose_head_learning_rate():
     from llm_embed.study import parse_args
     from llm_embed.train import build_parser

@@ -421,3 +421,96 @@ def test_lora_run_saves_then_evaluates_with_the_eval_loss_in_the_state(tiny_back
     assert any("eval_loss" in entry for entry in history)
     assert (tmp_path / "m" / "adapter" / "adapter_config.json").is_file()
     assert AutoModel.from_pretrained(out).config.pooling == "mean"
+
+
+# ----------------------------------------------------------------------------- resuming a run
+
+
+def test_resume_refuses_another_design_and_keeps_the_checkpoint_cadence(tiny_backbone_dir, tmp_path):
+    """A resumed run built another way than its checkpoint failed with raw optimizer / index errors,
+    or silently trained a bidirectional checkpoint on as causal; and, with no save option repeated, it
+    wrote no checkpoint. Now each difference is named before a step, old checkpoints (without the run
+    file) are checked on their config.json, and the resumed run saves as the first one did."""
+    from llm_embed.resume import RUN_FILE
+    from llm_embed.train import main
+
+    data = write_jsonl(tmp_path / "rows.jsonl", triplet_rows(8))
+    common = ["--train_file", data, "--per_device_train_batch_size", "2"]
+    main(train_args(tiny_backbone_dir, tmp_path, *common, "--max_steps", "2", "--save_steps", "1"))
+    checkpoint = tmp_path / "m" / "checkpoint-1"
+    record = json.loads((checkpoint / RUN_FILE).read_text())
+    assert record["design"]["attention"] == "bidirectional" and record["save_steps"] == 1
+    resumed = lambda *more: main(["--backbone", str(tiny_backbone_dir), "--output_dir", str(tmp_path / "r"),
+                                  "--max_seq_length", "16", "--report_to", "none", "--use_cpu", "--disable_tqdm",
+                                  "true", *common, "--max_steps", "4", "--resume_from_checkpoint", str(checkpoint),
+                                  *more])
+    with pytest.raises(ValueError, match=r'--pooling "mean" \(this run: "multi_layer"\)'):
+        resumed()
+    with pytest.raises(ValueError, match=r'--attention "bidirectional" \(this run: "causal"\)'):
+        resumed("--pooling", "mean", "--attention", "causal")
+    with pytest.raises(ValueError, match=r"--head_learning_rate not set \(this run: 0.01\)"):
+        resumed("--pooling", "mean", "--output_dim", "8", "--head_learning_rate", "1e-2")
+    assert not (tmp_path / "r").exists()
+    (checkpoint / RUN_FILE).rename(tmp_path / "kept.json")  # a checkpoint of an older llm_embed
+    with pytest.raises(ValueError, match=r'--attention "bidirectional" \(this run: "causal"\)'):
+        resumed("--pooling", "mean", "--attention", "causal")
+    (tmp_path / "kept.json").rename(checkpoint / RUN_FILE)
+    resumed("--pooling", "mean", "--loss_mini_batch_size", "1")  # GradCache's size may change
+    assert sorted(p.name for p in (tmp_path / "r").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3",
+                                                                             "checkpoint-4"]
+    assert json.loads((tmp_path / "r" / "trainer_state.json").read_text())["global_step"] == 4
+
+
+def test_resume_of_a_lora_run_and_its_adapters_record_their_design(tiny_backbone_dir, tmp_path):
+    """LoRA checkpoints and the ``adapter/`` folder hold adapters only; they now record the base
+    (``llm_embed_base.json``): a run without ``--lora`` may not resume them, ``load_lora`` refuses a
+    base of another attention mode, llm-embed-evaluate rebuilds the base, and peft's
+    ``base_model_name_or_path`` names the decoder."""
+    pytest.importorskip("peft")
+    from llm_embed.evaluation.runner import load_model
+    from llm_embed.lora import LORA_BASE_FILE, load_lora
+    from llm_embed.train import main
+
+    data = write_jsonl(tmp_path / "rows.jsonl", triplet_rows(8))
+    out = main(train_args(tiny_backbone_dir, tmp_path, "--train_file", data, "--per_device_train_batch_size", "2",
+                          "--max_steps", "2", "--save_steps", "1", "--lora", "--lora_r", "2", "--lora_alpha", "4",
+                          "--pooling", "latent_attention"))
+    checkpoint, adapter = tmp_path / "m" / "checkpoint-1", tmp_path / "m" / "adapter"
+    assert (checkpoint / LORA_BASE_FILE).is_file() and (adapter / LORA_BASE_FILE).is_file()
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
+        tiny_backbone_dir)
+    with pytest.raises(ValueError, match=r"--lora_alpha 4 --lora_dropout 0.1 \(this run: no --lora\)"):
+        main(train_args(tiny_backbone_dir, tmp_path / "r", "--train_file", data, "--per_device_train_batch_size", "2",
+                        "--max_steps", "3", "--pooling", "latent_attention", "--resume_from_checkpoint",
+                        str(checkpoint)))
+    causal = LLMEmbeddingModel.from_backbone(tiny_backbone_dir, attention="causal", pooling="latent_attention")
+    with pytest.raises(ValueError, match="trained on another design \\(attention='bidirectional' there, 'causal'"):
+        load_lora(causal, str(adapter))
+    texts = ["what about the cat?", "a text on the moon"]
+    np.testing.assert_allclose(load_model(adapter).encode(texts), AutoModel.from_pretrained(out).encode(texts),
+                               atol=1e-5)
+
+
+def test_load_best_model_without_a_save_option_is_refused_by_name(tmp_path):
+    from llm_embed.train import main
+
+    data = write_jsonl(tmp_path / "rows.jsonl", triplet_rows(4))
+    with pytest.raises(ValueError, match="--load_best_model_at_end chooses among checkpoints"):
+        main(["--train_file", data, "--eval_file", data, "--output_dir", str(tmp_path / "m"), "--eval_strategy",
+              "steps", "--load_best_model_at_end"])
+
+
+def test_numbers_written_as_yaml_text_are_numbers(tiny_backbone_dir, tmp_path):
+    """YAML 1.1 reads ``1e-3`` as text: the run crashed inside AdamW without naming the option."""
+    pytest.importorskip("yaml")
+    from llm_embed.train import main
+
+    data = write_jsonl(tmp_path / "rows.jsonl", triplet_rows(4))
+    lines = [f"backbone: {tiny_backbone_dir}", f"train_file: {data}", f"output_dir: {tmp_path / 'm'}",
+             "max_steps: 1", "per_device_train_batch_size: 2", "max_seq_length: 16", "report_to: none",
+             "pooling: mean", "use_cpu: true", "learning_rate: 1e-3", "loss_temperature: 5e-2"]
+    (tmp_path / "args.yaml").write_text("\n".join(lines) + "\n")
+    assert AutoModel.from_pretrained(main([str(tmp_path / "args.yaml")])).config.loss_temperature == 0.05
+    (tmp_path / "args.yaml").write_text("\n".join(lines[:-2] + ["learning_rate: fast"]) + "\n")
+    with pytest.raises(ValueError, match="args.yaml: learning_rate: 'fast' is not a number"):
+        main([str(tmp_path / "args.yaml")])

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..lora import LORA_BASE_FILE
 from .task_specs import TASK_SPEC_HELP, TaskSpecError, build_tasks, check_unique_names, parse_task_specs
 from .tasks import (
     LIMIT_KEYS,
@@ -33,10 +34,6 @@ from .tasks import (
 )
 
 __all__ = ["LORA_BASE_FILE", "cli", "evaluate", "format_table", "load_model", "main"]
-
-#: in a LoRA artifact folder (``llm-embed-study --save-models``), beside peft's adapter files: the
-#: backbone and design the adapters were trained on, which :func:`load_model` rebuilds them onto
-LORA_BASE_FILE = "llm_embed_base.json"
 
 DATA_HELP = """\
 The data folder (--data-dir) holds one folder per task, at fixed paths. Nothing is downloaded:

@@ -1,0 +1,163 @@
+"""Resuming ``llm-embed-train`` from a checkpoint: the run must continue the one that wrote it.
+
+The Trainer restores weights, optimizer and scheduler from a checkpoint onto whatever model the new
+command built. Built another way, the restore fails with a raw optimizer or index error (another
+head, LoRA or not, another ``--head_learning_rate``: other parameter groups), or, worse, succeeds:
+the attention mode leaves no trace in the weights, so a bidirectional checkpoint resumed with
+``--attention causal`` trains on as causal without a word. So every checkpoint gets
+:data:`RUN_FILE`, the options that shape the model, the loss and the optimizer, and its run's save
+cadence; :func:`check_resume` compares it with the new run before a step is taken. Checkpoints
+written before :data:`RUN_FILE` existed are checked on what they hold: ``config.json``'s design (full
+fine-tuning) or ``adapter_config.json``'s sizes (LoRA).
+
+The command line forces ``--save_strategy no`` when no save option is given (only the final model
+is saved); a resumed run would then write no checkpoint at all. :func:`saved_cadence` gives it the
+cadence of the run it continues instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from .configuration_llm_embed import ABSENT_OPTION_VALUES, OPTIONS, RENAMED_OPTIONS
+
+logger = logging.getLogger(__name__)
+
+#: in every checkpoint of ``llm-embed-train``: what :func:`check_resume` compares a resumed run with
+RUN_FILE = "llm_embed_run.json"
+
+#: config options a resumed run may change: they alter neither the weights nor the loss's values
+#: (GradCache's mini-batch size only trades memory for time; padding side and the initial scale of
+#: weights that the checkpoint overwrites change nothing)
+FREE_ON_RESUME = ("loss_mini_batch_size", "padding_side", "initializer_range")
+
+#: the backbone config fields that decide every weight's shape
+BACKBONE_SHAPE = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size")
+
+
+def as_json(value):
+    """``value`` as it reads back from JSON (tuples as lists), so that saved and new values compare."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def run_record(config, model_args, training_args) -> dict:
+    """What a checkpoint of this run records: ``config`` (the :class:`LLMEmbeddingConfig`), LoRA and the
+    head's learning rate from ``model_args``, the save cadence from ``training_args``."""
+    backbone = config.backbone_config
+    strategy = training_args.save_strategy
+    return as_json({
+        "design": {option.name: getattr(config, option.name) for option in OPTIONS
+                   if option.name not in FREE_ON_RESUME},
+        "backbone": {key: getattr(backbone, key, None) for key in BACKBONE_SHAPE},
+        "lora": ({"r": model_args.lora_r, "alpha": model_args.lora_alpha, "dropout": model_args.lora_dropout}
+                 if model_args.lora else None),
+        "head_learning_rate": model_args.head_learning_rate,
+        "save_strategy": getattr(strategy, "value", strategy),
+        "save_steps": training_args.save_steps,
+    })
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read {path} to check the resumed run against its checkpoint: {error}") from error
+
+
+def saved_record(checkpoint: Path) -> dict:
+    """The checkpoint's :data:`RUN_FILE`, or, for a checkpoint written before it existed, what its
+    ``config.json`` (design, backbone) and ``adapter_config.json`` (LoRA sizes) tell."""
+    if (checkpoint / RUN_FILE).is_file():
+        return read_json(checkpoint / RUN_FILE)
+    record: dict = {}
+    if (checkpoint / "config.json").is_file():
+        saved = read_json(checkpoint / "config.json")
+        saved = {RENAMED_OPTIONS.get(key, key): value for key, value in saved.items()}
+        record["design"] = {option.name: saved.get(option.name, ABSENT_OPTION_VALUES.get(option.name))
+                            for option in OPTIONS if option.name not in FREE_ON_RESUME
+                            and (option.name in saved or option.name in ABSENT_OPTION_VALUES)}
+        backbone = saved.get("backbone_config") or {}
+        record["backbone"] = {key: backbone[key] for key in BACKBONE_SHAPE if key in backbone}
+        record["lora"] = None
+    if (checkpoint / "adapter_config.json").is_file():
+        adapter = read_json(checkpoint / "adapter_config.json")
+        record["lora"] = {"r": adapter.get("r"), "alpha": adapter.get("lora_alpha"),
+                          "dropout": adapter.get("lora_dropout")}
+    return record
+
+
+def describe(value) -> str:
+    return "not set" if value is None else json.dumps(value)
+
+
+def check_resume(checkpoint, record: dict) -> None:
+    """Refuse to resume from ``checkpoint`` a run whose :func:`run_record` differs from the one that
+    wrote it, naming each difference and the fix. A checkpoint that is not a folder is left to the
+    Trainer, which names it."""
+    folder = Path(checkpoint)
+    if not folder.is_dir():
+        return
+    saved = saved_record(folder)
+    differences = []
+    for name, value in record["design"].items():
+        if name in saved.get("design", {}) and saved["design"][name] != value:
+            differences.append(f"--{name} {describe(saved['design'][name])} (this run: {describe(value)})")
+    for key, value in record["backbone"].items():
+        if saved.get("backbone", {}).get(key, value) != value:
+            differences.append(f"a backbone with {key} {describe(saved['backbone'][key])} "
+                               f"(this run: {describe(value)})")
+    if "lora" in saved and saved["lora"] != record["lora"]:
+        lora = lambda sizes: ("no --lora" if sizes is None else
+                              f"--lora --lora_r {sizes['r']} --lora_alpha {sizes['alpha']} "
+                              f"--lora_dropout {sizes['dropout']}")
+        differences.append(f"{lora(saved['lora'])} (this run: {lora(record['lora'])})")
+    if "head_learning_rate" in saved and saved["head_learning_rate"] != record["head_learning_rate"]:
+        differences.append(f"--head_learning_rate {describe(saved['head_learning_rate'])} "
+                           f"(this run: {describe(record['head_learning_rate'])})")
+    if differences:
+        raise ValueError(
+            f"--resume_from_checkpoint {checkpoint} was written by a run with {'; '.join(differences)}. Resuming "
+            "restores that run's weights and optimizer onto this run's model, so they must be built alike: pass "
+            "the checkpoint's values, or leave out --resume_from_checkpoint to start a new run"
+        )
+
+
+def saved_cadence(checkpoint) -> tuple[str, float] | None:
+    """``(save_strategy, save_steps)`` of the run that wrote ``checkpoint``: its :data:`RUN_FILE`, or
+    for an older checkpoint the ``save_steps`` of its ``trainer_state.json``, by steps. None when
+    ``checkpoint`` is not a folder (the Trainer names it) or the run saved no cadence."""
+    folder = Path(checkpoint)
+    if (folder / RUN_FILE).is_file():
+        record = read_json(folder / RUN_FILE)
+        return record["save_strategy"], record["save_steps"]
+    if (folder / "trainer_state.json").is_file():
+        steps = read_json(folder / "trainer_state.json").get("save_steps")
+        return ("steps", steps) if steps else None
+    return None
+
+
+class RunRecordCallback(TrainerCallback):
+    """Writes :data:`RUN_FILE` (and, for LoRA, ``extra_files``: the base description that
+    ``llm-embed-evaluate`` rebuilds adapters onto) into every checkpoint, on the main process, once the
+    Trainer has saved it."""
+
+    def __init__(self, record: dict, extra_files: dict[str, dict] | None = None):
+        self.files = {RUN_FILE: record, **(extra_files or {})}
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        for name, content in self.files.items():
+            staging = folder / f".{name}.tmp"
+            staging.write_text(json.dumps(content, indent=1), encoding="utf-8")
+            os.replace(staging, folder / name)
+
+
+__all__ = ["RUN_FILE", "RunRecordCallback", "check_resume", "run_record", "saved_cadence"]
