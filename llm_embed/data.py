@@ -159,23 +159,28 @@ class TripletDataset(Dataset):
 
     @classmethod
     def from_any(cls, data, limit: int | None = None, what: str = "training data") -> TripletDataset:
-        """A JSONL path, a list of dicts, a ``datasets.Dataset`` or a TripletDataset; ``limit`` keeps the
-        first N rows (at least 1); ``what`` names the data in errors."""
-        if isinstance(data, TripletDataset):
-            return data
+        """A JSONL path, a list of dicts, a ``datasets.Dataset``, a pandas ``DataFrame`` (one row per
+        record) or a TripletDataset; ``limit`` keeps the first N rows (at least 1, for every kind);
+        ``what`` names the data in errors (``"evaluation data"`` for an eval set)."""
         check_limit(limit)
+        if isinstance(data, TripletDataset):
+            if limit is None or limit >= len(data):
+                return data
+            return cls(data.rows[:limit], data.locations[:limit], source=what)
         if isinstance(data, (str, Path)):
             return cls.from_jsonl(data, limit, what)
         if isinstance(data, Mapping):
             hint = f"; pick one split, e.g. data[{next(iter(data))!r}]" if data else ""
-            raise TypeError(f"training data is a mapping ({type(data).__name__}), not a sequence of rows{hint}")
+            raise TypeError(f"{what} is a mapping ({type(data).__name__}), not a sequence of rows{hint}")
+        if hasattr(data, "iloc") and hasattr(data, "to_dict"):  # a pandas DataFrame: data[i] is a column
+            return cls(data.iloc[:limit].to_dict("records"), source=what)
         if not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
             raise TypeError(
-                "training data must be a JSONL path, a list of dicts, a datasets.Dataset or a TripletDataset; "
-                f"got {type(data).__name__}"
+                f"{what} must be a JSONL path, a list of dicts, a datasets.Dataset, a pandas DataFrame or a "
+                f"TripletDataset; got {type(data).__name__}"
             )
         rows = [data[i] for i in range(len(data) if limit is None else min(limit, len(data)))]
-        return cls(rows)
+        return cls(rows, source=what)
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -119,6 +119,24 @@ def test_dataset_from_jsonl_list_and_datasets(tmp_path):
     assert len(TripletDataset.from_any(hf)) == 4
 
 
+def test_from_any_limits_every_kind_and_names_the_data():
+    """``limit`` was ignored for a TripletDataset, an empty evaluation list was called training data,
+    and a DataFrame gave a raw KeyError (``data[0]`` is a column)."""
+    rows = triplet_rows(10)
+    dataset = TripletDataset.from_any(rows)
+    assert len(TripletDataset.from_any(dataset, limit=3)) == 3 and len(dataset) == 10
+    assert TripletDataset.from_any(dataset, limit=3).rows == dataset.rows[:3]
+    with pytest.raises(ValueError, match="^evaluation data holds no rows"):
+        TripletDataset.from_any([], what="evaluation data")
+    with pytest.raises(TypeError, match="^evaluation data is a mapping"):
+        TripletDataset.from_any({"train": rows}, what="evaluation data")
+    with pytest.raises(ValueError, match="row limit 0"):
+        TripletDataset.from_any(dataset, limit=0)
+    pandas = pytest.importorskip("pandas")
+    frame = TripletDataset.from_any(pandas.DataFrame(rows), limit=4)
+    assert frame.rows == TripletDataset.from_any(rows[:4]).rows
+
+
 # ----------------------------------------------------------------------------- Trainer
 
 
