@@ -210,6 +210,16 @@ def _json_type(value) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+def check_prompt_names(prompts: Mapping[str, str], query_prompt_name: str | None,
+                       document_prompt_name: str | None) -> None:
+    """Refuse a query / document prompt name that is not in ``prompts``, naming the option (the same
+    name on the ``llm-embed-train`` command line) and the way to ask for no prompt."""
+    for option, name in (("query_prompt_name", query_prompt_name), ("document_prompt_name", document_prompt_name)):
+        if name is not None and name not in prompts:
+            raise ValueError(f"{option} {name!r} (--{option} of llm-embed-train) is not one of the model's prompts "
+                             f"{sorted(prompts)}; name one of them, or none (None in Python) for no prompt")
+
+
 class ContrastiveDataCollator:
     """Turns rows into ``query_input_ids / query_attention_mask`` (B queries) and
     ``document_input_ids / document_attention_mask`` (B positives, then K hard negatives per query,
@@ -250,6 +260,7 @@ class ContrastiveDataCollator:
 
     def _prefixes(self) -> tuple[str, str]:
         prompts = self.config.prompts
+        check_prompt_names(prompts, self.query_prompt_name, self.document_prompt_name)
         return (resolve_prompt(prompts, None, self.query_prompt_name, None),
                 resolve_prompt(prompts, None, self.document_prompt_name, None))
 

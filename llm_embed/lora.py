@@ -67,8 +67,22 @@ def trained_head_modules(model) -> list[str]:
     return ["pooler"] + (["projection"] if model.projection is not None else [])
 
 
+def check_lora_sizes(r, alpha, dropout) -> None:
+    """Refuse LoRA sizes peft would take and train with: a rank below 1, an alpha of 0 or below (the
+    update scaled by alpha / r: 0 trains nothing, a negative one trains against the gradient's
+    intent), a dropout outside [0, 1)."""
+    number = lambda value: isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (isinstance(r, int) and not isinstance(r, bool) and r >= 1):
+        raise ValueError(f"LoRA rank r (--lora_r) must be a whole number of at least 1, got {r!r}; the paper uses 16")
+    if not (number(alpha) and alpha > 0):
+        raise ValueError(f"LoRA alpha (--lora_alpha) must be above 0, got {alpha!r}; the paper uses 32 (2 x r)")
+    if not (number(dropout) and 0 <= dropout < 1):
+        raise ValueError(f"LoRA dropout (--lora_dropout) must be in [0, 1), got {dropout!r}; the paper uses 0.1")
+
+
 def apply_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.1, target_modules=None):
     """Wrap ``model`` in a ``peft.PeftModel``: adapters on the backbone, head fully trainable."""
+    check_lora_sizes(r, alpha, dropout)
     peft = require_peft()
     config = peft.LoraConfig(
         r=r,
@@ -149,4 +163,4 @@ def merge_lora(peft_model):
     return merged
 
 
-__all__ = ["LORA_BASE_FILE", "apply_lora", "base_description", "load_lora", "merge_lora"]
+__all__ = ["LORA_BASE_FILE", "apply_lora", "base_description", "check_lora_sizes", "load_lora", "merge_lora"]

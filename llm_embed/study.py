@@ -617,6 +617,12 @@ def parse_args(argv: list[str] | None = None):
         parser.error(f"--head-learning-rate must be > 0, got {args.head_learning_rate}")
     if args.max_steps < 1 or args.batch_size < 2:
         parser.error("--max-steps must be >= 1 and --batch-size >= 2 (in-batch negatives need two queries)")
+    try:
+        from .lora import check_lora_sizes
+
+        check_lora_sizes(args.lora_r, args.lora_alpha, args.lora_dropout)
+    except ValueError as error:
+        parser.error(str(error).replace("--lora_", "--lora-"))
     if args.save_merged and not args.save_models:
         parser.error("--save-merged says how to save the models of --save-models DIR; pass --save-models too")
     try:

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
+from .configuration_llm_embed import DEFAULT_PROMPTS
 from .contrastive import find_fully_sharded_root
-from .data import ContrastiveDataCollator, TripletDataset
-from .lora import LORA_BASE_FILE
+from .data import ContrastiveDataCollator, TripletDataset, check_prompt_names
+from .lora import LORA_BASE_FILE, check_lora_sizes
 from .modeling_llm_embed import LLMEmbeddingModel
 from .optimization import EmbeddingTrainer, check_head_learning_rate
 from .resume import RunRecordCallback, check_resume, run_record, saved_cadence
@@ -65,11 +66,19 @@ class DataArguments:
     max_train_rows: int | None = field(default=None, metadata={"help": "use only the first N training rows (N >= 1)"})
     max_eval_rows: int | None = field(default=None, metadata={"help": "use only the first N eval rows (N >= 1)"})
     query_prompt_name: str | None = field(
-        default="query", metadata={"help": "prompt (config.prompts key) for queries"}
+        default="query", metadata={"help": "prompt (config.prompts key) for queries; none for no prompt"}
     )
     document_prompt_name: str | None = field(
-        default="document", metadata={"help": "prompt (config.prompts key) for positives and negatives"}
+        default="document", metadata={"help": "prompt (config.prompts key) for positives and negatives; none for "
+                                               "no prompt"}
     )
+
+    def __post_init__(self):
+        # the command line cannot pass None: "none" (or nothing) asks for no prompt
+        for name in ("query_prompt_name", "document_prompt_name"):
+            value = getattr(self, name)
+            if isinstance(value, str) and value.strip().lower() in ("", "none"):
+                setattr(self, name, None)
 
 
 DESCRIPTION = """Fine-tune an llm_embed embedding model with the plain transformers Trainer.
@@ -132,6 +141,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     :class:`LLMEmbeddingConfig` values (the rest keep the config's defaults)."""
     set_seed(training_args.seed)
     check_head_learning_rate(model_args.head_learning_rate)
+    prompts = (config_options or {}).get("prompts")
+    check_prompt_names(DEFAULT_PROMPTS if prompts is None else prompts, data_args.query_prompt_name,
+                       data_args.document_prompt_name)
     # data and settings first: a bad row or option fails in seconds, not after the backbone has loaded
     train_data = TripletDataset.from_any(data_args.train_file, data_args.max_train_rows)
     eval_data = (TripletDataset.from_any(data_args.eval_file, data_args.max_eval_rows, what="evaluation data")
@@ -386,6 +398,8 @@ def main(argv: list[str] | None = None) -> str:
         given_args = args
     check_head_options(config_options, dashes=False)
     check_lora_options(given_args, model_args.lora)
+    if model_args.lora:
+        check_lora_sizes(model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout)  # before the backbone
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return run(model_args, data_args, training_args, config_options)

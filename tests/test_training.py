@@ -532,3 +532,38 @@ def test_numbers_written_as_yaml_text_are_numbers(tiny_backbone_dir, tmp_path):
     (tmp_path / "args.yaml").write_text("\n".join(lines[:-2] + ["learning_rate: fast"]) + "\n")
     with pytest.raises(ValueError, match="args.yaml: learning_rate: 'fast' is not a number"):
         main([str(tmp_path / "args.yaml")])
+
+
+def test_query_prompt_name_is_checked_first_named_and_can_be_none(tmp_path, model, tokenizer):
+    """An unknown name failed after the backbone loaded with an error about ``encode()``; "no prompt"
+    could not be said on the command line."""
+    from llm_embed.train import build_parser, main
+
+    data = write_jsonl(tmp_path / "rows.jsonl", triplet_rows(4))
+    with pytest.raises(ValueError, match=r"query_prompt_name 'qeury' \(--query_prompt_name of llm-embed-train\) is "
+                                         r"not one of the model's prompts \['document', 'query'\]"):
+        main(["--backbone", str(tmp_path / "not-loaded"), "--train_file", data, "--output_dir", str(tmp_path / "m"),
+              "--query_prompt_name", "qeury"])
+    with pytest.raises(ValueError, match=r"document_prompt_name 'passage' .* \['doc'\]"):
+        main(["--train_file", data, "--output_dir", str(tmp_path / "m"), "--prompts", '{"doc": "d: "}',
+              "--query_prompt_name", "none", "--document_prompt_name", "passage"])
+    for spelled in ("none", "None", ""):
+        _, data_args, *_ = build_parser().parse_args_into_dataclasses(
+            ["--train_file", data, "--output_dir", "o", "--query_prompt_name", spelled])
+        assert data_args.query_prompt_name is None and data_args.document_prompt_name == "document"
+    with pytest.raises(ValueError, match="query_prompt_name 'x' .*none \\(None in Python\\) for no prompt"):
+        ContrastiveDataCollator(tokenizer, model.config, query_prompt_name="x")
+
+
+@pytest.mark.parametrize("sizes, message", [(["--lora_alpha", "-3"], "alpha .* must be above 0, got -3"),
+                                            (["--lora_r", "0"], "rank r .* at least 1, got 0"),
+                                            (["--lora_dropout", "1.5"], r"dropout .* in \[0, 1\), got 1.5")])
+def test_lora_sizes_peft_would_take_are_refused_before_loading(tmp_path, sizes, message):
+    from llm_embed.study import parse_args
+    from llm_embed.train import main
+
+    with pytest.raises(ValueError, match=message):
+        main(["--backbone", str(tmp_path / "not-loaded"), "--train_file", "x.jsonl", "--output_dir", str(tmp_path),
+              "--lora", *sizes])
+    with pytest.raises(SystemExit):
+        parse_args([sizes[0].replace("_", "-"), sizes[1]])
