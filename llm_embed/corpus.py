@@ -53,8 +53,9 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TextIO
 
 import numpy as np
 
@@ -108,6 +109,20 @@ def input_format(path: str | os.PathLike) -> str:
     return kind
 
 
+@contextmanager
+def open_utf8(path: str | os.PathLike, newline: str | None = None) -> Iterator[TextIO]:
+    """``path`` opened as UTF-8 text (a byte-order mark skipped). A byte that is not UTF-8, met while
+    reading in the ``with`` block, is reported with the file and the fix, not as a bare codec error."""
+    try:
+        with open(path, encoding="utf-8-sig", newline=newline) as handle:
+            yield handle
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path}: byte 0x{error.object[error.start]:02x} is not UTF-8 ({error.reason}); the corpus must be "
+            f"UTF-8: re-encode it, e.g. from Latin-1: iconv -f latin1 -t utf-8 {path} > fixed{Path(path).suffix}"
+        ) from error
+
+
 def has_rows(path: str | os.PathLike, kind: str) -> bool:
     """Whether an input file holds at least one row (a blank line is none, nor is a CSV/TSV header):
     reads up to its first row, so every input is checked before the model loads or a shard is written."""
@@ -125,7 +140,7 @@ def has_rows(path: str | os.PathLike, kind: str) -> bool:
                              "pyarrow or pandas, or the corpus as .jsonl, .csv or .tsv") from error
     csv.field_size_limit(2**31 - 1)
     quoting = csv.QUOTE_NONE if kind == "tsv" else csv.QUOTE_MINIMAL
-    with open(path, encoding="utf-8-sig", newline="") as handle:
+    with open_utf8(path, newline="") as handle:
         rows = (row for row in csv.reader(handle, delimiter="," if kind == "csv" else "\t", quoting=quoting) if row)
         next(rows, None)  # the header
         return next(rows, None) is not None
@@ -153,7 +168,7 @@ def check_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
 
 
 def _jsonl_records(path: str) -> Iterator[tuple[Any, str]]:
-    with open(path, encoding="utf-8-sig") as handle:
+    with open_utf8(path) as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue  # blank lines (a trailing one, most often) are not rows
@@ -172,7 +187,7 @@ def _csv_records(path: str, delimiter: str, fields: tuple[str, ...]) -> Iterator
     in BEIR's and MS MARCO's files (a field holds no tab or newline; a ``"`` is an ordinary character)."""
     csv.field_size_limit(2**31 - 1)  # documents longer than the default 128 KiB per field are still documents
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    with open(path, encoding="utf-8-sig", newline="") as handle:
+    with open_utf8(path, newline="") as handle:
         reader = csv.DictReader(handle, delimiter=delimiter, quoting=quoting)
         header = reader.fieldnames or []
         for field in fields:
@@ -281,7 +296,7 @@ def count_rows(inputs: Iterable[str | os.PathLike]) -> int:
         else:
             quoting = csv.QUOTE_NONE if kind == "tsv" else csv.QUOTE_MINIMAL
             csv.field_size_limit(2**31 - 1)
-            with open(path, encoding="utf-8-sig", newline="") as handle:
+            with open_utf8(path, newline="") as handle:
                 reader = csv.reader(handle, delimiter="," if kind == "csv" else "\t", quoting=quoting)
                 total += max(sum(1 for row in reader if row) - 1, 0)  # less the header
     return total
@@ -571,7 +586,7 @@ def compute_arguments(model, batch_size: int) -> dict:
 
 def encode_corpus(
     model,
-    inputs: list[str | os.PathLike],
+    inputs: str | os.PathLike | list[str | os.PathLike],
     output_dir: str | os.PathLike,
     *,
     text_field: str = "text",
@@ -594,12 +609,12 @@ def encode_corpus(
     (this process) and ``manifest`` (its path on rank 0, else None)."""
     from tqdm.auto import tqdm
 
-    from .encoding import check_embeddings, resolve_prompt
+    from .encoding import check_count, check_embeddings, resolve_prompt
 
-    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
-        raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    shard_size = check_count(shard_size, "shard_size", "encode_corpus()")
+    batch_size = check_count(batch_size, "batch_size", "encode_corpus()")
+    if isinstance(inputs, (str, os.PathLike)):  # one file, not the characters of its name
+        inputs = [inputs]
     rank, world_size = rank_and_world_size(rank, world_size)
     inputs = [os.path.abspath(path) for path in check_inputs(inputs)]  # all checked before anything is written
     config = model.config

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from .encoding import pad_batch, resolve_pad_id, resolve_prompt, tokenize_texts
+from .encoding import check_prompt_fits, pad_batch, resolve_pad_id, resolve_prompt, tokenize_texts
 from .tokenizer_setup import configure_tokenizer, tokenizer_settings
 
 QUERY_FIELDS = ("query", "anchor")
@@ -244,7 +244,8 @@ class ContrastiveDataCollator:
         self.document_prompt_name = document_prompt_name
         self._given_tokenizer = tokenizer
         self._configure()
-        self._prefixes()  # an unknown prompt name fails here, not at the first batch
+        for prefix in set(self._prefixes()):  # an unknown or too long prompt fails here, not at the first batch
+            check_prompt_fits(self.tokenizer, prefix, config.max_seq_length, config.append_eos)
 
     def _configure(self) -> None:
         self._settings = tokenizer_settings(self.config)
@@ -282,6 +283,8 @@ class ContrastiveDataCollator:
         documents = [positive for _, positive, _ in triples]
         documents += [negative for _, _, negatives in triples for negative in negatives]
         query_prefix, document_prefix = self._prefixes()
+        for prefix in {query_prefix, document_prefix}:
+            check_prompt_fits(self.tokenizer, prefix, self.config.max_seq_length, self.config.append_eos)
         query_ids, query_mask = self._tokenize(queries, query_prefix)
         document_ids, document_mask = self._tokenize(documents, document_prefix)
         return {

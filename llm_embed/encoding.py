@@ -296,6 +296,25 @@ def tokenize_counting_truncation(
     return ids, truncated
 
 
+def check_prompt_fits(tokenizer, prefix: str, max_seq_length: int, append_eos: bool) -> None:
+    """Refuse a prompt that fills the token budget by itself: every text would be cut away entirely and
+    embed to one and the same vector, which the truncation warning ("k of n texts were truncated")
+    does not say. One tokenizer call on the prompt alone (special tokens included, as the texts get)."""
+    if not prefix:
+        return
+    ids = _run_tokenizer(tokenizer, [prefix], [0], prefix)[0]
+    if ids and ids[-1] == tokenizer.eos_token_id:
+        ids = ids[:-1]  # a tokenizer that appends EOS itself: EOS is budgeted apart
+    budget = max_seq_length - 1 if append_eos else max_seq_length
+    if len(ids) >= budget:
+        raise ValueError(
+            f"the prompt {prefix!r:.80} takes {len(ids)} tokens, and max_seq_length={max_seq_length} leaves "
+            f"{budget} for prompt and text{' (EOS aside)' if append_eos else ''}: no token of any text would remain, "
+            "and every text would embed to the same vector. Raise max_seq_length (model.config.max_seq_length) or "
+            "use a shorter prompt."
+        )
+
+
 def pad_arrays(rows: list[list[int]], pad_id: int, padding_side: str) -> np.ndarray:
     """Token id lists padded into one ``(2, B, T)`` int64 array: ids, then the attention mask.
     Built with two numpy fills (no per-row tensor work), as one block so that it moves to a
@@ -411,20 +430,23 @@ def check_extra_arguments(kwargs: dict[str, Any]) -> None:
             raise ValueError(f"encode({name}={value!r}) is not supported: {SENTENCE_TRANSFORMERS_ONLY[name]}.")
 
 
-def check_batch_size(batch_size) -> int:
-    """``batch_size`` as an ``int``: any integer type (a numpy integer from a config or an argument
-    parser, through ``operator.index``), at least 1; ``bool`` and non-integers are refused."""
+def check_count(value, name: str, caller: str = "encode()") -> int:
+    """``value`` as an ``int``: any integer type (a numpy integer from a config or an argument parser,
+    through ``operator.index``), at least 1; ``bool`` and non-integers are refused, naming ``name``."""
     try:
-        if isinstance(batch_size, bool):
+        if isinstance(value, bool):
             raise TypeError
-        value = operator.index(batch_size)
+        number = operator.index(value)
     except TypeError:
-        raise TypeError(
-            f"encode(): batch_size must be an integer, got {batch_size!r} ({type(batch_size).__name__})"
-        ) from None
-    if value < 1:
-        raise ValueError(f"encode(): batch_size must be a positive integer, got {value}")
-    return value
+        raise TypeError(f"{caller}: {name} must be an integer, got {value!r} ({type(value).__name__})") from None
+    if number < 1:
+        raise ValueError(f"{caller}: {name} must be a positive integer, got {number}")
+    return number
+
+
+def check_batch_size(batch_size) -> int:
+    """``encode``'s ``batch_size`` (:func:`check_count`)."""
+    return check_count(batch_size, "batch_size")
 
 
 def resolve_normalize(normalize: bool | None, normalize_embeddings: bool | None) -> bool | None:
@@ -743,7 +765,15 @@ class EncodeMixin:
                 f"encode(device={device!r}): multi-process encoding over several devices is not supported; pass "
                 "one device, or run one model per device yourself."
             )
-        target = torch.empty(0, device=device).device  # canonical: "cuda" -> cuda:0, "cpu:0" -> cpu
+        try:
+            target = torch.empty(0, device=device).device  # canonical: "cuda" -> cuda:0, "cpu:0" -> cpu
+        except (RuntimeError, AssertionError, NotImplementedError, TypeError) as error:
+            # torch says "Torch not compiled with CUDA enabled" (an AssertionError) and the like
+            has = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (
+                ["mps"] if torch.backends.mps.is_available() else [])
+            raise ValueError(f"encode(device={device!r}): this torch cannot place the model there "
+                             f"({type(error).__name__}: {str(error).splitlines()[0][:120]}); devices here: "
+                             f"{', '.join(has)}") from error
         if target == self.device:
             return
         if getattr(self, "hf_device_map", None):
@@ -774,6 +804,7 @@ class EncodeMixin:
         config = self.config
         tokenizer = self.tokenizer
         pad_id = resolve_pad_id(tokenizer)
+        check_prompt_fits(tokenizer, prefix, config.max_seq_length, config.append_eos)
         if show_progress_bar is None:
             show_progress_bar = logger.getEffectiveLevel() <= logging.INFO
         device = self.device

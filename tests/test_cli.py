@@ -44,7 +44,7 @@ def test_train_command_exits_zero_and_saves(tiny_backbone_dir, tmp_path):
     data = write_rows(tmp_path / "rows.jsonl", triplet_rows(4))
     result = run_script("llm-embed-train", "--backbone", tiny_backbone_dir, "--train_file", data,
                         "--output_dir", tmp_path / "out", "--max_steps", "1", "--per_device_train_batch_size", "2",
-                        "--max_seq_length", "16", "--pooling", "mean", "--save_strategy", "no", "--report_to", "none",
+                        "--max_seq_length", "32", "--pooling", "mean", "--save_strategy", "no", "--report_to", "none",
                         "--use_cpu", "--disable_tqdm", "true", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "out" / "config.json").is_file()

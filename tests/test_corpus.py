@@ -522,3 +522,33 @@ def test_search_example_finds_documents_from_the_shards(model_dir, tmp_path, cap
     scores = np.random.default_rng(0).normal(size=(4, 30)).astype(np.float32)
     best = example.top_k(scores, np.eye(30, dtype=np.float32), 5, use_faiss=False)
     np.testing.assert_array_equal(best, np.argsort(-scores, axis=1)[:, :5])
+
+
+def test_encode_corpus_takes_one_path_and_any_integer_counts(loaded_model, tmp_path):
+    """A single ``str`` / ``Path`` was iterated as characters or refused, and a numpy ``batch_size``
+    (from a config or a sweep) was refused as "not a positive integer"."""
+    from llm_embed.corpus import encode_corpus
+
+    path = write_corpus(tmp_path / "c.jsonl", corpus_rows(5))
+    for single in (str(path), path):
+        summary = encode_corpus(loaded_model, single, tmp_path / type(single).__name__, text_field="body",
+                                id_field="doc_id", batch_size=np.int64(2), shard_size=np.int32(4))
+        assert summary["rows"] == 5 and summary["shards"] == 2
+    with pytest.raises(TypeError, match=r"encode_corpus\(\): batch_size must be an integer, got 2.5"):
+        encode_corpus(loaded_model, path, tmp_path / "x", text_field="body", id_field="doc_id", batch_size=2.5)
+    with pytest.raises(ValueError, match=r"encode_corpus\(\): shard_size must be a positive integer, got 0"):
+        encode_corpus(loaded_model, path, tmp_path / "x", text_field="body", id_field="doc_id", shard_size=0)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".tsv"])
+def test_an_input_that_is_not_utf8_is_named_with_the_fix(model_dir, tmp_path, suffix):
+    """A Latin-1 file gave a bare UnicodeDecodeError naming neither the file nor what to do."""
+    rows = corpus_rows(3)
+    rows[2]["body"] = "caf\u00e9 cr\u00e8me"
+    path = write_corpus(tmp_path / f"latin1{suffix}", rows)
+    text = path.read_text(encoding="utf-8")
+    if suffix == ".jsonl":  # json.dumps wrote \u00e9 escapes: plain ASCII; write the characters themselves
+        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(ValueError, match=rf"latin1{re.escape(suffix)}(:\d+)?: .*not UTF-8 .*iconv -f latin1 -t utf-8"):
+        main(arguments(model_dir, [path], tmp_path / "out"))

@@ -92,6 +92,40 @@ def test_bad_input(model, call, error, message):
         call(model)
 
 
+def test_a_prompt_that_fills_max_seq_length_is_refused(model, tokenizer):
+    """With the default 20-token query instruction and max_seq_length=16 every query embedded to one
+    vector, with only the generic truncation warning; the training collator trained on such batches."""
+    from llm_embed.data import ContrastiveDataCollator
+
+    prompt_tokens = len(tokenizer(model.config.prompts["query"])["input_ids"])
+    model.config.max_seq_length = prompt_tokens + 1  # EOS included: no room for a text token
+    with pytest.raises(ValueError, match=f"the prompt 'Instruct: .* takes {prompt_tokens} tokens, and "
+                                         f"max_seq_length={prompt_tokens + 1} leaves {prompt_tokens}"):
+        model.encode_query(["where is the cat", "stock prices today"])
+    with pytest.raises(ValueError, match="no token of any text would remain"):
+        ContrastiveDataCollator(tokenizer, model.config)
+    model.config.max_seq_length = prompt_tokens + 2  # one text token: allowed, and the texts differ
+    queries = model.encode_query(["where is the cat", "stock prices today"])
+    assert not np.allclose(queries[0], queries[1])
+    model.config.append_eos = False
+    model.config.max_seq_length = prompt_tokens
+    with pytest.raises(ValueError, match=f"leaves {prompt_tokens} for prompt and text: no token"):
+        model.encode(["a"], prompt_name="query")
+    assert model.encode(["a"]).shape == (1, model.config.embedding_dim)  # no prompt, no check
+
+
+def test_a_device_this_torch_lacks_is_named(model):
+    """torch's own AssertionError ("Torch not compiled with CUDA enabled") named neither the call nor
+    the devices at hand."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    for device in ("cuda", "cuda:0", "gpu"):
+        with pytest.raises(ValueError, match=rf"encode\(device='{device}'\): this torch cannot place the model "
+                                             r"there .*; devices here: cpu"):
+            model.encode(["a"], device=device)
+    assert model.encode(["a"], device="cpu").shape == (1, model.config.embedding_dim)
+
+
 def test_prompt_set_to_none_is_a_clear_error(model):
     model.config.prompts["query"] = None  # mutated in place, after the config validated it
     with pytest.raises(TypeError,

@@ -276,7 +276,7 @@ def write_jsonl(path, rows):
 
 def train_args(backbone, tmp_path, *more):
     return ["--backbone", str(backbone), "--output_dir", str(tmp_path / "m"), "--pooling", "mean",
-            "--max_seq_length", "16", "--report_to", "none", "--use_cpu", "--disable_tqdm", "true", *more]
+            "--max_seq_length", "32", "--report_to", "none", "--use_cpu", "--disable_tqdm", "true", *more]
 
 
 @pytest.mark.parametrize("which", ["train", "eval"])
@@ -459,7 +459,7 @@ def test_resume_refuses_another_design_and_keeps_the_checkpoint_cadence(tiny_bac
     record = json.loads((checkpoint / RUN_FILE).read_text())
     assert record["design"]["attention"] == "bidirectional" and record["save_steps"] == 1
     resumed = lambda *more: main(["--backbone", str(tiny_backbone_dir), "--output_dir", str(tmp_path / "r"),
-                                  "--max_seq_length", "16", "--report_to", "none", "--use_cpu", "--disable_tqdm",
+                                  "--max_seq_length", "32", "--report_to", "none", "--use_cpu", "--disable_tqdm",
                                   "true", *common, "--max_steps", "4", "--resume_from_checkpoint", str(checkpoint),
                                   *more])
     with pytest.raises(ValueError, match=r'--pooling "mean" \(this run: "multi_layer"\)'):
@@ -525,7 +525,7 @@ def test_numbers_written_as_yaml_text_are_numbers(tiny_backbone_dir, tmp_path):
 
     data = write_jsonl(tmp_path / "rows.jsonl", triplet_rows(4))
     lines = [f"backbone: {tiny_backbone_dir}", f"train_file: {data}", f"output_dir: {tmp_path / 'm'}",
-             "max_steps: 1", "per_device_train_batch_size: 2", "max_seq_length: 16", "report_to: none",
+             "max_steps: 1", "per_device_train_batch_size: 2", "max_seq_length: 32", "report_to: none",
              "pooling: mean", "use_cpu: true", "learning_rate: 1e-3", "loss_temperature: 5e-2"]
     (tmp_path / "args.yaml").write_text("\n".join(lines) + "\n")
     assert AutoModel.from_pretrained(main([str(tmp_path / "args.yaml")])).config.loss_temperature == 0.05
