@@ -100,16 +100,39 @@ def load_lora(model, adapter_path: str, is_trainable: bool = False, **hub_kwargs
     ``cache_dir``, ``token``) on a base model built the same way as for training
     (``LLMEmbeddingModel.from_backbone`` with the same design)."""
     peft = require_peft()
-    check_saved_design(model, adapter_path)
-    check_saved_head_fits(model, adapter_path)
+    folder = adapter_folder(adapter_path, hub_kwargs)
+    check_saved_design(model, folder, adapter_path)
+    check_saved_head_fits(model, folder, adapter_path)
     return peft.PeftModel.from_pretrained(model, adapter_path, is_trainable=is_trainable, **hub_kwargs)
 
 
-def check_saved_design(model, adapter_path) -> None:
-    """Refuse a local adapter folder whose :data:`LORA_BASE_FILE` records another design than
-    ``model``'s: the attention mode (and a head option without weights, such as ``layer_reduction``)
-    leaves no trace in the weights that :func:`check_saved_head_fits` compares."""
-    path = Path(os.fspath(adapter_path)) / LORA_BASE_FILE
+def adapter_folder(adapter_path, hub_kwargs: dict) -> str:
+    """The local folder holding the adapter files: ``adapter_path`` itself, or for a Hub repo id the
+    snapshot of its adapter files (peft fetches the same files next, from the same cache), so that
+    :func:`check_saved_design` and :func:`check_saved_head_fits` see them before peft loads them."""
+    path = os.fspath(adapter_path)
+    if os.path.isdir(path):
+        return path
+    from huggingface_hub import snapshot_download
+
+    from .hub import check_local_path
+
+    check_local_path(path)  # a mistyped local folder is named as such, not looked up on the Hub
+
+    subfolder = hub_kwargs.get("subfolder") or ""
+    names = ("adapter_config.json", "adapter_model.safetensors", LORA_BASE_FILE)
+    snapshot = snapshot_download(path, allow_patterns=[f"{subfolder}/{name}".lstrip("/") for name in names],
+                                 **{key: hub_kwargs[key] for key in ("revision", "cache_dir", "token")
+                                    if key in hub_kwargs})
+    return os.path.join(snapshot, subfolder)
+
+
+def check_saved_design(model, folder, adapter_path) -> None:
+    """Refuse adapters whose :data:`LORA_BASE_FILE` (in ``folder``, the files of ``adapter_path``)
+    records another design than ``model``'s: the attention mode (and a head option without weights,
+    such as ``layer_reduction``) leaves no trace in the weights that :func:`check_saved_head_fits`
+    compares."""
+    path = Path(folder) / LORA_BASE_FILE
     if not path.is_file():
         return
     base = json.loads(path.read_text(encoding="utf-8"))
@@ -125,12 +148,12 @@ def check_saved_design(model, adapter_path) -> None:
         )
 
 
-def check_saved_head_fits(model, adapter_path) -> None:
-    """Refuse a local adapter folder whose saved head (the weights that are not LoRA matrices) does not
-    fit ``model``: peft loads what it can and drops the rest without a word, so adapters trained with a
-    ``latent_attention`` head put on a ``mean`` base lose the trained head and give other vectors.
-    (A Hub repo is not checked: its file is not at hand before peft fetches it.)"""
-    path = os.path.join(os.fspath(adapter_path), "adapter_model.safetensors")
+def check_saved_head_fits(model, folder, adapter_path) -> None:
+    """Refuse adapters (their files in ``folder``) whose saved head (the weights that are not LoRA
+    matrices) does not fit ``model``: peft loads what it can and drops the rest without a word, so
+    adapters trained with a ``latent_attention`` head put on a ``mean`` base lose the trained head and
+    give other vectors."""
+    path = os.path.join(folder, "adapter_model.safetensors")
     if not os.path.isfile(path):
         return
     from safetensors import safe_open

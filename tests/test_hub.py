@@ -171,6 +171,12 @@ def test_lora_adapters_and_head_push_and_load_by_repo_id(fake_hub, tiny_backbone
     reloaded = load_lora(build(), REPO, cache_dir=str(cache))
     texts = ["what about the cat?", "a text on the moon"]
     np.testing.assert_allclose(reloaded.encode(texts), peft_model.encode(texts), atol=1e-6)
+    # a Hub repo's saved head is checked too: on a mean base peft dropped it without a word
+    mean = LLMEmbeddingModel.from_backbone(tiny_backbone_dir, attention="bidirectional", pooling="mean")
+    with pytest.raises(ValueError, match=f"the adapters in {REPO} were trained with another head"):
+        load_lora(mean, REPO, cache_dir=str(cache))
+    with pytest.raises(FileNotFoundError, match="the folder .*adapterz does not exist"):
+        load_lora(build(), "./adapterz")
 
 
 def load_pushed(cache, monkeypatch):
