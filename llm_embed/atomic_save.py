@@ -40,6 +40,11 @@ files are deleted. What this gives:
   back fails too, the error names the hidden folders that hold them);
 - the folder itself (its inode, mount, permissions, the working directory in it) stays.
 
+The swapped-in folder gets the old one's mode, owner and group (the owner only for root). Where
+that cannot be done, the save goes file by file instead: a folder owned by another user, or whose
+group is not one of this user's, or whose parent folder is not writable (``/data`` owned by root
+holding ``/data/<user>/run``). ACLs and extended attributes of the folder itself are not copied.
+
 Files other than checkpoint files are kept in both modes.
 """
 
@@ -197,6 +202,13 @@ def _file_by_file_reason(target: str) -> str | None:
     cwd = _working_directory()
     if cwd is not None and (cwd == target or cwd.startswith(target.rstrip(os.sep) + os.sep)):
         return "this process's working directory is inside it"
+    if not os.access(os.path.dirname(target), os.W_OK | os.X_OK):
+        return "its parent folder is not writable, so no staging folder can be made beside it"
+    info = os.stat(target)
+    if os.geteuid() != 0 and info.st_uid != os.geteuid():
+        return "it belongs to another user, and a folder swapped in would belong to this one"
+    if os.geteuid() != 0 and info.st_gid not in (os.getegid(), *os.getgroups()):
+        return "its group is not one of this user's, and a folder swapped in could not keep it"
     return None
 
 
@@ -218,10 +230,14 @@ def _save_folder_swap(target: str, write: Callable[[str], None], replaced_names:
     parent, name = os.path.split(target)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{name}.llm_embed-saving-", dir=parent)
-    # mkdtemp makes a private (0700) folder: give the new checkpoint the old one's mode, or the
-    # default a plain makedirs would (0777 less the umask).
+    # mkdtemp makes a private (0700) folder: give the new checkpoint the old one's group and mode
+    # (group first: files written next inherit a setgid folder's group; chown may clear setgid), or
+    # the default a plain makedirs would (0777 less the umask). _file_by_file_reason has checked that
+    # the group can be kept; the owner is this user's (or kept, for root).
     if os.path.isdir(target):
-        mode = stat.S_IMODE(os.stat(target).st_mode)
+        info = os.stat(target)
+        os.chown(staging, info.st_uid if os.geteuid() == 0 else -1, info.st_gid)
+        mode = stat.S_IMODE(info.st_mode)
     else:
         umask = os.umask(0o022)
         os.umask(umask)

@@ -178,6 +178,10 @@ OPTIONS: tuple[ConfigOption, ...] = (
                  default_help="no GradCache", group="training"),
 )
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
+# The options a model reads once, when it is built (its head, projection and attention set-up): edited
+# on a built model they change nothing it computes, only what a save would describe.
+BUILD_OPTIONS = ("attention", "pooling", "layer_reduction", "pooling_layers", "num_latents",
+                 "pooling_attention_heads", "pooling_head_dim", "pooling_ff_mult", "pooling_residual", "output_dim")
 # Config keys that older checkpoints use, and the option each one now is.
 RENAMED_OPTIONS = {"pooling_heads": "pooling_attention_heads"}
 # Options added after checkpoints were saved without them, and the value that reproduces what
@@ -317,7 +321,27 @@ class LLMEmbeddingConfig(PreTrainedConfig):
         option = OPTIONS_BY_NAME.get(RENAMED_OPTIONS.get(name, name))
         if option is not None:
             option.check(name, value)  # the error names the option as the caller spelled it
+            if "backbone_config" in self.__dict__:
+                self._check_against_backbone(option.name, value)
         super().__setattr__(name, value)
+
+    def _check_against_backbone(self, name: str, value) -> None:
+        """The checks of one option against the backbone, at assignment (``config.max_seq_length =
+        4096`` on a 1024-position GPT-2 would otherwise embed with a raw ``IndexError``, or past a RoPE
+        model's trained positions without a word, and save a config that does not load)."""
+        if name == "max_seq_length" and value is not None:
+            max_positions = getattr(self.backbone_config, "max_position_embeddings", None)
+            if isinstance(max_positions, int) and value > max_positions:
+                raise ValueError(
+                    f"max_seq_length={value} exceeds the backbone's max_position_embeddings={max_positions}"
+                )
+        if name == "pooling_layers" and value is not None:
+            num_layers = getattr(self.backbone_config, "num_hidden_layers", None)
+            bad = [layer for layer in value if isinstance(num_layers, int) and abs(layer) > num_layers]
+            if bad:
+                raise ValueError(
+                    f"pooling_layers {bad} are out of range: valid layers are 1..{num_layers} or -1..-{num_layers}"
+                )
 
     def to_dict(self) -> dict:
         """transformers' serialisation, less what describes the machine rather than the model: the
@@ -438,5 +462,6 @@ LLM_EMBEDDING_OPTIONS = tuple(inspect.signature(LLMEmbeddingConfig.__init__).par
 LLMEmbeddingConfig.__doc__ += options_docstring() + "\n"
 
 __all__ = [
-    "ABSENT_OPTION_VALUES", "ATTENTION_MODES", "OPTIONS", "ConfigOption", "LLMEmbeddingConfig", "RENAMED_OPTIONS",
+    "ABSENT_OPTION_VALUES", "ATTENTION_MODES", "BUILD_OPTIONS", "OPTIONS", "ConfigOption", "LLMEmbeddingConfig",
+    "RENAMED_OPTIONS",
 ]

@@ -801,6 +801,7 @@ class EncodeMixin:
         ``counts``: if given, the call adds its ``tokens`` (as the model sees them) and ``truncated``
         texts to it and leaves the truncation warning to the caller (``llm_embed.corpus`` reports per
         run, and would otherwise tokenize every text a second time to count)."""
+        self.check_built_design()
         config = self.config
         tokenizer = self.tokenizer
         pad_id = resolve_pad_id(tokenizer)

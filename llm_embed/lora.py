@@ -16,6 +16,7 @@ from pathlib import Path
 
 from torch import nn
 
+from .configuration_llm_embed import BUILD_OPTIONS
 from .layer_states import find_decoder_layers
 
 #: beside peft's adapter files (``llm-embed-study --save-models``, ``llm-embed-train --lora``'s
@@ -23,10 +24,6 @@ from .layer_states import find_decoder_layers
 #: ``llm-embed-evaluate`` rebuilds them onto and :func:`load_lora` checks a base against
 LORA_BASE_FILE = "llm_embed_base.json"
 
-#: the config options that decide what adapters and their head compute, compared by :func:`load_lora`
-#: with the base's when the adapter folder records them
-DESIGN_OPTIONS = ("attention", "pooling", "layer_reduction", "pooling_layers", "num_latents",
-                  "pooling_attention_heads", "pooling_head_dim", "pooling_ff_mult", "pooling_residual", "output_dim")
 
 
 def base_description(backbone, attention: str, pooling: str, attn_implementation: str | None, config: dict,
@@ -138,7 +135,7 @@ def check_saved_design(model, folder, adapter_path) -> None:
     base = json.loads(path.read_text(encoding="utf-8"))
     saved = {"attention": base.get("attention"), "pooling": base.get("pooling"), **base.get("config", {})}
     config = model.config
-    differences = [f"{name}={saved[name]!r} there, {getattr(config, name)!r} in the model" for name in DESIGN_OPTIONS
+    differences = [f"{name}={saved[name]!r} there, {getattr(config, name)!r} in the model" for name in BUILD_OPTIONS
                    if name in saved and json.dumps(saved[name]) != json.dumps(getattr(config, name))]
     if differences:
         raise ValueError(

@@ -30,7 +30,7 @@ from transformers.utils import ModelOutput
 
 from .atomic_save import check_save_target, save_atomically
 from .bidirectional import make_bidirectional
-from .configuration_llm_embed import LLMEmbeddingConfig
+from .configuration_llm_embed import BUILD_OPTIONS, LLMEmbeddingConfig
 from .contrastive import (
     InfoNCELoss,
     all_reduce_gradients,
@@ -165,7 +165,29 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
                 layers, config.resolved_pooling_layers, LAYER_REDUCTIONS[config.layer_reduction]
             )
         self._tokenizer = None
+        # what this model was built with: check_built_design refuses a config edited away from it
+        self._built_design = {name: copy.deepcopy(getattr(config, name)) for name in BUILD_OPTIONS}
         self.post_init()
+
+    def check_built_design(self) -> None:
+        """Refuse a config whose build options (:data:`~llm_embed.configuration_llm_embed.BUILD_OPTIONS`:
+        attention, head, head sizes, projection) were edited after the model was built. The model still
+        computes with the values it was built with, so the edit would change nothing in memory, while
+        ``save_pretrained`` would write a config that describes another model: reloaded, it would give
+        other vectors or fail on its weights. Called by ``encode`` and ``save_pretrained``."""
+        built = self.__dict__.get("_built_design")
+        if built is None:
+            return
+        changed = {name: value for name, value in built.items() if getattr(self.config, name) != value}
+        if changed:
+            edits = ", ".join(f"config.{name} is {getattr(self.config, name)!r} but the model was built with "
+                              f"{value!r}" for name, value in changed.items())
+            raise ValueError(
+                f"{edits}: these options are read when the model is built, so the model still computes with the "
+                "built values, and a save would describe another model. Set them back, or build a new model with "
+                "the new values (LLMEmbeddingModel.from_backbone(decoder, ...), or LLMEmbeddingConfig(...) and "
+                "LLMEmbeddingModel(config) to train from scratch)."
+            )
 
     # ------------------------------------------------------------------ forward
 
@@ -466,6 +488,10 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
             if "save_function" in kwargs:
                 return super().save_pretrained(save_directory, **kwargs)
             return None
+        # before anything is written: a config edited into one that does not describe these weights, or
+        # whose options no longer agree (a default prompt that is gone), would save a folder that fails to load
+        self.check_built_design()
+        self.config.validate_design()
         push_to_hub = kwargs.pop("push_to_hub", False)
         hub_kwargs = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "private", "token", "create_pr")
                       if key in kwargs}

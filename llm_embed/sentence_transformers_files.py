@@ -58,7 +58,7 @@ import os
 import torch
 from sentence_transformers.base.modules.input_module import InputModule
 
-from .encoding import pad_batch, resolve_pad_id, tokenize_texts
+from .encoding import check_prompt_fits, pad_batch, resolve_pad_id, tokenize_texts
 from .modeling_llm_embed import LLMEmbeddingModel
 
 SETTINGS_FILE = "config_sentence_transformers.json"
@@ -106,6 +106,7 @@ class LLMEmbeddingSTModule(InputModule):
     def preprocess(self, inputs, prompt: str | None = None, **kwargs) -> dict[str, torch.Tensor]:
         """Token ids as ``encode`` makes them: the same helpers, the prompt passed as the prefix."""
         config, tokenizer = self.model.config, self.model.tokenizer
+        check_prompt_fits(tokenizer, prompt or "", config.max_seq_length, config.append_eos)  # as encode refuses
         ids = tokenize_texts(tokenizer, list(inputs), config.max_seq_length, config.append_eos, prefix=prompt or "")
         input_ids, attention_mask = pad_batch(ids, resolve_pad_id(tokenizer), config.padding_side)
         return {"input_ids": input_ids, "attention_mask": attention_mask}
@@ -127,17 +128,45 @@ class LLMEmbeddingSTModule(InputModule):
 
         The SentenceTransformer's prompts and default prompt become the model config's first
         (``st.prompts`` is the user's copy of them), so that ``config.json`` holds the same prompts, and
-        ``AutoModel.from_pretrained(folder).encode(prompt_name=...)`` embeds as ``st.encode`` did."""
+        ``AutoModel.from_pretrained(folder).encode(prompt_name=...)`` embeds as ``st.encode`` did.
+
+        ``SentenceTransformer.save`` has already overwritten that file when this runs; if the save
+        then fails (prompts the config refuses, a full disk), the file is put back in line with the
+        checkpoint still in the folder (:meth:`_restore_settings`), which would otherwise no longer load."""
         path = os.path.join(output_path, SETTINGS_FILE)
         settings = None
         if os.path.isfile(path):
             with open(path, "rb") as handle:
                 settings = handle.read()
-            self._adopt_prompts(json.loads(settings))
-        self.model.save_pretrained(output_path)
+        try:
+            if settings is not None:
+                self._adopt_prompts(json.loads(settings))
+            self.model.save_pretrained(output_path)
+        except BaseException:
+            if settings is not None:
+                self._restore_settings(output_path, json.loads(settings))
+            raise
         if settings is not None:
             with open(path, "wb") as handle:
                 handle.write(settings)
+
+    def _restore_settings(self, output_path: str, written: dict) -> None:
+        """After a failed save: the settings file rebuilt from the checkpoint still in the folder (its
+        ``config.json``'s prompts and default prompt, cosine similarity), as ``save_pretrained`` writes
+        it. The old file is gone by now, so a setting only it held (an earlier ``st.save``'s
+        ``truncate_dim``) is not restored; the failed save's own settings are not kept either. A folder
+        without a checkpoint loses the file, which belongs to no model."""
+        path = os.path.join(output_path, SETTINGS_FILE)
+        if not os.path.isfile(os.path.join(output_path, "config.json")):
+            os.remove(path)
+            return
+        saved = type(self.model.config).from_pretrained(output_path)  # prompts left out of config.json: defaults
+        restored = {"model_type": written.get("model_type", "SentenceTransformer"), "prompts": dict(saved.prompts),
+                    "default_prompt_name": saved.default_prompt_name, "similarity_fn_name": "cosine"}
+        staging = path + ".tmp"
+        with open(staging, "w", encoding="utf-8") as handle:
+            json.dump(restored, handle, indent=2)
+        os.replace(staging, path)
 
     def _adopt_prompts(self, settings: dict) -> None:
         """Set ``settings``' prompts and default prompt on the model's config, checked as any config

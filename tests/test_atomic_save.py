@@ -245,6 +245,47 @@ def test_mount_point_saves_file_by_file(tmp_path, tokenizer, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["volume"]
 
 
+@pytest.mark.parametrize("case", ["parent not writable", "another owner", "a group not ours"])
+def test_a_folder_that_cannot_be_swapped_keeping_owner_and_group_is_saved_file_by_file(tmp_path, tokenizer,
+                                                                                      monkeypatch, case):
+    """A folder under a parent this user cannot write (``/data/<user>/run`` under a root-owned
+    ``/data``) failed to save; one owned by another user, or by a group this user is not in, would
+    have come back with this user's owner / group after the swap."""
+    folder = tmp_path / "run"
+    sharded_old_checkpoint(folder, tokenizer)
+    if case == "a group not ours" and os.stat(folder).st_uid == 0:
+        os.chown(folder, 1000, -1)  # the group check is for a user other than root, who owns the folder
+    info = os.stat(folder)
+    if case == "parent not writable":
+        real_access = os.access
+        monkeypatch.setattr(atomic_save.os, "access", lambda path, mode: False if os.path.samefile(path, tmp_path)
+                            else real_access(path, mode))
+    else:
+        monkeypatch.setattr(atomic_save.os, "geteuid", lambda: info.st_uid + 1 if case == "another owner"
+                            else info.st_uid)
+        monkeypatch.setattr(atomic_save.os, "getegid", lambda: info.st_gid + 1)
+        monkeypatch.setattr(atomic_save.os, "getgroups", lambda: [info.st_gid + 1])
+    assert atomic_save._file_by_file_reason(str(folder)).split(",")[0] in (
+        "its parent folder is not writable", "it belongs to another user", "its group is not one of this user's")
+    new = perturbed("latent_attention", seed=1, tokenizer=tokenizer)
+    new.save_pretrained(folder)
+    assert os.stat(folder).st_ino == info.st_ino
+    assert_new_checkpoint_in_place(folder, new)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="changing a folder's group needs root")
+def test_the_swapped_folder_keeps_its_group_and_setgid_mode(tmp_path, tokenizer):
+    """A run folder shared with a team (``chgrp team; chmod 2770``) came back with root's group."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    os.chown(folder, -1, 65534)
+    os.chmod(folder, 0o2770)
+    perturbed("mean", seed=0, tokenizer=tokenizer).save_pretrained(folder)
+    info = os.stat(folder)
+    assert (info.st_gid, stat.S_IMODE(info.st_mode)) == (65534, 0o2770)
+    assert os.stat(folder / "config.json").st_gid == 65534  # files inherit the setgid folder's group
+
+
 def test_folder_swap_refused_as_busy_falls_back_to_file_by_file(tmp_path, tokenizer, monkeypatch):
     """A mount point the check does not recognise (EBUSY from the swap) is saved file by file."""
     folder = tmp_path / "volume"

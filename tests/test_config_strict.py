@@ -72,6 +72,40 @@ def test_run_time_assignment_on_a_model_is_checked(tokenizer):
         model(input_ids=ids, normalize="no")
 
 
+def test_edits_that_no_longer_describe_the_model_are_refused_before_saving(tokenizer, tmp_path):
+    """Edited after the model was built, these options changed nothing in memory but were saved: the
+    reloaded model gave other vectors (attention), or the folder no longer loaded (positions, prompts,
+    head). Refused at the edit where the backbone alone says so, else by encode and save_pretrained
+    before anything is written."""
+    model = tiny_model("llama", "bidirectional", "mean")
+    model.tokenizer = tokenizer
+    positions = model.config.backbone_config.max_position_embeddings
+    with pytest.raises(ValueError, match=f"max_seq_length={positions + 1} exceeds the backbone's"):
+        model.config.max_seq_length = positions + 1
+    with pytest.raises(ValueError, match=r"pooling_layers \[7\] are out of range"):
+        model.config.pooling_layers = [7]
+    for name, value in (("attention", "causal"), ("pooling", "latent_attention"), ("output_dim", 8)):
+        built = getattr(model.config, name)
+        setattr(model.config, name, value)
+        message = f"config.{name} is {value!r} but the model was built with {built!r}"
+        with pytest.raises(ValueError, match=message):
+            model.encode(["a"])
+        with pytest.raises(ValueError, match=message):
+            model.save_pretrained(tmp_path / "m")
+        assert not (tmp_path / "m").exists()
+        setattr(model.config, name, built)
+    model.config.default_prompt_name = "nope"
+    with pytest.raises(ValueError, match="default_prompt_name='nope' is not in prompts"):
+        model.save_pretrained(tmp_path / "m")
+    model.config.default_prompt_name = None
+    model.config.prompts["query"] = 3  # edited in place
+    with pytest.raises(ValueError, match="prompts must be a dict of name -> prefix string"):
+        model.save_pretrained(tmp_path / "m")
+    model.config.prompts["query"] = "Q: "
+    model.save_pretrained(tmp_path / "m")
+    assert AutoModel.from_pretrained(tmp_path / "m").config.prompts["query"] == "Q: "
+
+
 @pytest.mark.parametrize(
     "backbone, kind",
     [

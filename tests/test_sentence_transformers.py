@@ -143,6 +143,40 @@ def test_st_save_refuses_prompts_the_config_refuses(saved, tmp_path):
         st.save(str(tmp_path / "st"))
     assert st[0].model.config.prompts == before
     assert not (tmp_path / "st" / "config.json").exists()
+    assert not (tmp_path / "st" / "config_sentence_transformers.json").exists()
+
+
+def test_a_failed_st_save_over_a_checkpoint_leaves_it_loadable(saved):
+    """sentence-transformers writes its settings file before the model's save runs: a save refused
+    after that left the old checkpoint with {"query": 42} there, which no longer loaded."""
+    from sentence_transformers import SentenceTransformer
+
+    model, folder = saved
+    model.config.prompts = {"query": "Q: ", "document": ""}
+    model.save_pretrained(folder)
+    st = SentenceTransformer(str(folder), trust_remote_code=True)
+    reference = st.encode_query(["where is the cat"])
+    st.prompts["query"] = 42
+    st.truncate_dim = 8
+    with pytest.raises((TypeError, ValueError), match="prompts"):
+        st.save(str(folder))
+    settings = json.loads((folder / "config_sentence_transformers.json").read_text())
+    assert settings["prompts"] == {"query": "Q: ", "document": ""}
+    again = SentenceTransformer(str(folder), trust_remote_code=True)
+    np.testing.assert_allclose(again.encode_query(["where is the cat"]), reference, atol=1e-6)
+
+
+def test_st_refuses_a_prompt_that_fills_max_seq_length(saved):
+    """``model.encode_query`` refused it; through sentence-transformers every query got one vector."""
+    from sentence_transformers import SentenceTransformer
+
+    _, folder = saved
+    st = SentenceTransformer(str(folder), trust_remote_code=True)
+    st.max_seq_length = 12  # the default query instruction alone is 20 tokens
+    with pytest.raises(ValueError, match="no token of any text would remain"):
+        st.encode_query(["where is the cat", "stock prices today"])
+    with pytest.raises(ValueError, match="max_seq_length=4096 exceeds the backbone's max_position_embeddings"):
+        st.max_seq_length = 4096
 
 
 def test_module_source_is_the_module_file():
