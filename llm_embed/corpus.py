@@ -524,7 +524,7 @@ def differences(saved: Any, current: Any, key: str = "") -> list[str]:
 
 def check_arguments(output_dir: Path, arguments: dict) -> None:
     """Refuse to resume into a folder that another run wrote, naming what differs; write ``run.json``
-    if it is new.
+    if it is new, or if the run that wrote it left no shard (it failed before its first one).
 
     Every rank does this at start; ranks of one run write the same bytes, so their races are harmless."""
     for name in (RUN_FILE, MANIFEST):
@@ -536,6 +536,12 @@ def check_arguments(output_dir: Path, arguments: dict) -> None:
         except (OSError, json.JSONDecodeError) as error:
             raise ValueError(f"{path}: not readable ({error}); pass another --output-dir") from error
         found = differences(saved, arguments)
+        if found and name == RUN_FILE and not (output_dir / MANIFEST).is_file() and not glob.glob(
+                glob.escape(str(output_dir)) + "/shard-*"):
+            # the run that wrote it stopped before its first shard (a missing field, say): nothing of it can
+            # mix with this run's shards, so the corrected command starts afresh instead of being refused
+            write_json(path, arguments)
+            continue
         if found:
             hints = [HINTS[key] for key in HINTS if any(item.startswith(key) for item in found)]
             why = f" ({'; '.join(hints)})" if hints else ""

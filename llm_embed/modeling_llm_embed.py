@@ -559,6 +559,7 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
             for key, value in dict(dtype=dtype, attn_implementation=attn_implementation, device_map=device_map).items()
             if value is not None
         }
+        check_local_path(name_or_path)  # a moved or mistyped decoder folder: named, not looked up on the Hub
         backbone = AutoModel.from_pretrained(name_or_path, **hub_kwargs, **load_kwargs, **(backbone_kwargs or {}))
         if gguf_file is not None:
             # GGUF weights are dequantized to floats on load; the quantizer flag only blocks saving.

@@ -46,11 +46,19 @@ def as_json(value):
     return json.loads(json.dumps(value, default=str))
 
 
-def run_record(config, model_args, training_args) -> dict:
-    """What a checkpoint of this run records: ``config`` (the :class:`LLMEmbeddingConfig`), LoRA and the
-    head's learning rate from ``model_args``, the save cadence from ``training_args``."""
+def run_record(model, model_args, training_args) -> dict:
+    """What a checkpoint of this run records: the design (``model.config``), LoRA and the head's
+    learning rate from ``model_args``, the save cadence from ``training_args``; under LoRA also a
+    fingerprint of the backbone's weights (the frozen base the adapters sit on, which the checkpoint
+    does not hold). ``model``: before LoRA is applied."""
+    config = model.config
     backbone = config.backbone_config
     strategy = training_args.save_strategy
+    base_weights = None
+    if model_args.lora:
+        from .corpus import weights_fingerprint
+
+        base_weights = weights_fingerprint(model.backbone)
     return as_json({
         "design": {option.name: getattr(config, option.name) for option in OPTIONS
                    if option.name not in FREE_ON_RESUME},
@@ -58,6 +66,8 @@ def run_record(config, model_args, training_args) -> dict:
         "lora": ({"r": model_args.lora_r, "alpha": model_args.lora_alpha, "dropout": model_args.lora_dropout}
                  if model_args.lora else None),
         "head_learning_rate": model_args.head_learning_rate,
+        "base_weights": base_weights,
+        "base_backbone": model_args.backbone,
         "save_strategy": getattr(strategy, "value", strategy),
         "save_steps": training_args.save_steps,
     })
@@ -92,6 +102,20 @@ def saved_record(checkpoint: Path) -> dict:
     return record
 
 
+def resolved(backbone: str | None) -> str | None:
+    """A backbone as :data:`~llm_embed.lora.LORA_BASE_FILE` records it: a local folder as an absolute path."""
+    return str(Path(backbone).resolve()) if backbone is not None and Path(backbone).exists() else backbone
+
+
+def lora_base_path(checkpoint: Path) -> str | None:
+    """The backbone a LoRA checkpoint's :data:`~llm_embed.lora.LORA_BASE_FILE` names (None: none recorded,
+    or the bundled one), for checkpoints written before :data:`RUN_FILE` held a weights fingerprint."""
+    from .lora import LORA_BASE_FILE
+
+    path = checkpoint / LORA_BASE_FILE
+    return read_json(path).get("backbone") if path.is_file() else None
+
+
 def describe(value) -> str:
     return "not set" if value is None else json.dumps(value)
 
@@ -103,6 +127,14 @@ def check_resume(checkpoint, record: dict) -> None:
     folder = Path(checkpoint)
     if not folder.is_dir():
         return
+    if not (folder / "trainer_state.json").is_file() or not any(folder.glob("rng_state*.pth")):
+        inside = sorted(path.name for path in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if path.is_dir())
+        hint = f" (it holds {', '.join(inside)})" if inside else ""
+        raise ValueError(
+            f"--resume_from_checkpoint {checkpoint} is not a Trainer checkpoint: it lacks trainer_state.json or the "
+            f"RNG / optimizer state beside it, so training would go on with a fresh optimizer and schedule. Pass "
+            f"one of its {PREFIX_CHECKPOINT_DIR}-N folders{hint}, or start a new run without it"
+        )
     saved = saved_record(folder)
     differences = []
     for name, value in record["design"].items():
@@ -120,6 +152,15 @@ def check_resume(checkpoint, record: dict) -> None:
     if "head_learning_rate" in saved and saved["head_learning_rate"] != record["head_learning_rate"]:
         differences.append(f"--head_learning_rate {describe(saved['head_learning_rate'])} "
                            f"(this run: {describe(record['head_learning_rate'])})")
+    if saved.get("base_weights") and record["base_weights"]:
+        theirs, other_base = saved.get("base_backbone"), saved["base_weights"] != record["base_weights"]
+    else:  # a checkpoint of an older llm_embed: the path its llm_embed_base.json names
+        theirs = lora_base_path(folder)
+        other_base = record["lora"] is not None and theirs is not None and theirs != resolved(record["base_backbone"])
+    if other_base:
+        bundled = "the bundled SmolLM2-135M"
+        differences.append(f"LoRA adapters on a backbone with other weights (the checkpoint's: {theirs or bundled}; "
+                           f"this run's: {record['base_backbone'] or bundled}), which they were not trained on")
     if differences:
         raise ValueError(
             f"--resume_from_checkpoint {checkpoint} was written by a run with {'; '.join(differences)}. Resuming "

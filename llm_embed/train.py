@@ -157,7 +157,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
                                training_args.dataloader_drop_last, "evaluation", "--per_device_eval_batch_size")
     model = build_model(model_args, config_options or {})
     tokenizer, config = model.tokenizer, model.config
-    record = run_record(config, model_args, training_args)
+    record = run_record(model, model_args, training_args)
     if training_args.resume_from_checkpoint:
         check_resume(training_args.resume_from_checkpoint, record)  # before a step: not a raw restore error
     base = lora_base(model_args, config, config_options or {}) if model_args.lora else None
@@ -380,22 +380,32 @@ def main(argv: list[str] | None = None) -> str:
 
     parser = build_parser()
     args = list(argv if argv is not None else sys.argv[1:])
-    if len(args) == 1 and args[0].endswith((".json", ".yaml", ".yml")):
-        values = coerce_numbers(read_arguments_file(args[0]), args[0])
+    if args and args[0].endswith((".json", ".yaml", ".yml")) and not args[0].startswith("-"):
+        if len(args) > 1:
+            parser.error(f"{args[0]} is an arguments file, which holds every option: put {' '.join(args[1:])} into "
+                         "it, or pass every option on the command line instead")
+        values = coerce_values(read_arguments_file(args[0]), args[0])
         config_options = {option.name: values.pop(option.name) for option in OPTIONS if option.name in values}
         given = any(key in values for key in ("save_strategy", "save_steps"))
-        check_load_best(values.get("load_best_model_at_end", False), given)
         values.update(save_options(values.get("resume_from_checkpoint"), given))
+        check_load_best(values.get("load_best_model_at_end", False), values.get("save_strategy") != "no")
         model_args, data_args, training_args = parser.parse_dict(values)
         given_args: dict | list[str] = values
     else:
         given = gives_save_option(args)
-        check_load_best(gives_option(args, ("--load_best_model_at_end",), len("--load_b")), given)
-        resume = parser.parse_known_args(args)[0].resume_from_checkpoint if not given else None
-        args += [word for key, value in save_options(resume, given).items() for word in (f"--{key}", str(value))]
-        model_args, data_args, training_args, *rest = parser.parse_args_into_dataclasses(args)
+        known = parser.parse_known_args(args)[0]  # argparse alone: no TrainingArguments checks yet
+        added = save_options(known.resume_from_checkpoint, given)
+        check_load_best(known.load_best_model_at_end, added.get("save_strategy") != "no")
+        args += [word for key, value in added.items() for word in (f"--{key}", str(value))]
+        model_args, data_args, training_args, *rest, unknown = parser.parse_args_into_dataclasses(
+            args, return_remaining_strings=True)
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)} (see --help)")
         config_options = config_kwargs(rest[0]) if rest else {}
         given_args = args
+    if data_args.max_eval_rows is not None and data_args.eval_file is None:
+        raise ValueError("--max_eval_rows limits the rows of --eval_file, which was not given: add --eval_file, or "
+                         "drop --max_eval_rows")
     check_head_options(config_options, dashes=False)
     check_lora_options(given_args, model_args.lora)
     if model_args.lora:
@@ -406,43 +416,55 @@ def main(argv: list[str] | None = None) -> str:
 
 
 def check_load_best(load_best: bool, saves: bool) -> None:
-    """``--load_best_model_at_end`` picks among checkpoints; without a save option the command line
-    saves none (``save_strategy no``), and transformers' error would be about a strategy the user never
-    set. Refused here, naming the options to add."""
+    """``--load_best_model_at_end`` picks among checkpoints; without a save option (nor a cadence a
+    resumed run takes from its checkpoint) the command line saves none (``save_strategy no``), and
+    transformers' error would be about a strategy the user never set. Refused here, naming the
+    options to add."""
     if load_best and not saves:
         raise ValueError("--load_best_model_at_end chooses among checkpoints, and without --save_strategy / "
                          "--save_steps none are written: add --save_strategy with the same value as --eval_strategy "
                          "(and --save_steps as --eval_steps), or drop --load_best_model_at_end")
 
 
-def coerce_numbers(values: dict, path: str) -> dict:
-    """An arguments file's values with numbers written as text made numbers, for options whose type is a
-    number: YAML 1.1 reads ``1e-3`` (no dot) as a string, and ``parse_dict`` passes it on untouched, to
-    fail much later inside the optimizer without naming the option. Text that is not a number is
-    refused, naming the file, the option and its type."""
+TEXT_BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+def coerce_values(values: dict, path: str) -> dict:
+    """An arguments file's values, with numbers and booleans written as text made numbers and
+    booleans for options of those types. ``parse_dict`` passes text on untouched: YAML 1.1 reads
+    ``1e-3`` (no dot) as text, which failed much later inside the optimizer without naming the option,
+    and ``"lora": "false"`` in JSON is a non-empty string, so LoRA was trained. Text that is not a
+    number (or ``true`` / ``false``, ``yes`` / ``no``, ``1`` / ``0``) is refused, naming the file,
+    the option and its type."""
     import typing
 
     from .configuration_llm_embed import OPTIONS
 
-    kinds = {option.name: {"int": int, "float": float}[option.kind] for option in OPTIONS
-             if option.kind in ("int", "float")}
+    kinds = {option.name: {"int": int, "float": float, "bool": bool}[option.kind] for option in OPTIONS
+             if option.kind in ("int", "float", "bool")}
     for dataclass_type in (ModelArguments, DataArguments, TrainingArguments):
         for name, hint in typing.get_type_hints(dataclass_type).items():
             kinds_of = typing.get_args(hint) or (hint,)
-            numeric = [kind for kind in kinds_of if kind in (int, float)]
-            if numeric and str not in kinds_of:  # text is a value of its own for a str | float option
-                kinds[name] = float if float in numeric else int
+            typed = [kind for kind in (bool, float, int) if kind in kinds_of]
+            if typed and str not in kinds_of:  # text is a value of its own for a str | float option
+                kinds[name] = typed[0]
     coerced = dict(values)
     for name, value in values.items():
-        if name in kinds and isinstance(value, str):
-            try:
-                number = float(value)
-                coerced[name] = int(number) if kinds[name] is int and number.is_integer() else number
-            except ValueError:
-                raise ValueError(f"{path}: {name}: {value!r} is not a number; write it as one, e.g. "
-                                 f"{name}: {'0.001' if kinds[name] is float else '10'}") from None
-            if kinds[name] is int and not isinstance(coerced[name], int):
-                raise ValueError(f"{path}: {name}: {value!r} is not a whole number")
+        if name not in kinds or not isinstance(value, str):
+            continue
+        if kinds[name] is bool:
+            if value.strip().lower() not in TEXT_BOOLEANS:
+                raise ValueError(f"{path}: {name}: {value!r} is not a boolean; write true or false")
+            coerced[name] = TEXT_BOOLEANS[value.strip().lower()]
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"{path}: {name}: {value!r} is not a number; write it as one, e.g. "
+                             f"{name}: {'0.001' if kinds[name] is float else '10'}") from None
+        if kinds[name] is int and not number.is_integer():
+            raise ValueError(f"{path}: {name}: {value!r} is not a whole number")
+        coerced[name] = int(number) if kinds[name] is int else number
     return coerced
 
 
@@ -450,11 +472,17 @@ def read_arguments_file(path: str) -> dict:
     """The arguments of a JSON or YAML file, as a dict (config options and training options together)."""
     with open(path, encoding="utf-8") as handle:
         if path.endswith(".json"):
-            values = json.load(handle)
+            try:
+                values = json.load(handle)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path} is not valid JSON: {error}") from None
         else:
             import yaml
 
-            values = yaml.safe_load(handle)
+            try:
+                values = yaml.safe_load(handle)
+            except yaml.YAMLError as error:
+                raise ValueError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path} must hold a mapping of argument names to values, got {type(values).__name__}")
     return values

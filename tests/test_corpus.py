@@ -219,6 +219,10 @@ def test_csv_without_the_column_names_the_header_line(model_dir, tmp_path):
     corpus.write_text("doc_id,heading,text\nd0,t,hello\n")
     with pytest.raises(ValueError, match=re.escape(f"{corpus}:1: missing field 'body'")):
         main(arguments(model_dir, [corpus], tmp_path / "out"))
+    # the failed run wrote run.json but no shard: the corrected command starts afresh, not refused
+    assert (tmp_path / "out" / RUN_FILE).is_file() and not list((tmp_path / "out").glob("shard-*"))
+    main(arguments(model_dir, [corpus], tmp_path / "out", "--text-field", "text"))
+    assert len(load_shards(tmp_path / "out")[0]) == 1
 
 
 def test_parquet_without_pyarrow_names_the_install(monkeypatch, tmp_path):

@@ -261,6 +261,7 @@ def test_command_runs_own_tasks_without_a_data_folder(model_dir, tmp_path, capsy
     assert [r.task for r in results] == ["Mine", "titles"]
     assert "| Mine | sts | spearman |" in capsys.readouterr().out
     saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["backbone"] is None  # a LoRA artifact's --backbone override is recorded here
     assert saved["tasks"] == ["sts:pairs.tsv sentence1=q sentence2=d score=label name=Mine",
                               "clustering:titles.jsonl text=headline label=topic"]
     assert len(saved["results"][0]["per_item"]["cosine"]) == 12
@@ -291,6 +292,8 @@ def test_console_exit_codes(model_dir, tmp_path):
     assert usage.returncode == 2 and "unknown kind 'stss'" in usage.stderr
     usage = run_script("llm-embed-evaluate", model_dir, "--task", "sts:pairs.csv", "colour=red", cwd=tmp_path)
     assert usage.returncode == 2 and "unknown key 'colour'" in usage.stderr
+    usage = run_script("llm-embed-evaluate", model_dir, "--task", "sts:pairs.csv", "--limit", "5", cwd=tmp_path)
+    assert usage.returncode == 2 and "--limit caps the built-in tasks only, and none runs" in usage.stderr
     missing = run_script("llm-embed-evaluate", model_dir, "--task", "sts:nope.csv", cwd=tmp_path)
     assert_one_line_failure(missing, "llm-embed-evaluate", "no such file nope.csv")
     column = run_script("llm-embed-evaluate", model_dir, "--task", "sts:pairs.csv", "sentence1=q", "sentence2=d",

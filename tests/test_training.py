@@ -1,6 +1,7 @@
 """Collator, plain transformers.Trainer, resume, entry point, LoRA."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -209,11 +210,13 @@ def test_entry_point_trains_and_saves(tiny_backbone_dir, tmp_path):
     assert model.encode(["hello"]).shape == (1, 32)
 
 
-def test_entry_point_rejects_unknown_arguments(tmp_path):
+def test_entry_point_rejects_unknown_arguments(tmp_path, capsys):
+    """A usage error (exit status 2, as argparse's own), not a ValueError (exit status 1)."""
     from llm_embed.train import main
 
-    with pytest.raises(ValueError, match="--not_an_option"):
+    with pytest.raises(SystemExit) as exit_info:
         main(["--train_file", "x.jsonl", "--output_dir", str(tmp_path), "--not_an_option", "1"])
+    assert exit_info.value.code == 2 and "unrecognized arguments: --not_an_option 1" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- LoRA
@@ -469,6 +472,10 @@ def test_resume_refuses_another_design_and_keeps_the_checkpoint_cadence(tiny_bac
     with pytest.raises(ValueError, match=r"--head_learning_rate not set \(this run: 0.01\)"):
         resumed("--pooling", "mean", "--output_dim", "8", "--head_learning_rate", "1e-2")
     assert not (tmp_path / "r").exists()
+    with pytest.raises(ValueError, match="is not a Trainer checkpoint: .* \\(it holds checkpoint-1, checkpoint-2\\)"):
+        main(["--backbone", str(tiny_backbone_dir), "--output_dir", str(tmp_path / "r"), "--max_seq_length", "32",
+              "--report_to", "none", "--use_cpu", *common, "--max_steps", "4", "--pooling", "mean",
+              "--resume_from_checkpoint", str(tmp_path / "m")])
     (checkpoint / RUN_FILE).rename(tmp_path / "kept.json")  # a checkpoint of an older llm_embed
     with pytest.raises(ValueError, match=r'--attention "bidirectional" \(this run: "causal"\)'):
         resumed("--pooling", "mean", "--attention", "causal")
@@ -497,6 +504,15 @@ def test_resume_of_a_lora_run_and_its_adapters_record_their_design(tiny_backbone
     assert (checkpoint / LORA_BASE_FILE).is_file() and (adapter / LORA_BASE_FILE).is_file()
     assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
         tiny_backbone_dir)
+    other = tmp_path / "other-decoder"  # the same shape, other weights
+    torch.manual_seed(1)
+    AutoModel.from_config(AutoModel.from_pretrained(tiny_backbone_dir).config).save_pretrained(other)
+    shutil.copy(tiny_backbone_dir / "tokenizer.json", other / "tokenizer.json")
+    shutil.copy(tiny_backbone_dir / "tokenizer_config.json", other / "tokenizer_config.json")
+    with pytest.raises(ValueError, match="LoRA adapters on a backbone with other weights"):
+        main(train_args(other, tmp_path / "o", "--train_file", data, "--per_device_train_batch_size", "2",
+                        "--max_steps", "3", "--lora", "--lora_r", "2", "--lora_alpha", "4", "--pooling",
+                        "latent_attention", "--resume_from_checkpoint", str(checkpoint)))
     with pytest.raises(ValueError, match=r"--lora_alpha 4 --lora_dropout 0.1 \(this run: no --lora\)"):
         main(train_args(tiny_backbone_dir, tmp_path / "r", "--train_file", data, "--per_device_train_batch_size", "2",
                         "--max_steps", "3", "--pooling", "latent_attention", "--resume_from_checkpoint",
@@ -532,6 +548,44 @@ def test_numbers_written_as_yaml_text_are_numbers(tiny_backbone_dir, tmp_path):
     (tmp_path / "args.yaml").write_text("\n".join(lines[:-2] + ["learning_rate: fast"]) + "\n")
     with pytest.raises(ValueError, match="args.yaml: learning_rate: 'fast' is not a number"):
         main([str(tmp_path / "args.yaml")])
+
+
+def test_arguments_files_read_text_booleans_and_name_bad_files(tmp_path, capsys):
+    """``"lora": "false"`` (a non-empty string) trained LoRA; a malformed YAML file gave a traceback;
+    a file followed by options dropped the file."""
+    from llm_embed.train import build_parser, coerce_values, main
+
+    values = {"train_file": "x.jsonl", "output_dir": "o", "lora": "false", "gradient_checkpointing": "No",
+              "normalize": "true", "max_steps": "3"}
+    coerced = coerce_values(values, "args.json")
+    assert (coerced["lora"], coerced["gradient_checkpointing"], coerced["normalize"], coerced["max_steps"]) == (
+        False, False, True, 3)
+    model_args, _, training_args = build_parser().parse_dict({k: v for k, v in coerced.items() if k != "normalize"})
+    assert model_args.lora is False and training_args.gradient_checkpointing is False
+    (tmp_path / "maybe.json").write_text(json.dumps({**values, "lora": "maybe"}))
+    with pytest.raises(ValueError, match="maybe.json: lora: 'maybe' is not a boolean; write true or false"):
+        main([str(tmp_path / "maybe.json")])
+    (tmp_path / "bad.yaml").write_text("train_file: x.jsonl\nlora: [true\n")
+    with pytest.raises(ValueError, match="bad.yaml is not valid YAML: while parsing"):
+        main([str(tmp_path / "bad.yaml")])
+    (tmp_path / "bad.json").write_text('{"train_file": "x.jsonl",}')
+    with pytest.raises(ValueError, match="bad.json is not valid JSON"):
+        main([str(tmp_path / "bad.json")])
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "bad.json"), "--max_steps", "3"])
+    assert "is an arguments file, which holds every option: put --max_steps 3 into it" in capsys.readouterr().err
+
+
+def test_options_that_cannot_apply_are_refused_and_load_best_false_is_not(tmp_path):
+    from llm_embed.train import main
+
+    data = write_jsonl(tmp_path / "rows.jsonl", triplet_rows(4))
+    common = ["--train_file", data, "--output_dir", str(tmp_path / "m")]
+    with pytest.raises(ValueError, match="--max_eval_rows limits the rows of --eval_file, which was not given"):
+        main([*common, "--max_eval_rows", "3"])
+    # --load_best_model_at_end False passes the check (the run then stops at the missing backbone folder)
+    with pytest.raises(FileNotFoundError, match="the folder .*moved-decoder does not exist"):
+        main([*common, "--backbone", str(tmp_path / "moved-decoder"), "--load_best_model_at_end", "False"])
 
 
 def test_query_prompt_name_is_checked_first_named_and_can_be_none(tmp_path, model, tokenizer):

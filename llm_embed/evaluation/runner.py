@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -80,6 +81,10 @@ def load_model(name_or_path, backbone: str | None = None):
             from ..bundled import smollm2_backbone_path
 
             decoder = smollm2_backbone_path()
+        elif backbone is None and not os.path.exists(decoder) and os.path.isabs(decoder):
+            raise FileNotFoundError(f"{folder / LORA_BASE_FILE} names the backbone {decoder}, which does not exist on "
+                                    "this machine (moved, or written elsewhere): pass --backbone (load_model(..., "
+                                    "backbone=...)) with where that decoder is here")
         model = LLMEmbeddingModel.from_backbone(decoder, base["attention"], base["pooling"],
                                                 attn_implementation=base["attn_implementation"], **base["config"])
         return merge_lora(load_lora(model, str(folder))).eval()
@@ -163,6 +168,9 @@ def main(argv: list[str] | None = None) -> list[TaskResult]:
     except (ValueError, TaskSpecError) as error:
         parser.error(str(error))
     builtin = args.tasks if args.tasks is not None else ([] if specs else list(TASK_FILES))
+    if args.limit is not None and not builtin:
+        parser.error("--limit caps the built-in tasks only, and none runs: for a task on your own files use its "
+                     "limit= key, e.g. --task sts:pairs.csv limit=100")
 
     duplicates = sorted({name for name in builtin if builtin.count(name) > 1})
     if duplicates:
@@ -198,7 +206,8 @@ def main(argv: list[str] | None = None) -> list[TaskResult]:
     print(format_table(results))
     if args.output:
         with open(args.output, "w", encoding="utf-8") as handle:
-            json.dump({"model": args.model, "limit": args.limit, "tasks": [spec.text for spec in specs],
+            json.dump({"model": args.model, "backbone": args.backbone, "limit": args.limit,
+                       "tasks": [spec.text for spec in specs],
                        "results": [r.to_dict() for r in results]}, handle)
     return results
 
