@@ -137,7 +137,10 @@ def check_resume(checkpoint, record: dict) -> None:
         )
     saved = saved_record(folder)
     differences = []
+    poolings = {record["design"]["pooling"], saved.get("design", {}).get("pooling")}
     for name, value in record["design"].items():
+        if name == "layer_reduction" and not poolings & {"multi_layer", "latent_attention"}:
+            continue  # only those heads read it; its default follows the attention mode, a difference named already
         if name in saved.get("design", {}) and saved["design"][name] != value:
             differences.append(f"--{name} {describe(saved['design'][name])} (this run: {describe(value)})")
     for key, value in record["backbone"].items():
