@@ -244,8 +244,7 @@ class ContrastiveDataCollator:
         self.document_prompt_name = document_prompt_name
         self._given_tokenizer = tokenizer
         self._configure()
-        for prefix in set(self._prefixes()):  # an unknown or too long prompt fails here, not at the first batch
-            check_prompt_fits(self.tokenizer, prefix, config.max_seq_length, config.append_eos)
+        self._prefixes()  # an unknown or too long prompt fails here, not at the first batch
 
     def _configure(self) -> None:
         self._settings = tokenizer_settings(self.config)
@@ -260,10 +259,14 @@ class ContrastiveDataCollator:
         return self._tokenizer
 
     def _prefixes(self) -> tuple[str, str]:
-        prompts = self.config.prompts
+        """The query and document prefixes for the current config, each checked to leave room for text."""
+        config, prompts = self.config, self.config.prompts
         check_prompt_names(prompts, self.query_prompt_name, self.document_prompt_name)
-        return (resolve_prompt(prompts, None, self.query_prompt_name, None),
-                resolve_prompt(prompts, None, self.document_prompt_name, None))
+        prefixes = (resolve_prompt(prompts, None, self.query_prompt_name, None),
+                    resolve_prompt(prompts, None, self.document_prompt_name, None))
+        for prefix in prefixes:
+            check_prompt_fits(self.tokenizer, prefix, config.max_seq_length, config.append_eos)
+        return prefixes
 
     def _tokenize(self, texts: list[str], prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
         tokenizer = self.tokenizer  # configured again first if the config changed
@@ -283,8 +286,6 @@ class ContrastiveDataCollator:
         documents = [positive for _, positive, _ in triples]
         documents += [negative for _, _, negatives in triples for negative in negatives]
         query_prefix, document_prefix = self._prefixes()
-        for prefix in {query_prefix, document_prefix}:
-            check_prompt_fits(self.tokenizer, prefix, self.config.max_seq_length, self.config.append_eos)
         query_ids, query_mask = self._tokenize(queries, query_prefix)
         document_ids, document_mask = self._tokenize(documents, document_prefix)
         return {

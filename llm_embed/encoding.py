@@ -151,6 +151,7 @@ the truncation point as long as the change reaches back fewer than this many tok
 
 _VOCAB_LOCK = threading.Lock()
 _MAX_TOKEN_CHARS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> (len(tokenizer), chars)
+_PROMPT_TOKENS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> (len, {prompt: tokens})
 
 
 def max_token_chars(tokenizer) -> int:
@@ -296,19 +297,36 @@ def tokenize_counting_truncation(
     return ids, truncated
 
 
+def prompt_token_count(tokenizer, prefix: str) -> int:
+    """Tokens of the prompt alone (special tokens included, as the texts get them; a trailing EOS the
+    tokenizer appends itself not counted: EOS is budgeted apart). Counted once per tokenizer and
+    prompt, as :func:`max_token_chars` is (again when tokens are added), so that a call of ``encode``
+    or a training batch pays a dictionary lookup, not a tokenizer call."""
+    size = len(tokenizer)
+    with _VOCAB_LOCK:
+        cached = _PROMPT_TOKENS.get(tokenizer)
+        if cached is None or cached[0] != size:
+            cached = _PROMPT_TOKENS[tokenizer] = (size, {})
+        count = cached[1].get(prefix)
+    if count is None:
+        ids = _run_tokenizer(tokenizer, [prefix], [0], prefix)[0]
+        count = len(ids) - (1 if ids and ids[-1] == tokenizer.eos_token_id else 0)
+        with _VOCAB_LOCK:
+            cached[1][prefix] = count
+    return count
+
+
 def check_prompt_fits(tokenizer, prefix: str, max_seq_length: int, append_eos: bool) -> None:
     """Refuse a prompt that fills the token budget by itself: every text would be cut away entirely and
     embed to one and the same vector, which the truncation warning ("k of n texts were truncated")
-    does not say. One tokenizer call on the prompt alone (special tokens included, as the texts get)."""
+    does not say."""
     if not prefix:
         return
-    ids = _run_tokenizer(tokenizer, [prefix], [0], prefix)[0]
-    if ids and ids[-1] == tokenizer.eos_token_id:
-        ids = ids[:-1]  # a tokenizer that appends EOS itself: EOS is budgeted apart
+    count = prompt_token_count(tokenizer, prefix)
     budget = max_seq_length - 1 if append_eos else max_seq_length
-    if len(ids) >= budget:
+    if count >= budget:
         raise ValueError(
-            f"the prompt {prefix!r:.80} takes {len(ids)} tokens, and max_seq_length={max_seq_length} leaves "
+            f"the prompt {prefix!r:.80} takes {count} tokens, and max_seq_length={max_seq_length} leaves "
             f"{budget} for prompt and text{' (EOS aside)' if append_eos else ''}: no token of any text would remain, "
             "and every text would embed to the same vector. Raise max_seq_length (model.config.max_seq_length) or "
             "use a shorter prompt."
