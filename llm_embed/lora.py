@@ -26,18 +26,22 @@ LORA_BASE_FILE = "llm_embed_base.json"
 
 
 
+def recorded_backbone(backbone):
+    """A backbone as :data:`LORA_BASE_FILE` records it: a local folder as an absolute path (so that the
+    file works from any folder), a Hub id or None (the bundled SmolLM2-135M) as given."""
+    return str(Path(backbone).resolve()) if backbone is not None and Path(backbone).exists() else backbone
+
+
 def base_description(backbone, attention: str, pooling: str, attn_implementation: str | None, config: dict,
                      gguf_file: str | None = None) -> dict:
     """The :data:`LORA_BASE_FILE` content: the decoder (None: the bundled SmolLM2-135M; a local folder
     as an absolute path, so that the file works from any folder) and the other
     ``LLMEmbeddingModel.from_backbone`` arguments (``config``: the config options given, besides
     attention and pooling)."""
-    if backbone is not None and Path(backbone).exists():
-        backbone = str(Path(backbone).resolve())
     config = {key: value for key, value in config.items() if key not in ("attention", "pooling")}
     if gguf_file is not None:
         config["gguf_file"] = gguf_file
-    return {"backbone": backbone, "attention": attention, "pooling": pooling,
+    return {"backbone": recorded_backbone(backbone), "attention": attention, "pooling": pooling,
             "attn_implementation": attn_implementation, "config": config}
 
 

@@ -25,7 +25,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .configuration_llm_embed import ABSENT_OPTION_VALUES, OPTIONS, RENAMED_OPTIONS
+from .configuration_llm_embed import OPTIONS, LLMEmbeddingConfig
+from .lora import LORA_BASE_FILE, recorded_backbone
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,6 @@ def run_record(model, model_args, training_args) -> dict:
     fingerprint of the backbone's weights (the frozen base the adapters sit on, which the checkpoint
     does not hold). ``model``: before LoRA is applied."""
     config = model.config
-    backbone = config.backbone_config
     strategy = training_args.save_strategy
     base_weights = None
     if model_args.lora:
@@ -60,9 +60,7 @@ def run_record(model, model_args, training_args) -> dict:
 
         base_weights = weights_fingerprint(model.backbone)
     return as_json({
-        "design": {option.name: getattr(config, option.name) for option in OPTIONS
-                   if option.name not in FREE_ON_RESUME},
-        "backbone": {key: getattr(backbone, key, None) for key in BACKBONE_SHAPE},
+        **design_and_shape(config),
         "lora": ({"r": model_args.lora_r, "alpha": model_args.lora_alpha, "dropout": model_args.lora_dropout}
                  if model_args.lora else None),
         "head_learning_rate": model_args.head_learning_rate,
@@ -70,6 +68,16 @@ def run_record(model, model_args, training_args) -> dict:
         "base_backbone": model_args.backbone,
         "save_strategy": getattr(strategy, "value", strategy),
         "save_steps": training_args.save_steps,
+    })
+
+
+def design_and_shape(config) -> dict:
+    """The ``design`` (every option a resume must keep) and ``backbone`` (the weights' shape) entries
+    of a record, from an :class:`LLMEmbeddingConfig`."""
+    return as_json({
+        "design": {option.name: getattr(config, option.name) for option in OPTIONS
+                   if option.name not in FREE_ON_RESUME},
+        "backbone": {key: getattr(config.backbone_config, key, None) for key in BACKBONE_SHAPE},
     })
 
 
@@ -87,14 +95,8 @@ def saved_record(checkpoint: Path) -> dict:
         return read_json(checkpoint / RUN_FILE)
     record: dict = {}
     if (checkpoint / "config.json").is_file():
-        saved = read_json(checkpoint / "config.json")
-        saved = {RENAMED_OPTIONS.get(key, key): value for key, value in saved.items()}
-        record["design"] = {option.name: saved.get(option.name, ABSENT_OPTION_VALUES.get(option.name))
-                            for option in OPTIONS if option.name not in FREE_ON_RESUME
-                            and (option.name in saved or option.name in ABSENT_OPTION_VALUES)}
-        backbone = saved.get("backbone_config") or {}
-        record["backbone"] = {key: backbone[key] for key in BACKBONE_SHAPE if key in backbone}
-        record["lora"] = None
+        # loaded as the model loads it: renamed options, options saved configs lack, derived defaults
+        record.update(design_and_shape(LLMEmbeddingConfig.from_pretrained(str(checkpoint))), lora=None)
     if (checkpoint / "adapter_config.json").is_file():
         adapter = read_json(checkpoint / "adapter_config.json")
         record["lora"] = {"r": adapter.get("r"), "alpha": adapter.get("lora_alpha"),
@@ -102,16 +104,9 @@ def saved_record(checkpoint: Path) -> dict:
     return record
 
 
-def resolved(backbone: str | None) -> str | None:
-    """A backbone as :data:`~llm_embed.lora.LORA_BASE_FILE` records it: a local folder as an absolute path."""
-    return str(Path(backbone).resolve()) if backbone is not None and Path(backbone).exists() else backbone
-
-
 def lora_base_path(checkpoint: Path) -> str | None:
     """The backbone a LoRA checkpoint's :data:`~llm_embed.lora.LORA_BASE_FILE` names (None: none recorded,
     or the bundled one), for checkpoints written before :data:`RUN_FILE` held a weights fingerprint."""
-    from .lora import LORA_BASE_FILE
-
     path = checkpoint / LORA_BASE_FILE
     return read_json(path).get("backbone") if path.is_file() else None
 
@@ -159,7 +154,8 @@ def check_resume(checkpoint, record: dict) -> None:
         theirs, other_base = saved.get("base_backbone"), saved["base_weights"] != record["base_weights"]
     else:  # a checkpoint of an older llm_embed: the path its llm_embed_base.json names
         theirs = lora_base_path(folder)
-        other_base = record["lora"] is not None and theirs is not None and theirs != resolved(record["base_backbone"])
+        other_base = (record["lora"] is not None and theirs is not None
+                      and theirs != recorded_backbone(record["base_backbone"]))
     if other_base:
         bundled = "the bundled SmolLM2-135M"
         differences.append(f"LoRA adapters on a backbone with other weights (the checkpoint's: {theirs or bundled}; "
