@@ -18,6 +18,13 @@ import os
 SENTENCE_TRANSFORMERS_MODULE = "sentence_transformers_llm_embed"
 
 
+def sentence_transformers_settings(config) -> dict:
+    """``config_sentence_transformers.json`` for a model of ``config``: its prompts and default prompt,
+    cosine similarity (the embeddings are compared by cosine)."""
+    return {"model_type": "SentenceTransformer", "prompts": dict(config.prompts),
+            "default_prompt_name": config.default_prompt_name, "similarity_fn_name": "cosine"}
+
+
 def write_sentence_transformers_files(model, folder) -> None:
     """Write the sentence-transformers files for ``model`` into ``folder`` (the settings from
     ``model.config``: its prompts and default prompt; cosine similarity, as the embeddings are
@@ -25,12 +32,7 @@ def write_sentence_transformers_files(model, folder) -> None:
     with open(os.path.join(folder, SENTENCE_TRANSFORMERS_MODULE + ".py"), "w", encoding="utf-8") as handle:
         handle.write(MODULE_SOURCE)
     modules = [{"idx": 0, "name": "0", "path": "", "type": f"{SENTENCE_TRANSFORMERS_MODULE}.LLMEmbeddingSTModule"}]
-    settings = {
-        "model_type": "SentenceTransformer",
-        "prompts": dict(model.config.prompts),
-        "default_prompt_name": model.config.default_prompt_name,
-        "similarity_fn_name": "cosine",
-    }
+    settings = sentence_transformers_settings(model.config)
     for name, content in (("modules.json", modules), ("config_sentence_transformers.json", settings)):
         with open(os.path.join(folder, name), "w", encoding="utf-8") as handle:
             json.dump(content, handle, indent=2)
@@ -60,6 +62,7 @@ from sentence_transformers.base.modules.input_module import InputModule
 
 from .encoding import check_prompt_fits, pad_batch, resolve_pad_id, tokenize_texts
 from .modeling_llm_embed import LLMEmbeddingModel
+from .sentence_transformers_files import sentence_transformers_settings
 
 SETTINGS_FILE = "config_sentence_transformers.json"
 
@@ -144,16 +147,16 @@ class LLMEmbeddingSTModule(InputModule):
             self.model.save_pretrained(output_path)
         except BaseException:
             if settings is not None:
-                self._restore_settings(output_path, json.loads(settings))
+                self._restore_settings(output_path)
             raise
         if settings is not None:
             with open(path, "wb") as handle:
                 handle.write(settings)
 
-    def _restore_settings(self, output_path: str, written: dict) -> None:
-        """After a failed save: the settings file rebuilt from the checkpoint still in the folder (its
-        ``config.json``'s prompts and default prompt, cosine similarity), as ``save_pretrained`` writes
-        it. The old file is gone by now, so a setting only it held (an earlier ``st.save``'s
+    def _restore_settings(self, output_path: str) -> None:
+        """After a failed save: the settings file rebuilt from the checkpoint still in the folder, as
+        ``save_pretrained`` writes it (:func:`sentence_transformers_settings` of its ``config.json``).
+        The old file is gone by now, so a setting only it held (an earlier ``st.save``'s
         ``truncate_dim``) is not restored; the failed save's own settings are not kept either. A folder
         without a checkpoint loses the file, which belongs to no model."""
         path = os.path.join(output_path, SETTINGS_FILE)
@@ -161,11 +164,9 @@ class LLMEmbeddingSTModule(InputModule):
             os.remove(path)
             return
         saved = type(self.model.config).from_pretrained(output_path)  # prompts left out of config.json: defaults
-        restored = {"model_type": written.get("model_type", "SentenceTransformer"), "prompts": dict(saved.prompts),
-                    "default_prompt_name": saved.default_prompt_name, "similarity_fn_name": "cosine"}
         staging = path + ".tmp"
         with open(staging, "w", encoding="utf-8") as handle:
-            json.dump(restored, handle, indent=2)
+            json.dump(sentence_transformers_settings(saved), handle, indent=2)
         os.replace(staging, path)
 
     def _adopt_prompts(self, settings: dict) -> None:
@@ -224,4 +225,5 @@ __all__ = ["Features", "LLMEmbeddingSTModule"]
 '''
 
 
-__all__ = ["MODULE_SOURCE", "SENTENCE_TRANSFORMERS_MODULE", "write_sentence_transformers_files"]
+__all__ = ["MODULE_SOURCE", "SENTENCE_TRANSFORMERS_MODULE", "sentence_transformers_settings",
+           "write_sentence_transformers_files"]

@@ -21,6 +21,7 @@ from sentence_transformers.base.modules.input_module import InputModule
 
 from .encoding import check_prompt_fits, pad_batch, resolve_pad_id, tokenize_texts
 from .modeling_llm_embed import LLMEmbeddingModel
+from .sentence_transformers_files import sentence_transformers_settings
 
 SETTINGS_FILE = "config_sentence_transformers.json"
 
@@ -105,16 +106,16 @@ class LLMEmbeddingSTModule(InputModule):
             self.model.save_pretrained(output_path)
         except BaseException:
             if settings is not None:
-                self._restore_settings(output_path, json.loads(settings))
+                self._restore_settings(output_path)
             raise
         if settings is not None:
             with open(path, "wb") as handle:
                 handle.write(settings)
 
-    def _restore_settings(self, output_path: str, written: dict) -> None:
-        """After a failed save: the settings file rebuilt from the checkpoint still in the folder (its
-        ``config.json``'s prompts and default prompt, cosine similarity), as ``save_pretrained`` writes
-        it. The old file is gone by now, so a setting only it held (an earlier ``st.save``'s
+    def _restore_settings(self, output_path: str) -> None:
+        """After a failed save: the settings file rebuilt from the checkpoint still in the folder, as
+        ``save_pretrained`` writes it (:func:`sentence_transformers_settings` of its ``config.json``).
+        The old file is gone by now, so a setting only it held (an earlier ``st.save``'s
         ``truncate_dim``) is not restored; the failed save's own settings are not kept either. A folder
         without a checkpoint loses the file, which belongs to no model."""
         path = os.path.join(output_path, SETTINGS_FILE)
@@ -122,11 +123,9 @@ class LLMEmbeddingSTModule(InputModule):
             os.remove(path)
             return
         saved = type(self.model.config).from_pretrained(output_path)  # prompts left out of config.json: defaults
-        restored = {"model_type": written.get("model_type", "SentenceTransformer"), "prompts": dict(saved.prompts),
-                    "default_prompt_name": saved.default_prompt_name, "similarity_fn_name": "cosine"}
         staging = path + ".tmp"
         with open(staging, "w", encoding="utf-8") as handle:
-            json.dump(restored, handle, indent=2)
+            json.dump(sentence_transformers_settings(saved), handle, indent=2)
         os.replace(staging, path)
 
     def _adopt_prompts(self, settings: dict) -> None:
