@@ -364,8 +364,8 @@ def check_lora_options(given: dict | list[str], lora: bool) -> None:
     if isinstance(given, dict):
         named = [name for name in LORA_OPTIONS if name in given]
     else:
-        spelled = {"--" + arg[2:].split("=", 1)[0].replace("-", "_") for arg in given if arg.startswith("--")}
-        named = [name for name in LORA_OPTIONS if "--" + name in spelled]
+        # any spelling argparse takes, abbreviations included (at least "--lora_" and one more letter)
+        named = [name for name in LORA_OPTIONS if gives_option(given, ("--" + name,), len("--lora_") + 1)]
     if named:
         raise ValueError(f"{' '.join('--' + name for name in named)} given without --lora: these size LoRA adapters, "
                          "which only --lora trains; add --lora, or drop them to fine-tune every weight")
