@@ -134,42 +134,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, dashes: bool, exclu
     return group
 
 
-#: the design options that only some pooling heads read; for any other head a value is stored in the
-#: config but changes nothing
-HEAD_OPTIONS = {
-    "pooling_layers": ("multi_layer",),
-    "layer_reduction": ("multi_layer", "latent_attention"),
-    **dict.fromkeys(("num_latents", "pooling_attention_heads", "pooling_head_dim", "pooling_ff_mult",
-                     "pooling_residual"), ("latent_attention", "multi_layer")),
-}
-
-
 def check_head_options(given: dict, *, dashes: bool) -> None:
     """Refuse a head option given explicitly (on the command line or in an arguments file) that the
-    chosen head does not read: ``--pooling mean --pooling_layers 1 2`` would otherwise train and save a
-    mean-pooling model with the layers stored and unused, unlike what was asked for. The config
-    cannot tell a given value from its default, so the check lives here, where ``given`` holds only
-    what the user wrote. A head registered from user code is not checked (which options it reads is
-    its own)."""
-    from .configuration_llm_embed import OPTIONS_BY_NAME
+    chosen head does not read (``--pooling mean --pooling_layers 1 2``), named as the user spelled it
+    (:func:`~llm_embed.configuration_llm_embed.check_head_options`)."""
+    from .configuration_llm_embed import check_head_options as check
 
-    pooling = given.get("pooling", OPTIONS_BY_NAME["pooling"].default)
-    known = {head for heads in HEAD_OPTIONS.values() for head in heads} | {"last_token", "mean", "weighted_mean"}
-    if pooling not in known:
-        return
-    unused = [name for name, heads in HEAD_OPTIONS.items() if name in given and pooling not in heads]
-    if unused:
-        flags = " ".join(option_flag(name, dashes) for name in unused)
-        users = sorted({head for name in unused for head in HEAD_OPTIONS[name]})
-        raise ValueError(f"{flags}: not used by the {pooling} pooling head (only by {' / '.join(users)}); drop "
-                         f"{'it' if len(unused) == 1 else 'them'}, or choose {option_flag('pooling', dashes)} "
-                         f"{users[-1]}")
-    residual = given.get("pooling_residual", OPTIONS_BY_NAME["pooling_residual"].default)
-    if pooling == "latent_attention" and "layer_reduction" in given and not residual:
-        # latent_attention reduces the last layer only for its baseline (pooling.LatentAttentionPooling)
-        raise ValueError(f"{option_flag('layer_reduction', dashes)}: the latent_attention pooling head reads it "
-                         f"only with {option_flag('pooling_residual', dashes)} true (it reduces the last layer "
-                         f"for the head's baseline); drop it, or add {option_flag('pooling_residual', dashes)} true")
+    check(given, flag=lambda name: option_flag(name, dashes))
 
 
 def config_kwargs(namespace: argparse.Namespace | dict) -> dict:

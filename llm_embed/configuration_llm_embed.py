@@ -12,14 +12,18 @@ import difflib
 import inspect
 import json
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 from transformers import AutoConfig, PreTrainedConfig
+from transformers.utils import logging
 
 from .bidirectional import check_bidirectional_support, check_decoder
 from .model_card import looks_like_hub_id
 from .pooling import LAYER_REDUCTIONS, POOLING_HEADS
+
+logger = logging.get_logger(__name__)
 
 ATTENTION_MODES = ("causal", "bidirectional")
 DEFAULT_MAX_SEQ_LENGTH = 512
@@ -182,6 +186,50 @@ OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 # on a built model they change nothing it computes, only what a save would describe.
 BUILD_OPTIONS = ("attention", "pooling", "layer_reduction", "pooling_layers", "num_latents",
                  "pooling_attention_heads", "pooling_head_dim", "pooling_ff_mult", "pooling_residual", "output_dim")
+# The options only some pooling heads read (each head's ``reads_options`` says which it reads).
+HEAD_OPTIONS = ("layer_reduction", "pooling_layers", "num_latents", "pooling_attention_heads", "pooling_head_dim",
+                "pooling_ff_mult", "pooling_residual")
+
+
+def head_options_problem(given: dict, *, flag: Callable[[str], str] = str) -> str | None:
+    """What is wrong with the head options in ``given`` for the chosen pooling head, or None: an option
+    the head does not read (``pooling="mean", pooling_layers=[-4, -1]`` would otherwise build, train
+    and save a mean-pooling model of the last layer with the layers stored and unused, unlike what was
+    asked for). ``given`` holds what the user set (keyword arguments, a command line); ``flag`` spells
+    an option name the way they wrote it. A head registered from user code without ``reads_options``
+    is not checked."""
+    pooling = given.get("pooling", OPTIONS_BY_NAME["pooling"].default)
+    head = POOLING_HEADS.get(pooling)
+    if head is None or head.reads_options is None:
+        return None  # an unknown head is named by the option check
+    unused = [name for name in HEAD_OPTIONS if name in given and name not in head.reads_options]
+    if unused:
+        flags = " ".join(flag(name) for name in unused)
+        readers = sorted({name for name, other in POOLING_HEADS.items()
+                          if other.reads_options is not None and set(unused) & other.reads_options})
+        users = [name for name in readers if set(unused) <= POOLING_HEADS[name].reads_options]
+        instead = f", or choose {flag('pooling')} {users[-1]}" if users else ""
+        return (f"{flags}: not used by the {pooling} pooling head (only by {' / '.join(readers)}); drop "
+                f"{'it' if len(unused) == 1 else 'them'}{instead}")
+    for name, switch in head.read_only_with.items():
+        if name in given and not given.get(switch, OPTIONS_BY_NAME[switch].default):
+            return (f"{flag(name)}: the {pooling} pooling head reads it only with {flag(switch)} true; drop it, or "
+                    f"add {flag(switch)} true")
+    return None
+
+
+def check_head_options(given: dict, *, flag: Callable[[str], str] = str) -> None:
+    """Refuse head options the chosen pooling head does not read (:func:`head_options_problem`)."""
+    problem = head_options_problem(given, flag=flag)
+    if problem is not None:
+        raise ValueError(problem)
+
+
+# A saved config is being loaded (from_dict): head options its head never read were saved by an older
+# release, which accepted them; the checkpoint computes the same without them, so it loads with a warning.
+_LOADING_SAVED_CONFIG: ContextVar[bool] = ContextVar("llm_embed_loading_saved_config", default=False)
+
+
 # Config keys that older checkpoints use, and the option each one now is.
 RENAMED_OPTIONS = {"pooling_heads": "pooling_attention_heads"}
 # Options added after checkpoints were saved without them, and the value that reproduces what
@@ -315,7 +363,27 @@ class LLMEmbeddingConfig(PreTrainedConfig):
         self.loss_gather_across_ranks = loss_gather_across_ranks
         self.loss_mini_batch_size = loss_mini_batch_size
         super().__init__(**kwargs)
+        self._check_head_options(derived_layer_reduction=layer_reduction is None)
         self.validate_design()
+
+    def _check_head_options(self, derived_layer_reduction: bool) -> None:
+        """Refuse head options set to a value of their own that the chosen head does not read (the config
+        cannot tell an explicit default from no value, so those pass). A saved config is only warned about."""
+        given = {"pooling": self.pooling}
+        for name in HEAD_OPTIONS:
+            default = OPTIONS_BY_NAME[name].default
+            if name == "layer_reduction":  # its default derives from the attention mode
+                default = self.layer_reduction if derived_layer_reduction else \
+                    ("mean" if self.attention == "bidirectional" else "last_token")
+            if getattr(self, name) != default:
+                given[name] = getattr(self, name)
+        problem = head_options_problem(given)
+        if problem is None:
+            return
+        if not _LOADING_SAVED_CONFIG.get():
+            raise ValueError(problem)
+        logger.warning(f"this saved config sets head options its {self.pooling} pooling head does not read; the "
+                       f"checkpoint computes without them, as it did when it was saved ({problem})")
 
     def __setattr__(self, name: str, value) -> None:
         option = OPTIONS_BY_NAME.get(RENAMED_OPTIONS.get(name, name))
@@ -361,7 +429,11 @@ class LLMEmbeddingConfig(PreTrainedConfig):
         checkpoint, not today's default."""
         missing = {key: value for key, value in ABSENT_OPTION_VALUES.items()
                    if key not in config_dict and key not in kwargs}
-        return super().from_dict({**config_dict, **missing}, **kwargs)
+        loading = _LOADING_SAVED_CONFIG.set(True)
+        try:
+            return super().from_dict({**config_dict, **missing}, **kwargs)
+        finally:
+            _LOADING_SAVED_CONFIG.reset(loading)
 
     def to_diff_dict(self) -> dict:
         """What ``save_pretrained`` writes: transformers' values that differ from the defaults, plus
@@ -436,6 +508,13 @@ class LLMEmbeddingConfig(PreTrainedConfig):
                     "llm_embed needs a decoder config with hidden_size and num_hidden_layers."
                 )
         num_layers = self.backbone_num_layers
+        width = self.backbone_hidden_size * self.pooling_ff_mult
+        if 3 * self.backbone_hidden_size * width >= 2**63:  # GEGLUFeedForward's two matrices
+            raise ValueError(
+                f"pooling_ff_mult={self.pooling_ff_mult!r} makes the head's feed-forward {width:.3g} units wide "
+                f"(hidden_size {self.backbone_hidden_size} x pooling_ff_mult), beyond what a tensor can hold; it is a "
+                "multiple of the hidden size (default 1.0)"
+            )
         if self.pooling_layers is not None:
             bad = [layer for layer in self.pooling_layers if abs(layer) > num_layers]
             if bad:
@@ -462,6 +541,6 @@ LLM_EMBEDDING_OPTIONS = tuple(inspect.signature(LLMEmbeddingConfig.__init__).par
 LLMEmbeddingConfig.__doc__ += options_docstring() + "\n"
 
 __all__ = [
-    "ABSENT_OPTION_VALUES", "ATTENTION_MODES", "BUILD_OPTIONS", "OPTIONS", "ConfigOption", "LLMEmbeddingConfig",
-    "RENAMED_OPTIONS",
+    "ABSENT_OPTION_VALUES", "ATTENTION_MODES", "BUILD_OPTIONS", "HEAD_OPTIONS", "OPTIONS", "ConfigOption",
+    "LLMEmbeddingConfig", "RENAMED_OPTIONS", "check_head_options", "head_options_problem",
 ]

@@ -30,7 +30,7 @@ from transformers.utils import ModelOutput
 
 from .atomic_save import check_save_target, save_atomically
 from .bidirectional import make_bidirectional
-from .configuration_llm_embed import BUILD_OPTIONS, LLMEmbeddingConfig
+from .configuration_llm_embed import BUILD_OPTIONS, LLMEmbeddingConfig, check_head_options
 from .contrastive import (
     InfoNCELoss,
     all_reduce_gradients,
@@ -559,6 +559,8 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
             for key, value in dict(dtype=dtype, attn_implementation=attn_implementation, device_map=device_map).items()
             if value is not None
         }
+        # before the backbone loads; unlike the config's own check, this one sees an explicit layer_reduction
+        check_head_options({"pooling": pooling, **config_kwargs})
         check_local_path(name_or_path)  # a moved or mistyped decoder folder: named, not looked up on the Hub
         backbone = AutoModel.from_pretrained(name_or_path, **hub_kwargs, **load_kwargs, **(backbone_kwargs or {}))
         if gguf_file is not None:

@@ -166,6 +166,12 @@ class PoolingHead(nn.Module, metaclass=ABCMeta):
     name: ClassVar[str] = ""
     # The head reads one reduced vector per transformer layer (the model then collects them).
     needs_layer_states: ClassVar[bool] = False
+    # The head-specific design options (configuration_llm_embed.HEAD_OPTIONS) this head reads; a config
+    # that sets another one to a value of its own is refused (it would be saved and change nothing).
+    # None: not declared (a head registered from user code), so not checked.
+    reads_options: ClassVar[frozenset[str] | None] = None
+    # Options of reads_options that the head reads only when a boolean option is true: {option: that option}.
+    read_only_with: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config: HeadConfig):
         super().__init__()
@@ -196,6 +202,8 @@ class PoolingHead(nn.Module, metaclass=ABCMeta):
 class LastTokenPooling(PoolingHead):
     """The last real token's state (EOS pooling): the paper's model 1 with causal attention."""
 
+    reads_options = frozenset()
+
     def forward(self, token_states, attention_mask, layer_states=None):
         return last_token(token_states, attention_mask)
 
@@ -204,6 +212,8 @@ class LastTokenPooling(PoolingHead):
 class MeanPooling(PoolingHead):
     """Mean over real tokens."""
 
+    reads_options = frozenset()
+
     def forward(self, token_states, attention_mask, layer_states=None):
         return masked_mean(token_states, attention_mask)
 
@@ -211,6 +221,8 @@ class MeanPooling(PoolingHead):
 @register_pooling_head("weighted_mean")
 class WeightedMeanPooling(PoolingHead):
     """Position-weighted mean (SGPT): later tokens, which saw more context causally, weigh more."""
+
+    reads_options = frozenset()
 
     def forward(self, token_states, attention_mask, layer_states=None):
         return position_weighted_mean(token_states, attention_mask)
@@ -263,6 +275,9 @@ class CrossAttentionPoolingHead(PoolingHead):
     input that the head starts from when ``config.pooling_residual`` is set (module docstring).
     """
 
+    reads_options = frozenset(("num_latents", "pooling_attention_heads", "pooling_head_dim", "pooling_ff_mult",
+                               "pooling_residual"))
+
     def __init__(self, config: HeadConfig):
         super().__init__(config)
         dim = config.backbone_hidden_size
@@ -313,6 +328,9 @@ class LatentAttentionPooling(CrossAttentionPoolingHead):
     token with causal attention (design 2 starts as design 1, EOS pooling), mean with bidirectional.
     """
 
+    reads_options = CrossAttentionPoolingHead.reads_options | {"layer_reduction"}
+    read_only_with = {"layer_reduction": "pooling_residual"}  # it reduces the last layer for the baseline only
+
     def __init__(self, config: HeadConfig):
         super().__init__(config)
         self.reduce = LAYER_REDUCTIONS[config.layer_reduction]
@@ -336,6 +354,7 @@ class MultiLayerPooling(CrossAttentionPoolingHead):
     """
 
     needs_layer_states = True
+    reads_options = CrossAttentionPoolingHead.reads_options | {"layer_reduction", "pooling_layers"}
 
     def __init__(self, config: HeadConfig):
         super().__init__(config)

@@ -4,12 +4,14 @@ assignment, forward), encoders are refused, and a config without a backbone neve
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
 from transformers import AutoModel, BertConfig, T5Config
 
 from llm_embed import LLMEmbeddingConfig, LLMEmbeddingModel
+from llm_embed.pooling import POOLING_HEADS, PoolingHead
 
 from .conftest import tiny_backbone_config, tiny_model
 
@@ -139,3 +141,72 @@ def test_folder_without_config_json_is_refused_at_once(tmp_path):
     (folder / "config.json").unlink()
     with pytest.raises(OSError, match="holds no config.json"):
         LLMEmbeddingModel.from_pretrained(folder)
+
+
+# ----------------------------------------------------------------------------- options the head does not read
+
+
+@pytest.mark.parametrize("pooling, options, unused", [
+    ("mean", dict(pooling_layers=[-2, -1]), "pooling_layers"),           # "mean over the last 2 layers" is not it
+    ("last_token", dict(num_latents=4, pooling_residual=True), "num_latents pooling_residual"),
+    ("weighted_mean", dict(pooling_ff_mult=2.0), "pooling_ff_mult"),
+    ("latent_attention", dict(pooling_layers=[1]), "pooling_layers"),
+    ("mean", dict(layer_reduction="last_token"), "layer_reduction"),     # differs from the derived "mean"
+])
+def test_head_options_the_head_does_not_read_are_refused(pooling, options, unused):
+    """Before: accepted, saved in config.json, and without effect (a mean-pooling model of the last layer)."""
+    with pytest.raises(ValueError, match=f"^{unused}: not used by the {pooling} pooling head"):
+        LLMEmbeddingConfig(backbone_config=tiny_backbone_config("llama"), pooling=pooling, **options)
+
+
+def test_head_options_at_their_defaults_or_read_by_the_head_are_accepted():
+    backbone = tiny_backbone_config("llama")
+    LLMEmbeddingConfig(backbone_config=backbone, pooling="mean", num_latents=16, layer_reduction="mean")
+    LLMEmbeddingConfig(backbone_config=backbone, pooling="multi_layer", pooling_layers=[1], layer_reduction="mean")
+    LLMEmbeddingConfig(backbone_config=backbone, pooling="latent_attention", layer_reduction="last_token",
+                       pooling_residual=True)
+    with pytest.raises(ValueError, match="^layer_reduction: the latent_attention pooling head reads it only with "
+                                         "pooling_residual true"):
+        LLMEmbeddingConfig(backbone_config=backbone, pooling="latent_attention", layer_reduction="last_token")
+
+
+def test_from_backbone_refuses_unread_head_options_before_loading_the_backbone(tmp_path):
+    """from_backbone sees what was passed, so an explicit layer_reduction equal to the derived one is refused
+    too; the check comes before the (possibly long) backbone load, here of a folder that does not exist."""
+    with pytest.raises(ValueError, match="^layer_reduction: not used by the mean pooling head"):
+        LLMEmbeddingModel.from_backbone(tmp_path / "missing", "bidirectional", "mean", layer_reduction="mean")
+
+
+def test_a_saved_config_with_unread_head_options_loads_with_a_warning(tmp_path, caplog):
+    """Such configs were accepted before: they still load, with a warning, and compute what they did."""
+    model = tiny_model("llama", "bidirectional", "mean")
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.update(pooling_layers=[1], num_latents=4)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with caplog.at_level("WARNING"):
+        loaded = AutoModel.from_pretrained(tmp_path)
+    assert "sets head options its mean pooling head does not read" in caplog.text
+    assert "pooling_layers num_latents: not used by the mean pooling head" in caplog.text
+    assert torch.equal(loaded(input_ids=ids).embeddings, model(input_ids=ids).embeddings)
+    with pytest.raises(ValueError, match="not used by the mean pooling head"):  # only loading is lenient
+        LLMEmbeddingConfig(**{key: value for key, value in config.items() if key != "model_type"})
+
+
+def test_a_head_registered_without_reads_options_is_not_checked(monkeypatch):
+    class Plain(PoolingHead):
+        def forward(self, token_states, attention_mask, layer_states=None):
+            return token_states[:, 0]
+
+    monkeypatch.setitem(POOLING_HEADS, "plain_test", Plain)
+    config = LLMEmbeddingConfig(backbone_config=tiny_backbone_config("llama"), pooling="plain_test", num_latents=4)
+    assert config.num_latents == 4
+
+
+@pytest.mark.parametrize("mult", [1e300, 1e18])
+def test_a_feed_forward_beyond_any_tensor_is_refused_by_name(mult):
+    """Before: torch's 'Overflow when unpacking long long' with a C++ stack, when the model was built."""
+    expected = rf"pooling_ff_mult={re.escape(repr(mult))} makes the head's feed-forward .* units wide"
+    with pytest.raises(ValueError, match=expected):
+        LLMEmbeddingConfig(backbone_config=tiny_backbone_config("llama"), pooling_ff_mult=mult)

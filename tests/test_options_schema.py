@@ -60,9 +60,12 @@ def test_every_option_has_a_sample_and_the_constructor_matches_the_schema():
     for option in OPTIONS:
         assert parameters[option.name].default == option.default, option.name
         assert f"{option.name} (`{option.kind}`" in LLMEmbeddingConfig.__doc__
-    config = LLMEmbeddingConfig(backbone_config=tiny_backbone_config("llama"), **SAMPLES)
+    # the head options need the one head that reads them all; the pooling sample is checked on its own
+    config = LLMEmbeddingConfig(backbone_config=tiny_backbone_config("llama"), **{**SAMPLES, "pooling": "multi_layer"})
     for name, value in SAMPLES.items():
-        assert getattr(config, name) == value
+        assert getattr(config, name) == value or name == "pooling"
+    assert LLMEmbeddingConfig(backbone_config=tiny_backbone_config("llama"), pooling=SAMPLES["pooling"]).pooling == \
+        SAMPLES["pooling"]
 
 
 def test_every_option_is_reachable_from_llm_embed_train():
