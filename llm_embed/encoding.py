@@ -102,6 +102,10 @@ def resolve_prompt(prompts: dict[str, str], default_prompt_name: str | None, pro
     name = prompt_name if prompt_name is not None else default_prompt_name
     if name is None:
         return ""
+    if name in PROMPT_SIDES and name not in prompts:
+        # sentence-transformers gives every model a "query" and a "document" prompt, empty unless saved,
+        # so that prompt_name="query" works on any model; a model without one embeds queries as they are
+        return ""
     if name not in prompts:
         raise ValueError(f"encode(): unknown prompt_name {name!r}; this model's prompts are {sorted(prompts)}")
     value = prompts[name]
@@ -475,8 +479,10 @@ def resolve_normalize(normalize: bool | None, normalize_embeddings: bool | None)
     unit vectors from a model that normalises. ``normalize=False`` is the way to raw vectors, so
     ``normalize=False`` with ``normalize_embeddings=True`` asks for both and is refused."""
     for name, value in (("normalize", normalize), ("normalize_embeddings", normalize_embeddings)):
-        if value is not None and not isinstance(value, bool):
+        if value is not None and not isinstance(value, (bool, np.bool_)):
             raise TypeError(f"encode(): {name} must be True, False or None (config.normalize), got {value!r}")
+    normalize = None if normalize is None else bool(normalize)  # a numpy bool (from a mask or a config) is one
+    normalize_embeddings = None if normalize_embeddings is None else bool(normalize_embeddings)
     if normalize is False and normalize_embeddings:
         raise ValueError(
             "encode(): normalize=False asks for raw vectors and normalize_embeddings=True for L2-normalised ones; "
@@ -485,6 +491,32 @@ def resolve_normalize(normalize: bool | None, normalize_embeddings: bool | None)
     if normalize is not None:
         return normalize
     return True if normalize_embeddings else None
+
+
+def embedding_rows(embeddings, name: str) -> torch.Tensor:
+    """``embeddings`` for :meth:`EncodeMixin.similarity` as a 2-D float32 tensor: a 2-D array or tensor
+    as it is, a 1-D one as one row, a list of 1-D ones stacked (what ``encode`` returns, whatever the
+    ``convert_to_*`` flags)."""
+    if isinstance(embeddings, (list, tuple)):
+        if not embeddings:
+            raise ValueError(f"similarity(): {name} is empty")
+        embeddings = torch.stack([torch.as_tensor(row) for row in embeddings])
+    elif not isinstance(embeddings, (torch.Tensor, np.ndarray)):
+        raise TypeError(f"similarity(): {name} must be embeddings (a numpy array, a tensor or a list of them, as "
+                        f"encode returns), got {type(embeddings).__name__}")
+    rows = torch.as_tensor(embeddings)
+    if rows.ndim == 1:
+        rows = rows.unsqueeze(0)
+    if rows.ndim != 2 or not (rows.is_floating_point() or rows.dtype in (torch.int8, torch.uint8)):
+        raise ValueError(f"similarity(): {name} must be one vector or a 2-D batch of vectors, got shape "
+                         f"{tuple(rows.shape)} of {rows.dtype}")
+    return rows.float()
+
+
+def check_same_width(first: torch.Tensor, second: torch.Tensor) -> None:
+    if first.shape[-1] != second.shape[-1]:
+        raise ValueError(f"similarity(): the embeddings have {first.shape[-1]} and {second.shape[-1]} dimensions; "
+                         "compare embeddings of one model")
 
 
 EncodeOutput = np.ndarray | torch.Tensor | list[torch.Tensor]
@@ -510,7 +542,7 @@ class EncodeMixin:
         *,
         show_progress_bar: bool | None = ...,
         output_value: Literal["sentence_embedding"] = ...,
-        precision: Literal["float32"] = ...,
+        precision: Literal["float32"] | None = ...,
         convert_to_numpy: Literal[True] = ...,
         convert_to_tensor: Literal[False] = ...,
         device: str | torch.device | None = ...,
@@ -529,7 +561,7 @@ class EncodeMixin:
         *,
         show_progress_bar: bool | None = ...,
         output_value: Literal["sentence_embedding"] = ...,
-        precision: Literal["float32"] = ...,
+        precision: Literal["float32"] | None = ...,
         convert_to_numpy: bool = ...,
         convert_to_tensor: Literal[True],
         device: str | torch.device | None = ...,
@@ -548,7 +580,7 @@ class EncodeMixin:
         *,
         show_progress_bar: bool | None = ...,
         output_value: Literal["sentence_embedding"] = ...,
-        precision: Literal["float32"] = ...,
+        precision: Literal["float32"] | None = ...,
         convert_to_numpy: Literal[False],
         convert_to_tensor: Literal[False] = ...,
         device: str | torch.device | None = ...,
@@ -567,7 +599,7 @@ class EncodeMixin:
         *,
         show_progress_bar: bool | None = ...,
         output_value: Literal["sentence_embedding"] = ...,
-        precision: Literal["float32"] = ...,
+        precision: Literal["float32"] | None = ...,
         convert_to_numpy: Literal[False],
         convert_to_tensor: Literal[False] = ...,
         device: str | torch.device | None = ...,
@@ -586,7 +618,7 @@ class EncodeMixin:
         *,
         show_progress_bar: bool | None = ...,
         output_value: Literal["sentence_embedding"] = ...,
-        precision: Literal["float32"] = ...,
+        precision: Literal["float32"] | None = ...,
         convert_to_numpy: bool = ...,
         convert_to_tensor: bool = ...,
         device: str | torch.device | None = ...,
@@ -605,7 +637,7 @@ class EncodeMixin:
         *,
         show_progress_bar: bool | None = None,
         output_value: str = "sentence_embedding",
-        precision: str = "float32",
+        precision: str | None = "float32",
         convert_to_numpy: bool = True,
         convert_to_tensor: bool = False,
         device: str | torch.device | None = None,
@@ -623,7 +655,8 @@ class EncodeMixin:
             inputs: one string (returns one vector, 1-D) or a list (tuple, 1-D numpy array) of strings
                 (returns one row per text, 2-D). ``sentences=`` is accepted as its older name, as in
                 sentence-transformers (not both at once).
-            prompt_name: a key of ``config.prompts`` (``"query"``, ``"document"``), or
+            prompt_name: a key of ``config.prompts``, or ``"query"`` / ``"document"``, which every model
+                has as in sentence-transformers (no prefix where ``config.prompts`` lacks them), or
             prompt: a literal prefix; at most one of the two. Default: ``config.default_prompt_name``.
                 For retrieval, :meth:`encode_query` / :meth:`encode_document` pick the side's prompt.
             batch_size: the size of one forward pass. Padded (the default under SDPA / eager): texts
@@ -635,8 +668,8 @@ class EncodeMixin:
             show_progress_bar: defaults to showing it when logging is at INFO or more verbose.
             output_value: only ``"sentence_embedding"``; token embeddings are not returned by
                 ``encode`` (run the backbone, ``model.backbone(...)``, for those).
-            precision: only ``"float32"``; to quantize, pass the result to sentence-transformers'
-                ``quantize_embeddings``.
+            precision: only ``"float32"`` (or None, which sentence-transformers reads as it); to
+                quantize, pass the result to sentence-transformers' ``quantize_embeddings``.
             convert_to_numpy / convert_to_tensor: as in sentence-transformers. ``convert_to_tensor=True``
                 wins: one tensor on the model's device, in the model's dtype. Else
                 ``convert_to_numpy=True`` (default): a numpy ``float32`` array on the CPU, whatever the
@@ -673,7 +706,7 @@ class EncodeMixin:
                 f"encode(output_value={output_value!r}) is not supported: encode returns sentence embeddings "
                 "only; for token states, run the backbone: model.backbone(input_ids=..., attention_mask=...)."
             )
-        if precision != "float32":
+        if precision is not None and precision != "float32":  # None: sentence-transformers' float32 too
             raise ValueError(
                 f"encode(precision={precision!r}) is not supported: encode returns float32 embeddings; quantize "
                 "them with sentence_transformers.quantization.quantize_embeddings(embeddings, precision=...)."
@@ -772,6 +805,81 @@ class EncodeMixin:
             return prompt
         prompts = self.config.prompts
         return resolve_prompt(prompts, side_prompt_name(prompts, side), None, None)
+
+    # ------------------------------------------------------------------ the rest of SentenceTransformer's surface
+    # What code written for a SentenceTransformer reads besides encode: the similarity of two sets of
+    # embeddings, their size, and the settings sentence-transformers keeps on the model (here the config's).
+
+    @property
+    def similarity_fn_name(self) -> str:
+        """``"cosine"``: how these embeddings are compared (also what a save writes for sentence-transformers)."""
+        return "cosine"
+
+    @similarity_fn_name.setter
+    def similarity_fn_name(self, value) -> None:
+        name = getattr(value, "value", value)  # sentence-transformers' SimilarityFunction enum, or its name
+        if name != "cosine":
+            raise ValueError(
+                f"similarity_fn_name={name!r} is not supported: an llm_embed model compares embeddings by cosine "
+                "(model.similarity), the name its saves give sentence-transformers. For another score compute it "
+                "from the vectors, e.g. emb1 @ emb2.T for the dot product of encode(..., normalize=False) outputs."
+            )
+
+    def similarity(self, embeddings1, embeddings2) -> torch.Tensor:
+        """Cosine similarity of every row of ``embeddings1`` with every row of ``embeddings2``: a
+        ``(N1, N2)`` float32 tensor, as ``SentenceTransformer.similarity`` returns. Each side is a 2-D
+        (or, for one vector, 1-D) numpy array or tensor, or a list of 1-D ones."""
+        first, second = embedding_rows(embeddings1, "embeddings1"), embedding_rows(embeddings2, "embeddings2")
+        check_same_width(first, second)
+        second = second.to(first.device)
+        return torch.nn.functional.normalize(first, dim=-1) @ torch.nn.functional.normalize(second, dim=-1).T
+
+    def similarity_pairwise(self, embeddings1, embeddings2) -> torch.Tensor:
+        """Cosine similarity of ``embeddings1[i]`` with ``embeddings2[i]``: an ``(N,)`` float32 tensor, as
+        ``SentenceTransformer.similarity_pairwise`` returns; both sides hold the same number of rows."""
+        first, second = embedding_rows(embeddings1, "embeddings1"), embedding_rows(embeddings2, "embeddings2")
+        check_same_width(first, second)
+        if first.shape[0] != second.shape[0]:
+            raise ValueError(f"similarity_pairwise(): embeddings1 has {first.shape[0]} rows and embeddings2 "
+                             f"{second.shape[0]}; pairs need as many of each (similarity() compares every row "
+                             "with every row)")
+        second = second.to(first.device)
+        return torch.nn.functional.cosine_similarity(first, second, dim=-1)
+
+    def get_embedding_dimension(self) -> int:
+        """Size of the vectors ``encode`` returns (``config.embedding_dim``)."""
+        return self.config.embedding_dim
+
+    def get_sentence_embedding_dimension(self) -> int:
+        """:meth:`get_embedding_dimension` under sentence-transformers' older name."""
+        return self.get_embedding_dimension()
+
+    @property
+    def max_seq_length(self) -> int:
+        """``config.max_seq_length``: the token budget of one text (checked when set)."""
+        return self.config.max_seq_length
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:
+        self.config.max_seq_length = value
+
+    @property
+    def prompts(self) -> dict[str, str]:
+        """``config.prompts``: the named prefixes (``"query"`` / ``"document"`` work even when absent)."""
+        return self.config.prompts
+
+    @prompts.setter
+    def prompts(self, value: dict[str, str]) -> None:
+        self.config.prompts = value
+
+    @property
+    def default_prompt_name(self) -> str | None:
+        """``config.default_prompt_name``: the prompt ``encode`` uses when given none."""
+        return self.config.default_prompt_name
+
+    @default_prompt_name.setter
+    def default_prompt_name(self, value: str | None) -> None:
+        self.config.default_prompt_name = value
 
     def _move_for_encode(self, device) -> None:
         """``encode(device=...)``: move the model there first, as sentence-transformers does (and keep it

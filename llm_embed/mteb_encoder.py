@@ -84,6 +84,12 @@ class MTEBEncoder:
         self.revision = revision
         self.batch_size = batch_size
         self.task_prompts = check_task_prompts(task_prompts)
+        prompts = model.config.prompts
+        if symmetric_prompt_name is not None and symmetric_prompt_name not in prompts and \
+                symmetric_prompt_name not in PROMPT_SIDES:  # now, not at the first symmetric task of a long run
+            raise ValueError(f"MTEBEncoder(symmetric_prompt_name={symmetric_prompt_name!r}): not a prompt of the "
+                             f"model, whose prompts are {sorted(prompts)}; name one of them, or leave it None for "
+                             "the model's default prompt")
         self.symmetric_prompt_name = symmetric_prompt_name
 
     def prompt_for(self, task_metadata, prompt_type) -> str:

@@ -60,7 +60,7 @@ import os
 import torch
 from sentence_transformers.base.modules.input_module import InputModule
 
-from .encoding import check_prompt_fits, pad_batch, resolve_pad_id, tokenize_texts
+from .encoding import SENTENCE_TRANSFORMERS_ONLY, check_prompt_fits, pad_batch, resolve_pad_id, tokenize_texts
 from .modeling_llm_embed import LLMEmbeddingModel
 from .sentence_transformers_files import sentence_transformers_settings
 
@@ -107,7 +107,15 @@ class LLMEmbeddingSTModule(InputModule):
         return self.model.config.embedding_dim
 
     def preprocess(self, inputs, prompt: str | None = None, **kwargs) -> dict[str, torch.Tensor]:
-        """Token ids as ``encode`` makes them: the same helpers, the prompt passed as the prefix."""
+        """Token ids as ``encode`` makes them: the same helpers, the prompt passed as the prefix.
+        sentence-transformers passes its other ``encode`` arguments on: ``task`` (``"query"`` from
+        ``encode_query``, whose prompt sentence-transformers has already resolved into ``prompt``), and
+        ``processing_kwargs`` and the like, each refused unless None, as ``LLMEmbeddingModel.encode``
+        refuses it, never ignored."""
+        for name, value in kwargs.items():
+            if value is not None and name != "task":
+                reason = SENTENCE_TRANSFORMERS_ONLY.get(name, "this module takes no other arguments")
+                raise ValueError(f"encode({name}={value!r}) is not supported for this llm_embed model: {reason}.")
         config, tokenizer = self.model.config, self.model.tokenizer
         check_prompt_fits(tokenizer, prompt or "", config.max_seq_length, config.append_eos)  # as encode refuses
         ids = tokenize_texts(tokenizer, list(inputs), config.max_seq_length, config.append_eos, prefix=prompt or "")

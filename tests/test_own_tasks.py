@@ -504,3 +504,7 @@ def test_retrieval_falls_back_like_encode_query_and_bad_prompt_names_fail_first(
         evaluate(spy, [first, mistyped], show_progress_bar=False)
     assert calls == []
     assert [r.task for r in evaluate(spy, [first, task], show_progress_bar=False)] == ["first", "own"]
+    # "document" is a prompt of every model ("" where config.prompts has none), as in encode
+    named = RetrievalTask("own", corpus, queries, qrels, columns=RETRIEVAL_COLUMNS, document_prompt_name="document")
+    np.testing.assert_array_equal(named.embed(model)["corpus"], model.encode_document(task.documents))
+    assert [r.task for r in evaluate(spy, [named], show_progress_bar=False)] == ["own"]

@@ -47,6 +47,13 @@ def user_code(model) -> dict:
         "inputs_document": model.encode_document(inputs=TEXTS),
         "numpy_texts": model.encode(np.array(TEXTS)),
         "numpy_batch_size": model.encode(TEXTS, batch_size=np.int64(2)),
+        "precision_none": model.encode(TEXTS, precision=None),  # sentence-transformers reads None as float32
+        "numpy_bool": model.encode(TEXTS, normalize_embeddings=np.True_),
+        # every model has a "document" prompt, "" where config.prompts has none (raw_query_only)
+        "document_name": model.encode(TEXTS, prompt_name="document"),
+        "similarity": model.similarity(model.encode(TEXTS), model.encode_query(TEXTS[:2])),
+        "similarity_of_lists": model.similarity(model.encode(TEXTS, convert_to_numpy=False), model.encode(TEXTS[0])),
+        "similarity_pairwise": model.similarity_pairwise(model.encode(TEXTS), model.encode_query(TEXTS)),
     }
 
 
@@ -114,6 +121,38 @@ def test_same_user_code_same_results(both):
     else:  # no document prompt: none, not the default (query) prompt that plain encode uses
         np.testing.assert_allclose(mine["document"], mine["plain"], atol=1e-6)
         np.testing.assert_allclose(mine["many"], mine["query"], atol=1e-6)
+
+
+def test_the_rest_of_the_sentence_transformers_surface(both):
+    """What code written for a SentenceTransformer reads besides encode (before: AttributeError)."""
+    ours, st, _ = both
+    assert ours.get_embedding_dimension() == ours.get_sentence_embedding_dimension() == \
+        st.get_embedding_dimension() == 32
+    assert ours.similarity_fn_name == st.similarity_fn_name == "cosine"
+    assert ours.max_seq_length == st.max_seq_length == ours.config.max_seq_length
+    assert ours.default_prompt_name == st.default_prompt_name
+    assert {name: prefix for name, prefix in st.prompts.items() if prefix} == \
+        {name: prefix for name, prefix in ours.prompts.items() if prefix}
+    ours.max_seq_length = 64
+    assert ours.config.max_seq_length == 64
+    with pytest.raises(ValueError, match="max_seq_length=4096 exceeds the backbone's max_position_embeddings"):
+        ours.max_seq_length = 4096
+    ours.similarity_fn_name = "cosine"
+    with pytest.raises(ValueError, match="similarity_fn_name='dot' is not supported"):
+        ours.similarity_fn_name = "dot"
+    with pytest.raises(ValueError, match="embeddings1 has 3 rows and embeddings2 2"):
+        ours.similarity_pairwise(ours.encode(TEXTS), ours.encode(TEXTS[:2]))
+    with pytest.raises(ValueError, match="32 and 8 dimensions"):
+        ours.similarity(ours.encode(TEXTS), np.ones((2, 8), dtype=np.float32))
+
+
+def test_sentence_transformers_arguments_for_tokenization_are_refused_there_too(both):
+    """``st.encode(processing_kwargs=...)`` reached the module's preprocess and was dropped: the texts were
+    embedded untruncated (before)."""
+    _, st, _ = both
+    with pytest.raises(ValueError, match=r"processing_kwargs=.* is not supported for this llm_embed model: "
+                                         "tokenization follows the model's config"):
+        st.encode(TEXTS, processing_kwargs={"text": {"max_length": 4, "truncation": True}})
 
 
 def test_single_text_is_bit_identical(both):
@@ -254,3 +293,8 @@ def test_mteb_prompts_follow_encode_query(tokenizer):
     encoder.symmetric_prompt_name = "missing"
     with pytest.raises(ValueError, match="unknown prompt_name 'missing'"):
         encoder.prompt_for(task, None)
+    # given to the constructor, it is checked there, before any task runs (before: at the first STS task)
+    with pytest.raises(ValueError, match=r"symmetric_prompt_name='qeury'\): not a prompt of the model, whose "
+                                         r"prompts are \['query'\]"):
+        MTEBEncoder(model, symmetric_prompt_name="qeury")
+    assert MTEBEncoder(model, symmetric_prompt_name="document").prompt_for(task, None) == ""

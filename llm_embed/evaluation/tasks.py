@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..encoding import side_prompt_name
+from ..encoding import PROMPT_SIDES, side_prompt_name
 
 __all__ = [
     "LIMIT_KEYS",
@@ -144,7 +144,7 @@ def check_prompts(model, tasks) -> None:
     prompts = model_prompts(model)
     for task in tasks:
         for key, name in task.prompt_names().items():
-            if name not in prompts:
+            if name not in prompts and name not in PROMPT_SIDES:  # "query" / "document": every model has them
                 raise ValueError(f"task {task.name}: {key}={name!r} (the task's {key}_name) is not a prompt of the "
                                  f"model, whose prompts are {sorted(prompts) or 'none'}; name one of those or leave "
                                  f"{key} out (checked before any task runs)")
