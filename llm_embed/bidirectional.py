@@ -12,8 +12,11 @@ attention module's ``is_causal`` flag, and refuses backbones whose modeling code
 
 from __future__ import annotations
 
+import inspect
 import sys
+from collections.abc import Sequence
 
+import torch
 from torch import nn
 from transformers import PreTrainedConfig
 
@@ -71,7 +74,8 @@ def uses_masking_utils(model_class: type) -> bool:
 
 
 def check_bidirectional_support(backbone_config: PreTrainedConfig) -> None:
-    """Raise ``ValueError`` when bidirectional attention cannot be applied to this backbone."""
+    """Raise ``ValueError`` when bidirectional attention cannot be applied to this backbone (what the
+    config tells; :func:`make_bidirectional` checks the built layers)."""
     model_class = backbone_model_class(backbone_config)
     if not uses_masking_utils(model_class):
         raise ValueError(
@@ -80,20 +84,89 @@ def check_bidirectional_support(backbone_config: PreTrainedConfig) -> None:
             "would silently stay causal. Use attention='causal' with this backbone, or a backbone such as "
             "llama, mistral, qwen2, qwen3, gemma, phi3 or gpt2."
         )
+    layer_types = getattr(backbone_config, "layer_types", None) or ()
+    if "chunked_attention" in layer_types:
+        # masking_utils' chunked mask ignores config.is_causal: those layers would stay causal whenever a
+        # mask is built (a padded batch), and a text's vector would depend on its batch (llama4)
+        raise ValueError(
+            f"attention='bidirectional' cannot be applied to backbone model_type {backbone_config.model_type!r}: "
+            "its chunked-attention layers (layer_types 'chunked_attention') build causal masks whatever "
+            "is_causal says, so they would stay causal. Use attention='causal' with this backbone."
+        )
 
 
-def make_bidirectional(backbone: nn.Module) -> int:
+def check_causal_support(backbone_config: PreTrainedConfig) -> None:
+    """Raise ``ValueError`` when ``attention='causal'`` would not be causal: a backbone config that asks
+    its own code for bidirectional attention (``is_causal=False``; ``use_bidirectional_attention=True``,
+    as EmbeddingGemma's Gemma 3 configs ship)."""
+    if getattr(backbone_config, "is_causal", True) is not True:
+        raise ValueError(
+            "attention='causal' but the backbone's config has is_causal=False; remove it from backbone_config"
+        )
+    if getattr(backbone_config, "use_bidirectional_attention", False):
+        raise ValueError(
+            f"attention='causal' but the backbone config ({backbone_config.model_type}) sets "
+            "use_bidirectional_attention=True, so the backbone attends in both directions by itself. Use "
+            "attention='bidirectional' (in a saved config.json too: it computes what such a checkpoint computed), "
+            "or set use_bidirectional_attention=False in backbone_config to run it causally."
+        )
+
+
+def builds_own_bidirectional_masks(backbone: nn.Module) -> bool:
+    """Whether the backbone makes its bidirectional masks itself from ``use_bidirectional_attention``
+    (Gemma 3: a sliding window of ``|i - j| < window``, where ``masking_utils``' bidirectional one is
+    ``<=``). ``config.is_causal`` is then left alone, so the checkpoint keeps the masks it was trained
+    with; the attention modules' ``is_causal`` already follows the flag."""
+    if not getattr(backbone.config, "use_bidirectional_attention", False):
+        return False
+    try:
+        source = inspect.getsource(type(backbone).forward)
+    except (OSError, TypeError):  # no source to read: masking_utils' masks, bidirectional all the same
+        return False
+    return "use_bidirectional_attention" in source
+
+
+def check_layers_attend(backbone: nn.Module, layers: Sequence[nn.Module]) -> None:
+    """Refuse a backbone with a decoder layer that bidirectional attention cannot reach: one without an
+    attention module (a state-space, recurrent, convolution or linear-attention layer: jamba, lfm2,
+    qwen3_next, recurrent_gemma), causal by construction, or whose attention keeps a hard-coded causal
+    mask buffer (gpt_neo). Only the other layers would turn bidirectional, with no error. ``layers``: the
+    backbone's decoder layers (``layer_states.find_decoder_layers``)."""
+    for number, layer in enumerate(layers, start=1):
+        attention = [module for module in layer.modules() if isinstance(getattr(module, "is_causal", None), bool)]
+        if not attention:
+            raise ValueError(
+                f"attention='bidirectional' cannot be applied to {type(backbone).__name__}: its layer {number} "
+                f"({type(layer).__name__}) mixes tokens without attention (a state-space, recurrent, convolution or "
+                "linear-attention layer), which is causal by construction, so only its attention layers would "
+                "turn bidirectional. Use attention='causal' with this backbone."
+            )
+        for module in attention:
+            for name, buffer in module.named_buffers(recurse=False):
+                if buffer.dtype == torch.bool and buffer.ndim >= 2 and buffer.shape[-1] == buffer.shape[-2] > 1:
+                    raise ValueError(
+                        f"attention='bidirectional' cannot be applied to {type(backbone).__name__}: its attention "
+                        f"({type(module).__name__}) applies its own causal mask (buffer {name!r}) whatever "
+                        "is_causal says, so it would stay causal. Use attention='causal' with this backbone."
+                    )
+
+
+def make_bidirectional(backbone: nn.Module, layers: Sequence[nn.Module]) -> int:
     """Switch a built backbone to bidirectional attention; returns the number of attention modules switched.
 
-    Sets ``config.is_causal = False`` (read by ``masking_utils``) and ``is_causal = False`` on every
-    attention module (read by the SDPA / flash / flex integrations when no mask is materialised).
+    Sets ``config.is_causal = False`` (read by ``masking_utils``; unless the backbone builds its own
+    bidirectional masks, :func:`builds_own_bidirectional_masks`) and ``is_causal = False`` on every
+    attention module (read by the SDPA / flash / flex integrations when no mask is materialised), after
+    checking that every one of its decoder ``layers`` attends (:func:`check_layers_attend`).
     """
     if not uses_masking_utils(type(backbone)):
         raise ValueError(
             f"attention='bidirectional' cannot be applied to {type(backbone).__name__}: it does not build its "
             "attention masks with transformers.masking_utils. Use attention='causal'."
         )
-    backbone.config.is_causal = False
+    check_layers_attend(backbone, layers)
+    if not builds_own_bidirectional_masks(backbone):
+        backbone.config.is_causal = False
     switched = 0
     for module in backbone.modules():
         if module is not backbone and isinstance(getattr(module, "is_causal", None), bool):
@@ -108,5 +181,6 @@ def make_bidirectional(backbone: nn.Module) -> int:
 
 
 __all__ = [
-    "backbone_model_class", "check_bidirectional_support", "check_decoder", "make_bidirectional", "uses_masking_utils",
+    "backbone_model_class", "builds_own_bidirectional_masks", "check_bidirectional_support", "check_causal_support",
+    "check_decoder", "check_layers_attend", "make_bidirectional", "uses_masking_utils",
 ]

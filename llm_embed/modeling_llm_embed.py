@@ -29,7 +29,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .atomic_save import check_save_target, save_atomically
-from .bidirectional import make_bidirectional
+from .bidirectional import check_causal_support, make_bidirectional
 from .configuration_llm_embed import BUILD_OPTIONS, LLMEmbeddingConfig, check_head_options
 from .contrastive import (
     InfoNCELoss,
@@ -149,11 +149,9 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
             )
         self.backbone = backbone
         if config.attention == "bidirectional":
-            make_bidirectional(self.backbone)
-        elif getattr(self.backbone.config, "is_causal", True) is not True:
-            raise ValueError(
-                "attention='causal' but the backbone's config has is_causal=False; remove it from backbone_config"
-            )
+            make_bidirectional(self.backbone, find_decoder_layers(self.backbone, config.backbone_num_layers))
+        else:
+            check_causal_support(self.backbone.config)  # a backbone passed in may differ from backbone_config
         self.pooler = POOLING_HEADS[config.pooling](config)
         self.projection = (
             nn.Linear(config.backbone_hidden_size, config.output_dim) if config.output_dim is not None else None

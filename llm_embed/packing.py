@@ -32,7 +32,8 @@ How the mask reaches the attention kernel depends on the backbone's ``attn_imple
 :data:`PACKING_MODES` lists the four modes; :func:`resolve_packing` picks one for a backbone.
 
 Backbones whose attention is windowed (``sliding_window``, ``attention_chunk_size``) smaller than a
-packed text are not packed: one prepared mask would apply to every layer type.
+packed text are not packed: one prepared mask would apply to every layer type. Nor are ALiBi backbones
+(their biases come from the 2-D padding mask).
 """
 
 from __future__ import annotations
@@ -93,8 +94,19 @@ def attention_window(backbone_config) -> int | None:
     return min(windows) if windows else None
 
 
+def uses_alibi(backbone_config) -> bool:
+    """Whether the backbone biases attention by ALiBi (falcon with ``alibi``, mpt, bloom): those biases
+    are computed from the 2-D padding mask, which a packed batch replaces by a prepared one."""
+    attn_config = getattr(backbone_config, "attn_config", None)
+    return bool(getattr(backbone_config, "alibi", False)) or backbone_config.model_type == "bloom" or \
+        bool(getattr(attn_config, "alibi", False))
+
+
 def check_packable(backbone_config, longest: int) -> str | None:
     """None when packing is exact for texts up to ``longest`` tokens, else the reason it is not."""
+    if uses_alibi(backbone_config):
+        return "the backbone's ALiBi position biases are computed from a (batch, length) padding mask, which a " \
+               "packed batch does not have"
     window = attention_window(backbone_config)
     if window is not None and window < longest:
         return (
@@ -407,4 +419,5 @@ __all__ = [
     "packs_by_default",
     "plan_packed_batches",
     "resolve_packing",
+    "uses_alibi",
 ]

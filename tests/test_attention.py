@@ -80,4 +80,115 @@ def test_backbone_bypassing_masking_utils_is_refused():
 
     backbone = MambaModel(MambaConfig(hidden_size=16, num_hidden_layers=1, vocab_size=50))
     with pytest.raises(ValueError, match="masking_utils"):
-        make_bidirectional(backbone)
+        make_bidirectional(backbone, backbone.layers)
+
+
+# ----------------------------------------------------------------------------- backbones that cannot be bidirectional
+# Before: each was accepted as attention="bidirectional" and stayed causal in some or all layers, silently.
+
+TINY = dict(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64, vocab_size=1000)
+
+
+def hybrid_configs():
+    import transformers as T
+
+    return {
+        "jamba (mamba layers)": T.JambaConfig(
+            **TINY, num_hidden_layers=2, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2,
+            expert_layer_offset=1, num_experts=2, mamba_d_state=4, mamba_expand=1, mamba_dt_rank=4,
+            use_mamba_kernels=False),
+        "lfm2 (convolution layers)": T.Lfm2Config(**TINY, num_hidden_layers=2, layer_types=["conv", "full_attention"]),
+        "qwen3_next (linear attention)": T.Qwen3NextConfig(
+            **TINY, num_hidden_layers=2, head_dim=8, moe_intermediate_size=32, shared_expert_intermediate_size=32,
+            num_experts=2, num_experts_per_tok=1, layer_types=["linear_attention", "full_attention"],
+            linear_num_value_heads=2, linear_num_key_heads=2, linear_key_head_dim=8, linear_value_head_dim=8),
+        "recurrent_gemma (RG-LRU layers)": T.RecurrentGemmaConfig(
+            **TINY, num_hidden_layers=2, lru_width=32, attention_window_size=4,
+            block_types=["recurrent", "attention"]),
+    }
+
+
+@pytest.mark.parametrize("name", ["jamba (mamba layers)", "lfm2 (convolution layers)", "qwen3_next (linear attention)",
+                                  "recurrent_gemma (RG-LRU layers)"])
+def test_layers_without_attention_are_refused_for_bidirectional(name):
+    backbone_config = hybrid_configs()[name]
+    config = LLMEmbeddingConfig(backbone_config=backbone_config, attention="bidirectional", pooling="mean")
+    with pytest.raises(ValueError, match=r"its layer 1 \(\w+\) mixes tokens without attention .* causal by "
+                                         "construction"):
+        LLMEmbeddingModel(config)
+    LLMEmbeddingModel(LLMEmbeddingConfig(backbone_config=backbone_config, attention="causal", pooling="mean"))
+
+
+def test_an_attention_with_its_own_causal_mask_buffer_is_refused_for_bidirectional():
+    from transformers import GPTNeoConfig
+
+    backbone_config = GPTNeoConfig(hidden_size=32, num_layers=2, num_heads=4,
+                                   attention_types=[[["local", "global"], 1]], window_size=4, vocab_size=1000,
+                                   max_position_embeddings=64)
+    config = LLMEmbeddingConfig(backbone_config=backbone_config, attention="bidirectional", pooling="mean")
+    with pytest.raises(ValueError, match=r"GPTNeoSelfAttention\) applies its own causal mask \(buffer 'bias'\)"):
+        LLMEmbeddingModel(config)
+
+
+def test_chunked_attention_is_refused_for_bidirectional_at_config_time():
+    from transformers import Llama4TextConfig
+
+    backbone_config = Llama4TextConfig(**TINY, num_hidden_layers=2, head_dim=8, intermediate_size_mlp=64,
+                                       num_local_experts=2, attention_chunk_size=4)
+    with pytest.raises(ValueError, match="chunked-attention layers .* build causal masks whatever is_causal says"):
+        LLMEmbeddingConfig(backbone_config=backbone_config, attention="bidirectional")
+    LLMEmbeddingConfig(backbone_config=backbone_config, attention="causal")
+
+
+def embedding_gemma_config(layer_types):
+    from transformers import Gemma3TextConfig
+
+    return Gemma3TextConfig(**TINY, num_hidden_layers=len(layer_types), head_dim=8, sliding_window=4,
+                            use_bidirectional_attention=True, layer_types=layer_types)
+
+
+def test_a_backbone_bidirectional_by_its_own_config_is_refused_as_causal():
+    """EmbeddingGemma's configs set use_bidirectional_attention: "causal" ran bidirectionally (before)."""
+    with pytest.raises(ValueError, match="sets use_bidirectional_attention=True, so the backbone attends in both "
+                                         "directions by itself. Use attention='bidirectional'"):
+        LLMEmbeddingConfig(backbone_config=embedding_gemma_config(["full_attention"]), attention="causal")
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_a_natively_bidirectional_gemma3_keeps_its_own_masks(impl):
+    """Gemma 3 with use_bidirectional_attention builds its own sliding window (|i - j| < window); the
+    generic bidirectional one (<=) let each token see one more on each side: states differed by up to
+    2.8 on texts longer than the window (before)."""
+    import copy
+
+    from transformers import AutoModel
+
+    torch.manual_seed(0)
+    native = AutoModel.from_config(embedding_gemma_config(["sliding_attention", "full_attention"]),
+                                   attn_implementation=impl).eval()
+    config = LLMEmbeddingConfig(backbone_config=native.config.to_dict(), attention="bidirectional", pooling="mean")
+    model = LLMEmbeddingModel(config, backbone=copy.deepcopy(native)).eval()
+    ids = torch.randint(5, 1000, (2, SEQ), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, SEQ - 3:] = 0
+    for attention_mask in (None, mask):
+        with torch.no_grad():
+            expected = native(input_ids=ids, attention_mask=attention_mask).last_hidden_state
+            got = model.backbone(input_ids=ids, attention_mask=attention_mask).last_hidden_state
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert first_token_moves(model, 1, False)
+
+
+def test_alibi_backbones_are_not_packed():
+    """Falcon with ALiBi computes its biases from the 2-D mask: packing=True failed with 'too many values to
+    unpack' inside transformers (before); packing=None pads."""
+    from transformers import FalconConfig
+
+    from llm_embed.packing import resolve_packing
+
+    backbone_config = FalconConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, vocab_size=1000,
+                                   alibi=True)
+    model = LLMEmbeddingModel(LLMEmbeddingConfig(backbone_config=backbone_config, attention="causal", pooling="mean"))
+    with pytest.raises(ValueError, match="ALiBi position biases are computed from a \\(batch, length\\) padding mask"):
+        resolve_packing(model, True, 8)
+    assert resolve_packing(model, None, 8) is None
