@@ -19,7 +19,7 @@ from typing import Any
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.utils import logging
 
-from .bidirectional import check_bidirectional_support, check_decoder
+from .bidirectional import check_bidirectional_support, check_causal_support, check_decoder
 from .model_card import looks_like_hub_id
 from .pooling import LAYER_REDUCTIONS, POOLING_HEADS
 
@@ -216,6 +216,21 @@ def head_options_problem(given: dict, *, flag: Callable[[str], str] = str) -> st
             return (f"{flag(name)}: the {pooling} pooling head reads it only with {flag(switch)} true; drop it, or "
                     f"add {flag(switch)} true")
     return None
+
+
+def options_for_head(pooling: str, options: dict) -> dict:
+    """``options`` less the head options the ``pooling`` head does not read (:func:`head_options_problem`'s
+    rule): for one set of options that serves several designs (``llm-embed-study``), where
+    ``--num_latents`` is meant for the trainable heads and says nothing about last-token pooling."""
+    head = POOLING_HEADS.get(pooling)
+    if head is None or head.reads_options is None:
+        return dict(options)
+    def read(name: str) -> bool:
+        switch = head.read_only_with.get(name)
+        return name in head.reads_options and (switch is None or bool(options.get(
+            switch, OPTIONS_BY_NAME[switch].default)))
+
+    return {name: value for name, value in options.items() if name not in HEAD_OPTIONS or read(name)}
 
 
 def check_head_options(given: dict, *, flag: Callable[[str], str] = str) -> None:
@@ -503,9 +518,13 @@ class LLMEmbeddingConfig(PreTrainedConfig):
         check_decoder(self.backbone_config)
         for name in ("hidden_size", "num_hidden_layers"):
             if not isinstance(getattr(self.backbone_config, name, None), int):
+                nested = getattr(self.backbone_config, "text_config", None)
+                hint = "" if nested is None else (
+                    f" It is a multimodal config whose language model is its text_config "
+                    f"({nested.model_type}): pass backbone_config=config.text_config, or the text model's checkpoint.")
                 raise ValueError(
                     f"backbone_config ({self.backbone_config.model_type}) has no integer {name}; "
-                    "llm_embed needs a decoder config with hidden_size and num_hidden_layers."
+                    f"llm_embed needs a decoder config with hidden_size and num_hidden_layers.{hint}"
                 )
         num_layers = self.backbone_num_layers
         width = self.backbone_hidden_size * self.pooling_ff_mult
@@ -535,6 +554,8 @@ class LLMEmbeddingConfig(PreTrainedConfig):
             )
         if self.attention == "bidirectional":
             check_bidirectional_support(self.backbone_config)
+        else:
+            check_causal_support(self.backbone_config)
 
 
 LLM_EMBEDDING_OPTIONS = tuple(inspect.signature(LLMEmbeddingConfig.__init__).parameters)[1:-1]
@@ -542,5 +563,5 @@ LLMEmbeddingConfig.__doc__ += options_docstring() + "\n"
 
 __all__ = [
     "ABSENT_OPTION_VALUES", "ATTENTION_MODES", "BUILD_OPTIONS", "HEAD_OPTIONS", "OPTIONS", "ConfigOption",
-    "LLMEmbeddingConfig", "RENAMED_OPTIONS", "check_head_options", "head_options_problem",
+    "LLMEmbeddingConfig", "RENAMED_OPTIONS", "check_head_options", "head_options_problem", "options_for_head",
 ]

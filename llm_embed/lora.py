@@ -16,7 +16,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .configuration_llm_embed import BUILD_OPTIONS
+from .configuration_llm_embed import BUILD_OPTIONS, options_for_head
 from .layer_states import find_decoder_layers
 
 #: beside peft's adapter files (``llm-embed-study --save-models``, ``llm-embed-train --lora``'s
@@ -137,7 +137,9 @@ def check_saved_design(model, folder, adapter_path) -> None:
     if not path.is_file():
         return
     base = json.loads(path.read_text(encoding="utf-8"))
-    saved = {"attention": base.get("attention"), "pooling": base.get("pooling"), **base.get("config", {})}
+    # only the options the head reads: older studies recorded every design's head options for every design
+    saved = {"attention": base.get("attention"), "pooling": base.get("pooling"),
+             **options_for_head(base.get("pooling"), base.get("config", {}))}
     config = model.config
     differences = [f"{name}={saved[name]!r} there, {getattr(config, name)!r} in the model" for name in BUILD_OPTIONS
                    if name in saved and json.dumps(saved[name]) != json.dumps(getattr(config, name))]

@@ -21,8 +21,11 @@ backbone and design; 19-27 MiB for SmolLM2-135M, see docs/evaluation.md), with
 
 ``--report-only`` rebuilds the three reports from ``runs/`` without training (e.g. on a machine
 with matplotlib after a GPU run made with ``--no-report``). Runs already in ``runs/`` are not
-trained again, so a cut-off study resumes where it stopped. Embedding happens on the training device; scoring (logistic
-regression, k-means, the metrics) runs in CPU worker processes while the next design trains.
+trained again, so a cut-off study resumes where it stopped; each run file records the arguments and
+data it was made with, and a rerun (or ``--report-only``) with others that change a run's model or
+scores is refused (:data:`RUN_ARGUMENTS`, :func:`check_rerun`). Embedding happens on the training
+device; scoring (logistic regression, k-means, the metrics) runs in CPU worker processes while the
+next design trains.
 
 | design | attention | pooling |
 |---|---|---|
@@ -161,10 +164,12 @@ def build_model(args, design: int, backbone_path):
 
     attention, pooling = DESIGNS[design]
     from .cli import config_kwargs
+    from .configuration_llm_embed import options_for_head
 
+    # one set of options for five designs: a head option reaches the designs whose head reads it
     return LLMEmbeddingModel.from_backbone(
         backbone_path, attention=attention, pooling=pooling, attn_implementation=args.attn_implementation,
-        **config_kwargs(args),
+        **options_for_head(pooling, config_kwargs(args)),
     )
 
 
@@ -236,10 +241,12 @@ def study_base_description(args, design: int) -> dict:
     """What :func:`llm_embed.evaluation.runner.load_model` rebuilds a LoRA design's base from: the
     same ``from_backbone`` arguments as :func:`build_model` (:func:`~llm_embed.lora.base_description`)."""
     from .cli import config_kwargs
+    from .configuration_llm_embed import options_for_head
     from .lora import base_description
 
     attention, pooling = DESIGNS[design]
-    return base_description(args.backbone, attention, pooling, args.attn_implementation, config_kwargs(args))
+    return base_description(args.backbone, attention, pooling, args.attn_implementation,
+                            options_for_head(pooling, config_kwargs(args)))
 
 
 def save_lora_design(peft_model, folder: Path, base: dict) -> None:
@@ -293,6 +300,8 @@ def run_study(args) -> dict:
     ]
     train_data = read_triplets(train_files, args.max_train_rows)
     tasks = build_study_tasks(task_spec(args))
+    arguments, data_files = run_arguments(args), data_file_records(args, train_files)
+    check_rerun(output_dir, arguments, data_files)  # before any training: kept runs are not made again
     logger.info("study: %d training rows, tasks %s, designs %s, seeds %s", len(train_data),
                 [t.name for t in tasks], args.designs, args.seeds)
     executor = ProcessPoolExecutor(args.score_workers, mp_context=get_context("spawn"), initializer=_init_worker,
@@ -327,7 +336,7 @@ def run_study(args) -> dict:
                     torch.cuda.empty_cache()
                 attention, pooling = DESIGNS[design]
                 run = dict(design=design, attention=attention, pooling=pooling, seed=seed, embed_seconds=embed_seconds,
-                           _scoring_started=time.perf_counter(), **log)
+                           arguments=arguments, data_files=data_files, _scoring_started=time.perf_counter(), **log)
                 logger.info("design %d seed %d: trained in %.1f s (final loss %.3f), embedded in %.1f s",
                             design, seed, log["train_seconds"], log["losses"][-1] if log["losses"] else float("nan"),
                             embed_seconds)
@@ -357,11 +366,189 @@ def describe_environment(args) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
+# What a run was made with: a rerun continues the kept runs or is refused
+
+#: The arguments that decide a run's model or scores, and so must be the same for every run of one
+#: ``--output-dir``: a run kept in ``runs/`` is not trained again, so a rerun with another value would
+#: report the kept scores under the new value. Each run file records them (``arguments``), with every
+#: embedding-model option given (``--max-seq-length``, ``--num-latents``, ...: all build the model)
+#: and the contents of the data files (``data_files``), since a file edited in place is other data
+#: under the same argument. ``tasks`` is recorded as the built-in tasks that ran (``--task`` alone
+#: runs none), ``data_dir`` only where it was read (built-in tasks or the default training files),
+#: ``lora_*`` only with LoRA; a value left out is recorded as ``None``. The built-in tasks' files are
+#: named by ``--data-dir`` and not hashed (the checksums in the data folder's ``SHA256SUMS`` cover them).
+RUN_ARGUMENTS = ("backbone", "data_dir", "train_files", "max_train_rows", "tasks", "task", "task_limit",
+                 "max_steps", "batch_size", "learning_rate", "head_learning_rate", "warmup_ratio", "lora", "lora_r",
+                 "lora_alpha", "lora_dropout", "attn_implementation", "bf16")
+
+#: The other arguments, which a rerun may change, and why they change no kept run.
+OTHER_ARGUMENTS = {
+    "output_dir": "where the study is",
+    "designs": "which runs to make: each run file is one (design, seed), so a rerun may add some",
+    "seeds": "which runs to make: each run file is one (design, seed), so a rerun may add some",
+    "device": "where the study runs, like the machine and the software (recorded in runs/environment.json)",
+    "eval_batch_size": "an embedding does not depend on its batch (position ids from the mask, masked pooling)",
+    "score_workers": "how many processes score, not what they compute",
+    "score_threads": "how many threads score, not what they compute",
+    "save_models": "where trained models are kept, not how they are trained",
+    "save_merged": "in which form trained models are kept",
+    "no_plot": "which reports are written",
+    "no_report": "which reports are written",
+    "report_only": "whether to train or only report",
+}
+
+#: How a difference names an argument where its flag is not ``--`` + the name with dashes.
+_FLAGS = {"lora": "--no-lora"}
+
+
+def run_arguments(args) -> dict:
+    """The :data:`RUN_ARGUMENTS` and embedding-model options of ``args`` as a run file records them
+    (JSON values, compared after a round trip through JSON)."""
+    from .cli import config_kwargs
+
+    values = {name: getattr(args, name) for name in RUN_ARGUMENTS}
+    values["tasks"] = builtin_task_names(args)
+    if args.train_files is not None and not values["tasks"]:
+        values["data_dir"] = None  # not read: a rerun may name another
+    if not args.lora:
+        values.update(lora_r=None, lora_alpha=None, lora_dropout=None)
+    values.update(config_kwargs(args))
+    return json.loads(json.dumps(values))
+
+
+def file_record(path) -> dict:
+    """Path as given, size and sha256: a file edited in place is other data under the same argument."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return {"path": str(path), "bytes": Path(path).stat().st_size, "sha256": digest.hexdigest()}
+
+
+def data_file_records(args, train_files: list[str]) -> dict:
+    """Size and sha256 of the training files and of the ``--task`` files, in order."""
+    own = [file for spec in parse_task_specs(args.task) for file in spec.files]
+    return {"train_files": [file_record(path) for path in train_files], "task": [file_record(path) for path in own]}
+
+
+_NOT_GIVEN = object()
+
+
+def _flag(name: str) -> str:
+    return _FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def _shown(name: str, value) -> str:
+    """A recorded value as the command line gives it (``--task``'s specs as written)."""
+    if name == "lora":
+        return "not given" if value else "given"
+    if value is None and name == "data_dir":
+        return "not read"
+    if value is None and name.startswith("lora_"):
+        return "not used (--no-lora)"
+    if value is _NOT_GIVEN or value is None:
+        return "not given"
+    if isinstance(value, bool):
+        return "given" if value else "not given"
+    if name == "task":
+        return " --task ".join(" ".join(group) for group in value)
+    if isinstance(value, dict):
+        return " ".join(f"{key}={number}" for key, number in value.items())
+    if isinstance(value, list):
+        return " ".join(map(str, value)) if value else "none"
+    return str(value)
+
+
+def argument_differences(current: dict, kept: dict, names=None, kept_label: str = "kept runs") -> list[str]:
+    """``--max-steps 7 (kept runs: 2)`` for each argument (of ``names``; default: all) that differs."""
+    names = [name for name in (names or {**kept, **current}) if name in kept or name in current]
+    lines = []
+    for name in names:
+        now, then = current.get(name, _NOT_GIVEN), kept.get(name, _NOT_GIVEN)
+        if now != then:
+            lines.append(f"{_flag(name)} {_shown(name, now)} ({kept_label}: {_shown(name, then)})")
+    return lines
+
+
+def file_differences(current: dict, kept: dict) -> list[str]:
+    """Each data file whose size or sha256 differs from the kept runs' file at the same path (edited
+    in place); another path is an argument difference already (:func:`argument_differences`)."""
+    lines = []
+    for option, files in current.items():
+        kept_files = {record["path"]: record for record in kept.get(option, [])}
+        for now in files:
+            then = kept_files.get(now["path"])
+            if then is not None and (now["bytes"], now["sha256"]) != (then["bytes"], then["sha256"]):
+                lines.append(f"{now['path']} has changed since the kept runs ({now['bytes']} bytes, sha256 "
+                             f"{now['sha256'][:12]}...; kept runs: {then['bytes']} bytes, "
+                             f"sha256 {then['sha256'][:12]}...)")
+    return lines
+
+
+def kept_run_files(output_dir) -> list[Path]:
+    return sorted((Path(output_dir) / "runs").glob("design*_seed*.json"))
+
+
+def check_rerun(output_dir, arguments: dict, data_files: dict) -> None:
+    """Refuse to train into an ``--output-dir`` whose kept runs were made with other
+    :data:`RUN_ARGUMENTS` or data: the kept runs would be skipped and reported as made with these
+    arguments. Runs written before the study recorded its arguments cannot be checked, so they are
+    refused too (nothing says which arguments would continue them)."""
+    for path in kept_run_files(output_dir):
+        run = json.loads(path.read_text())
+        if "arguments" not in run:
+            raise ValueError(
+                f"{path} has no record of the arguments it was made with (written before llm-embed-study recorded "
+                "them), so this rerun cannot check that it continues the same study and would report that run "
+                "under its own arguments. Pass another --output-dir to start a new study (--report-only still "
+                "reports the kept runs), or delete the run files to train them again.")
+        found = argument_differences(arguments, run["arguments"]) + file_differences(data_files,
+                                                                                     run.get("data_files", {}))
+        if found:
+            raise ValueError(
+                f"{Path(output_dir)} holds runs made with other arguments or data than this rerun's ({path.name} "
+                f"and the other kept runs are not trained again, so the reports would give their scores under these "
+                f"arguments): {'; '.join(found)}. Pass another --output-dir to start a new study, or the kept runs' "
+                f"arguments (\"arguments\" in {path}) and data to continue this one.")
+
+
+def recorded_arguments(output_dir, runs: list[dict]) -> dict | None:
+    """The arguments every run in ``runs/`` was made with, or ``None`` for runs written before the study
+    recorded them. Runs made with different ones are refused: one report would compare designs
+    trained or scored differently."""
+    records = {json.dumps(run.get("arguments"), sort_keys=True): run for run in runs}
+    if len(records) > 1:
+        first, other = list(records.values())[:2]
+        names = [run_path(output_dir, run["design"], run["seed"]).name for run in (first, other)]
+        found = (argument_differences(other["arguments"], first["arguments"], kept_label=names[0])
+                 if first.get("arguments") is not None and other.get("arguments") is not None
+                 else ["one has no record of its arguments"])
+        raise ValueError(
+            f"the runs in {Path(output_dir) / 'runs'} were made with different arguments ({names[1]}: "
+            f"{'; '.join(found)}), so one report would compare designs trained or scored differently. "
+            "Move the runs that belong to another study to their own --output-dir.")
+    return runs[0].get("arguments")
+
+
+def given_arguments(argv: list[str] | None) -> set[str]:
+    """The options given on the command line (not left at their defaults), by destination name:
+    ``--report-only`` compares only these with the runs' record, the others take the runs' values.
+    argparse tells a default from a given value only when the default is ``SUPPRESS``, hence the
+    second parse with every default suppressed."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+# ----------------------------------------------------------------------------------------------
 # Reports
 
 
 def load_runs(output_dir) -> list[dict]:
-    runs = [json.loads(path.read_text()) for path in sorted((Path(output_dir) / "runs").glob("design*_seed*.json"))]
+    runs = [json.loads(path.read_text()) for path in kept_run_files(output_dir)]
     if not runs:
         raise FileNotFoundError(f"no runs in {Path(output_dir) / 'runs'}; run the study first")
     return runs
@@ -525,14 +712,31 @@ def plot(runs: list[dict], path) -> None:
     plt.close(figure)
 
 
-def write_reports(args) -> dict:
+def write_reports(args, given: set[str] | frozenset = frozenset()) -> dict:
+    """The three reports over every run in ``runs/``, labelled with the arguments the runs were made with
+    (:func:`recorded_arguments`), not this command's: with ``--report-only`` the run arguments left out
+    take the runs' values, and one ``given`` (on the command line) with another value is refused."""
     output_dir = Path(args.output_dir)
     runs = load_runs(output_dir)
+    recorded = recorded_arguments(output_dir, runs)
+    if recorded is None:
+        logger.warning("the runs in %s have no record of the arguments they were made with (written before "
+                       "llm-embed-study recorded them): the reports give this command's arguments, unchecked",
+                       output_dir / "runs")
+        arguments = vars(args)
+    else:
+        found = argument_differences(run_arguments(args), recorded, sorted(given)) if args.report_only else []
+        if found:
+            raise ValueError(
+                f"--report-only would report the runs in {output_dir / 'runs'} under other arguments than they were "
+                f"made with: {'; '.join(found)}. Leave these out (the report takes the runs' own) or train a study "
+                "with them in another --output-dir.")
+        arguments = {**vars(args), **recorded}
     environment_file = output_dir / "runs" / "environment.json"
     environment = json.loads(environment_file.read_text()) if environment_file.is_file() else {}
     tests = pairwise_tests(runs)
     claims = check_claims(runs, tests)
-    report = {"environment": environment, "arguments": vars(args),
+    report = {"environment": environment, "arguments": arguments,
               "designs": {str(d): dict(zip(("attention", "pooling"), DESIGNS[d])) for d in DESIGNS},
               "summary": {str(d): {k: v[0] for k, v in row.items()} for d, row in summary_table(runs).items()},
               "runs": runs, "tests": tests, "claims": claims}
@@ -561,7 +765,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """Defaults in the options' help, the epilog (the ``--task`` syntax) as written."""
 
 
-def parse_args(argv: list[str] | None = None):
+def build_parser() -> argparse.ArgumentParser:
     from .cli import add_config_arguments
 
     parser = argparse.ArgumentParser(description="Train and compare the paper's five designs on one backbone.",
@@ -612,6 +816,11 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--report-only", action="store_true", help="rebuild the reports from runs/ without training")
     # Every LLMEmbeddingConfig option but the two each design fixes (--designs picks them).
     add_config_arguments(parser, dashes=True, exclude=DESIGN_OPTIONS)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.head_learning_rate is not None and not args.head_learning_rate > 0:
         parser.error(f"--head-learning-rate must be > 0, got {args.head_learning_rate}")
@@ -641,7 +850,7 @@ def main(argv: list[str] | None = None) -> dict:
     for noisy in ("httpx", "transformers.modeling_utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.report_only:
-        return write_reports(args)
+        return write_reports(args, given_arguments(argv))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return run_study(args)
 

@@ -210,3 +210,23 @@ def test_a_feed_forward_beyond_any_tensor_is_refused_by_name(mult):
     expected = rf"pooling_ff_mult={re.escape(repr(mult))} makes the head's feed-forward .* units wide"
     with pytest.raises(ValueError, match=expected):
         LLMEmbeddingConfig(backbone_config=tiny_backbone_config("llama"), pooling_ff_mult=mult)
+
+
+def test_a_multimodal_config_names_its_text_config():
+    from transformers import Gemma3Config
+
+    with pytest.raises(ValueError, match=r"multimodal config whose language model is its text_config \(gemma3_text\): "
+                                         "pass backbone_config=config.text_config"):
+        LLMEmbeddingConfig(backbone_config=Gemma3Config())
+
+
+def test_options_for_head_keeps_what_each_head_reads():
+    """llm-embed-study gives one set of options to five designs: --num_latents is for the trainable heads."""
+    from llm_embed.configuration_llm_embed import options_for_head
+
+    options = {"num_latents": 4, "layer_reduction": "mean", "pooling_layers": [1], "max_seq_length": 32}
+    assert options_for_head("last_token", options) == {"max_seq_length": 32}
+    assert options_for_head("latent_attention", options) == {"num_latents": 4, "max_seq_length": 32}
+    assert options_for_head("latent_attention", {**options, "pooling_residual": True}) == {
+        "num_latents": 4, "layer_reduction": "mean", "max_seq_length": 32, "pooling_residual": True}
+    assert options_for_head("multi_layer", options) == options

@@ -154,6 +154,12 @@ def test_bad_files_name_the_file_the_line_and_the_key(tmp_path):
     short.write_text("text,label\nfine,a\nfine too,b\nno label here\n")
     with pytest.raises(ValueError, match=r"short.csv:4: only 1 cells, no column 'label' for label"):
         parse_task_spec([f"classification:{short},{short}"]).build()
+    # an unquoted comma: before, read as text "hello" with " world" dropped
+    wide = tmp_path / "wide.csv"
+    wide.write_text("text,label\nfine,a\nhello, world,b\n")
+    with pytest.raises(ValueError, match=r"wide.csv:3: 3 cells, the header has 2; a field holds the delimiter "
+                                         r"\(','\): quote it"):
+        parse_task_spec([f"classification:{wide},{wide}"]).build()
     semicolons = tmp_path / "semi.csv"
     semicolons.write_text("text;label\na;b\n")
     with pytest.raises(ValueError, match=r"semi.csv:1: no column 'text' \(columns: text;label\) \(the header is one "

@@ -163,3 +163,182 @@ def test_study_smoke_run_on_cpu(tiny_backbone_dir, tmp_path, monkeypatch):
     (out / "results.md").unlink()
     study.main([*argv, "--report-only"])
     assert (out / "results.md").read_text() == markdown
+
+
+# ----------------------------------------------------------------------------- reruns into kept runs
+
+
+def write_study_data(folder) -> None:
+    """Training triplets and an STS file of one's own, for a study that needs no shared data."""
+    from .conftest import triplet_rows
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tri.jsonl").write_text("".join(json.dumps(row) + "\n" for row in triplet_rows(8)))
+    rows = [f"the cat {i} sleeps,a cat number {i} is asleep,{(i * 7) % 6}" for i in range(12)]
+    (folder / "pairs.csv").write_text("sentence1,sentence2,score\n" + "\n".join(rows) + "\n")
+    (folder / "pairs2.csv").write_text("sentence1,sentence2,score\n" + "\n".join(rows[:9]) + "\n")
+
+
+def small_study_argv(backbone) -> list[str]:
+    """Design 1, one seed, one step on a tiny backbone, scored on pairs.csv (paths relative to the
+    working directory, so that a copied study folder is the same study)."""
+    return ["--backbone", str(backbone), "--train-files", "tri.jsonl", "--task", "sts:pairs.csv", "--designs", "1",
+            "--seeds", "0", "--max-steps", "1", "--batch-size", "2", "--max-seq-length", "32", "--score-workers", "1",
+            "--score-threads", "1", "--eval-batch-size", "4", "--no-plot", "--output-dir", "out"]
+
+
+@pytest.fixture(scope="module")
+def kept_study(tiny_backbone_dir, tmp_path_factory):
+    """A finished small study (data beside ``out/``), made once; tests work on copies of it."""
+    import os
+
+    from llm_embed import study
+
+    folder = tmp_path_factory.mktemp("kept-study")
+    write_study_data(folder)
+    here = os.getcwd()
+    os.chdir(folder)
+    try:
+        study.main(small_study_argv(tiny_backbone_dir))
+    finally:
+        os.chdir(here)
+    return folder
+
+
+@pytest.fixture
+def study_copy(kept_study, tmp_path, monkeypatch):
+    """A copy of the kept study as the working directory, with training forbidden (a rerun that would
+    train fails the test) and the run files' stamps, to show they were not rewritten."""
+    import shutil
+
+    from llm_embed import study
+
+    folder = tmp_path / "study"
+    shutil.copytree(kept_study, folder)
+    monkeypatch.chdir(folder)
+    monkeypatch.setattr(study, "train_design", lambda *a, **k: pytest.fail("a kept run was trained again"))
+    return folder
+
+
+def run_stamps(folder) -> dict:
+    return {p.name: p.stat().st_mtime_ns for p in (folder / "out").glob("*.json")} | {
+        p.name: p.stat().st_mtime_ns for p in (folder / "out" / "runs").glob("design*.json")}
+
+
+def replace_option(argv: list[str], option: str, value: str) -> list[str]:
+    argv = list(argv)
+    argv[argv.index(option) + 1] = value
+    return argv
+
+
+def test_study_rerun_with_other_arguments_is_refused_before_training(study_copy, tiny_backbone_dir):
+    """A rerun into kept runs with other training, design or task arguments once skipped every run
+    ("already done") and wrote reports labelled with the new arguments over the old scores; it is
+    refused, naming each difference and the fix, and nothing is written."""
+    from llm_embed import study
+
+    stamps = run_stamps(study_copy)
+    argv = small_study_argv(tiny_backbone_dir)
+    argv = replace_option(replace_option(replace_option(argv, "--max-steps", "7"), "--max-seq-length", "24"),
+                          "--task", "sts:pairs2.csv")
+    with pytest.raises(ValueError) as refused:
+        study.main(argv)
+    message = str(refused.value)
+    for difference in ("--max-steps 7 (kept runs: 1)", "--max-seq-length 24 (kept runs: 32)",
+                       "--task sts:pairs2.csv (kept runs: sts:pairs.csv)", "another --output-dir"):
+        assert difference in message
+    assert "--eval-batch-size" not in message and "has changed" not in message  # pairs2.csv is another file
+    assert run_stamps(study_copy) == stamps
+
+
+def test_study_rerun_with_a_changed_data_file_is_refused(study_copy, tiny_backbone_dir):
+    """The same arguments over other file contents (the task file and the training file edited in
+    place) are other runs too."""
+    from llm_embed import study
+
+    argv = small_study_argv(tiny_backbone_dir)
+    stamps = run_stamps(study_copy)
+    for name, line in (("pairs.csv", "a dog barks,a dog is barking,5\n"),
+                       ("tri.jsonl", json.dumps({"query": "q", "positive": "p", "negative": "n"}) + "\n")):
+        kept = (study_copy / name).read_bytes()
+        (study_copy / name).write_bytes(kept + line.encode())
+        with pytest.raises(ValueError, match=rf"{name.replace('.', '[.]')} has changed since the kept runs"):
+            study.main(argv)
+        (study_copy / name).write_bytes(kept)
+    assert run_stamps(study_copy) == stamps
+
+
+def test_study_rerun_with_other_non_result_arguments_resumes(study_copy, tiny_backbone_dir):
+    """Arguments that change no run's model or scores (scoring processes and threads, the embedding
+    batch size, the plot) do not block a rerun: it trains nothing and reports the kept runs."""
+    from llm_embed import study
+
+    stamps = {p.name: p.stat().st_mtime_ns for p in (study_copy / "out" / "runs").glob("design*.json")}
+    argv = replace_option(replace_option(small_study_argv(tiny_backbone_dir), "--eval-batch-size", "3"),
+                          "--score-threads", "2")
+    report = study.main(argv)
+    assert report["arguments"]["max_steps"] == 1 and report["arguments"]["eval_batch_size"] == 3
+    assert {p.name: p.stat().st_mtime_ns for p in (study_copy / "out" / "runs").glob("design*.json")} == stamps
+
+
+def test_study_report_only_reports_the_runs_own_arguments(study_copy):
+    """--report-only once labelled the kept runs with this command's arguments (its defaults: 50
+    steps, the five built-in tasks); the report now takes the runs' own, and refuses a given argument
+    that differs from theirs."""
+    from llm_embed import study
+
+    report = study.main(["--report-only", "--no-plot", "--output-dir", "out"])
+    arguments = json.loads((study_copy / "out" / "results.json").read_text())["arguments"]
+    assert report["arguments"] == arguments
+    assert arguments["max_steps"] == 1 and arguments["max_seq_length"] == 32
+    assert arguments["task"] == [["sts:pairs.csv"]] and arguments["tasks"] == []
+    stamps = run_stamps(study_copy)
+    with pytest.raises(ValueError) as refused:
+        study.main(["--report-only", "--no-plot", "--output-dir", "out", "--max-steps", "7", "--task",
+                    "sts:pairs2.csv"])
+    message = str(refused.value)
+    assert "--max-steps 7 (kept runs: 1)" in message and "--task sts:pairs2.csv (kept runs: sts:pairs.csv)" in message
+    assert run_stamps(study_copy) == stamps
+    # the runs' own values, given again, are no difference
+    study.main(["--report-only", "--no-plot", "--output-dir", "out", "--max-steps", "1", "--task", "sts:pairs.csv"])
+
+
+def test_study_rerun_into_runs_without_a_record_is_refused(study_copy, tiny_backbone_dir):
+    """Runs written before the study recorded its arguments cannot be checked: a training rerun into
+    them is refused (it would report them as made with whatever it was given)."""
+    from llm_embed import study
+
+    path = study_copy / "out" / "runs" / "design1_seed0.json"
+    run = json.loads(path.read_text())
+    for key in ("arguments", "data_files"):
+        run.pop(key, None)
+    path.write_text(json.dumps(run))
+    with pytest.raises(ValueError, match="no record of the arguments"):
+        study.main(small_study_argv(tiny_backbone_dir))
+
+
+def test_every_study_argument_is_decided_for_reruns():
+    """Each option either decides a run (recorded and compared on a rerun) or not (a rerun may change
+    it, with the reason): a new option must be put on one side."""
+    from llm_embed import study
+    from llm_embed.configuration_llm_embed import OPTIONS
+
+    destinations = {action.dest for action in study.build_parser()._actions if action.dest != "help"}
+    config = {option.name for option in OPTIONS} - set(study.DESIGN_OPTIONS)
+    decided = [*study.RUN_ARGUMENTS, *study.OTHER_ARGUMENTS, *config]
+    assert sorted(decided) == sorted(destinations)
+
+
+def test_study_report_over_runs_made_with_different_arguments_is_refused(study_copy):
+    """Runs of two studies in one runs/ folder (copied there by hand) would be compared in one report
+    as if trained alike."""
+    from llm_embed import study
+
+    runs = study_copy / "out" / "runs"
+    run = json.loads((runs / "design1_seed0.json").read_text())
+    run.update(design=2, attention="causal", pooling="latent_attention")
+    run["arguments"]["max_steps"] = 3
+    (runs / "design2_seed0.json").write_text(json.dumps(run))
+    with pytest.raises(ValueError, match=r"different arguments \(design2_seed0.json: --max-steps 3 "
+                                         r"\(design1_seed0.json: 1\)\)"):
+        study.main(["--report-only", "--no-plot", "--output-dir", "out"])

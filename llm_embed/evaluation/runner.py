@@ -72,6 +72,7 @@ def load_model(name_or_path, backbone: str | None = None):
     :func:`~llm_embed.lora.load_lora` and merged with :func:`~llm_embed.lora.merge_lora`."""
     folder = Path(name_or_path)
     if is_lora_artifact(name_or_path):
+        from ..configuration_llm_embed import options_for_head
         from ..lora import load_lora, merge_lora
         from ..modeling_llm_embed import LLMEmbeddingModel
 
@@ -85,8 +86,10 @@ def load_model(name_or_path, backbone: str | None = None):
             raise FileNotFoundError(f"{folder / LORA_BASE_FILE} names the backbone {decoder}, which does not exist on "
                                     "this machine (moved, or written elsewhere): pass --backbone (load_model(..., "
                                     "backbone=...)) with where that decoder is here")
+        # options_for_head: an earlier study recorded every design's head options for every design
         model = LLMEmbeddingModel.from_backbone(decoder, base["attention"], base["pooling"],
-                                                attn_implementation=base["attn_implementation"], **base["config"])
+                                                attn_implementation=base["attn_implementation"],
+                                                **options_for_head(base["pooling"], base["config"]))
         return merge_lora(load_lora(model, str(folder))).eval()
     if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
         raise ValueError(f"{name_or_path} holds LoRA adapters but no {LORA_BASE_FILE} naming the backbone and design "

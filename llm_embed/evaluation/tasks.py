@@ -295,6 +295,10 @@ def _read_open_records(path, handle, columns, delimiter, header, quoting, option
         if not cells:
             continue
         line = reader.line_num
+        if names and len(cells) > len(names):  # extra cells would be dropped: a text cut at a comma / tab
+            raise ValueError(f"{_where(path, line)}: {len(cells)} cells, the header has {len(names)}; a field holds "
+                             f"the delimiter ({delimiter!r}): quote it (\"hello, world\") in a CSV; a TSV field "
+                             "cannot hold a tab")
         record = {}
         for role, position in index.items():
             if position >= len(cells):
