@@ -13,19 +13,24 @@ Output, in ``--output-dir``:
   only tensors, so ``ids`` is the UTF-8 bytes of a JSON list of strings, as a uint8 tensor, inside the
   shard file rather than in a sidecar file: one file per shard means one atomic rename makes a shard's
   embeddings and ids appear together (a sidecar would leave a window, after a kill, where one exists
-  without the other, and resume would have to check pairs), and one checksum covers both.
+  without the other, and resume would have to check pairs), and one checksum covers both. The shard's
+  safetensors metadata records a hash of its input (prompt, ids, texts) and a checksum of its tensors
+  (:func:`shard_bytes`), so a resume can tell a sound shard from a damaged or stale one without a manifest.
 - ``run.json``: what decides the shards' content, written before the first shard: the arguments (model
   path, dtype, fields, prompt name and text, shard size, inputs, batch size), the device kind and, on the
   CPU, torch's thread count (:func:`compute_arguments`), and a fingerprint of the model
   (:func:`model_fingerprint`: its embedding options, backbone config, tokenizer and weights); a rerun
-  where any of these differ is refused, naming what changed.
+  where any of these differ is refused, naming what changed. A run that fails before any shard exists
+  removes its own ``run.json`` (:func:`record_withdrawn_on_failure`); no run overwrites another's.
 - ``manifest.json``: written last, once every shard exists: the run's arguments, the model's
   attention and pooling, the dimension, and per shard its file, row count and sha256.
 
 Every file is written to a hidden temporary name in the output folder, fsynced, then renamed
-(``os.replace``), so a file with a final name is always whole. A rerun with the same arguments skips
-the shards whose file exists (after checking their ids against the input), so a run killed at any
-point and run again gives the same files, byte for byte, as one run without interruption (on the same
+(``os.replace``), so a file with a final name is always whole. A rerun with the same arguments keeps
+the shards whose file is sound and was written for this input (:func:`shard_problem`) and embeds the
+others again: missing, damaged (its bytes do not match its recorded checksum) or stale (a text, an id
+or the prompt of its rows changed). So a run killed at any point and run again gives the same files,
+byte for byte, as one run without interruption (on the same
 device, dtype, batch size and, on the CPU, thread count, all checked, and the same software: the
 embeddings of a shard are computed the same way whichever run computes them).
 
@@ -38,8 +43,8 @@ rank ``r`` embeds the shards ``k`` with ``k % WORLD_SIZE == r``. Each rank still
 (rows of other ranks' shards are parsed, never embedded), so a shard's rows do not depend on how many
 processes ran, and its bytes do not either when each process uses the same device kind and thread count
 (torchrun gives each CPU process one thread: compare with a one-process run under
-``OMP_NUM_THREADS=1``); rank 0 writes the manifest after every shard file exists (it polls the folder:
-no process group needed).
+``OMP_NUM_THREADS=1``); rank 0 writes the manifest after every shard file exists and is sound for this
+input (it polls the folder: no process group needed).
 """
 
 from __future__ import annotations
@@ -61,7 +66,11 @@ import numpy as np
 
 __all__ = ["Document", "cli", "encode_corpus", "load_shards", "main", "read_documents", "shard_name"]
 
-FORMAT = "llm_embed.corpus/1"
+FORMAT = "llm_embed.corpus/2"
+"""Recorded in ``run.json``; 2: each shard records its input's hash and its own checksum (:func:`shard_bytes`),
+so a folder written by version 1 is refused on resume (start over) but still read by :func:`load_shards`."""
+SHARD_RECORD = "llm_embed"
+"""The key, in a shard's safetensors metadata, of its record (a JSON object): ``input_sha256``, ``content_sha256``."""
 MANIFEST = "manifest.json"
 RUN_FILE = "run.json"
 FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
@@ -126,8 +135,8 @@ def open_utf8(path: str | os.PathLike, newline: str | None = None) -> Iterator[T
 def has_rows(path: str | os.PathLike, kind: str) -> bool:
     """Whether an input file holds at least one row (a blank line is none, nor is a CSV/TSV header):
     reads up to its first row, so every input is checked before the model loads or a shard is written."""
-    if kind == "jsonl":
-        with open(path, "rb") as handle:
+    if kind == "jsonl":  # read as the reader reads it: a byte-order mark and a newline are no row
+        with open_utf8(path) as handle:
             return any(line.strip() for line in handle)
     if kind == "parquet":
         import pyarrow
@@ -195,7 +204,15 @@ def _csv_records(path: str, delimiter: str, fields: tuple[str, ...]) -> Iterator
                 raise ValueError(f"{path}:1: missing field {field!r}: the header has no such column (its columns: "
                                  f"{', '.join(map(str, header)) or 'none'})")
         for record in reader:
-            yield record, f"{path}:{reader.line_num}"
+            where = f"{path}:{reader.line_num}"
+            if None in record:  # DictReader's restkey: the values past the header's columns
+                count = len(header) + len(record[None])
+                fix = ("quote a field that holds a comma: \"...\"" if delimiter == "," else
+                       "a TSV field holds no tab (it has no quoting): replace the tabs in the field, or write a "
+                       "quoted .csv")
+                raise ValueError(f"{where}: {count} fields, the header has {len(header)}: a delimiter inside a "
+                                 f"field split it, and the text would be cut there; {fix}")
+            yield record, where
 
 
 def _parquet_records(path: str, fields: tuple[str, ...]) -> Iterator[tuple[Any, str]]:
@@ -231,6 +248,11 @@ def _document(record: Mapping, where: str, text_field: str, title_field: str | N
     doc_id = str(doc_id)
     if not doc_id:
         raise ValueError(f"{where}: field {id_field!r} (--id-field) is empty; every row needs an id")
+    surrogate = next((char for char in doc_id if "\ud800" <= char <= "\udfff"), None)
+    if surrogate is not None:  # a JSON escape of half a pair: the shard's ids (UTF-8) could not be written
+        raise ValueError(f"{where}: field {id_field!r} (--id-field) holds a lone surrogate {surrogate!r}, which is "
+                         "not valid Unicode and cannot be stored as UTF-8; fix the id at its source (join the "
+                         "surrogate pair, or drop the character)")
     text = _field(record, text_field, "--text-field", where)
     if not isinstance(text, str):
         raise ValueError(f"{where}: field {text_field!r} (--text-field) must be a string, got {type(text).__name__}")
@@ -322,13 +344,35 @@ def ids_bytes(ids: list[str]) -> bytes:
     return json.dumps(ids, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def shard_bytes(ids: list[str], embeddings: np.ndarray) -> bytes:
-    """A shard file's content. No metadata: safetensors writes nothing that varies between runs, so
-    the same ids and embeddings give the same bytes."""
+def input_digest(prefix: str, shard: list[Document]) -> str:
+    """sha256 of what a shard's vectors are computed from besides the model (``run.json``): the prompt, and
+    each row's id and text (the title joined). Recorded in the shard, so that a resume re-embeds a shard
+    whose input changed since it was written (a text edited under the same id kept its old vector when only
+    the ids were compared). JSON with ASCII escapes: any text hashes, a lone surrogate included (encode
+    refuses that one, naming the row)."""
+    value = [prefix, [[document.id, document.text] for document in shard]]
+    return hashlib.sha256(json.dumps(value, separators=(",", ":")).encode("ascii")).hexdigest()
+
+
+def shard_bytes(ids: list[str], embeddings: np.ndarray, input_sha256: str) -> bytes:
+    """A shard file's content: the tensors and, in safetensors' metadata (one key, :data:`SHARD_RECORD`, so
+    its order cannot vary), the shard's record: ``input_sha256`` (:func:`input_digest`) and
+    ``content_sha256`` (of the ids' bytes and the embeddings' bytes). Nothing in it varies between runs,
+    so the same input and embeddings give the same bytes.
+
+    Why the shard carries its own checksum: a resume must tell a shard it can keep from a damaged one
+    before any manifest exists (a killed run has none), and the manifest it would otherwise trust is the
+    file the resume rewrites: a damaged shard kept there got its new sha256 recorded and was then read as
+    sound. :func:`shard_problem` rebuilds these bytes from what it parses, so a change anywhere in the file
+    (tensors, header, record) shows."""
     from safetensors.numpy import save
 
-    ids_tensor = np.frombuffer(ids_bytes(ids), dtype=np.uint8).copy()
-    return save({"embeddings": np.ascontiguousarray(embeddings, dtype=np.float32), "ids": ids_tensor})
+    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+    ids_data = ids_bytes(ids)
+    content = hashlib.sha256(ids_data + embeddings.tobytes()).hexdigest()
+    record = json.dumps(dict(content_sha256=content, input_sha256=input_sha256), sort_keys=True)
+    ids_tensor = np.frombuffer(ids_data, dtype=np.uint8).copy()
+    return save({"embeddings": embeddings, "ids": ids_tensor}, metadata={SHARD_RECORD: record})
 
 
 def parse_shard(data: bytes, path: Path) -> tuple[list[str], np.ndarray]:
@@ -339,12 +383,38 @@ def parse_shard(data: bytes, path: Path) -> tuple[list[str], np.ndarray]:
         ids = json.loads(tensors["ids"].tobytes().decode("utf-8"))
         embeddings = tensors["embeddings"]
     except Exception as error:
-        raise ValueError(f"{path}: not a readable shard ({type(error).__name__}: {error}); delete it and rerun "
-                         "llm-embed-encode with the same arguments to write it again") from error
+        raise ValueError(f"{path}: not a readable shard ({type(error).__name__}: {error}); {REWRITE}") from error
     if embeddings.ndim != 2 or embeddings.dtype != np.float32 or embeddings.shape[0] != len(ids):
         raise ValueError(f"{path}: embeddings of shape {embeddings.shape} ({embeddings.dtype}) for {len(ids)} ids; "
-                         "delete it and rerun llm-embed-encode with the same arguments to write it again")
+                         f"{REWRITE}")
     return ids, embeddings
+
+
+REWRITE = ("rerun llm-embed-encode with the same arguments: it embeds a damaged shard again (and writes the "
+           "manifest anew)")
+"""The fix named for a damaged shard, by :func:`load_shards` and the resume alike."""
+
+
+def shard_problem(data: bytes, path: Path, input_sha256: str, dimension: int) -> str | None:
+    """Why a shard file cannot be kept for this run, or None: damaged (unreadable, or its bytes not the ones
+    :func:`shard_bytes` writes for what it holds, its own checksum included), written for another input
+    (its recorded input hash is not ``input_sha256``: a text, an id or the prompt changed), or of another
+    dimension. The resume embeds such a shard again; rank 0 waits for its rank to do so."""
+    try:
+        ids, embeddings = parse_shard(data, path)
+        length = int.from_bytes(data[:8], "little")
+        record = json.loads(json.loads(data[8 : 8 + length])["__metadata__"][SHARD_RECORD])
+        recorded = record["input_sha256"]
+    except (ValueError, KeyError, TypeError) as error:  # what json and a missing key raise on damaged bytes
+        cause = error.__cause__ or error  # parse_shard's own message names the path and the fix: not needed here
+        return f"damaged (not a readable shard: {type(cause).__name__}: {cause})"
+    if not isinstance(recorded, str) or data != shard_bytes(ids, embeddings, recorded):
+        return "damaged (its bytes do not match the checksum recorded in it)"
+    if recorded != input_sha256:
+        return "its input (prompt, ids or texts) changed since it was written"
+    if embeddings.shape[1] != dimension:
+        return f"embeddings of dimension {embeddings.shape[1]}, the model gives {dimension}"
+    return None
 
 
 def fsync_dir(folder: Path) -> None:
@@ -394,22 +464,12 @@ def write_atomically(path: Path, data: bytes, fail_midway: bool = False) -> None
     fsync_dir(path.parent)
 
 
+def json_bytes(value: Any) -> bytes:
+    return (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
 def write_json(path: Path, value: Any) -> None:
-    write_atomically(path, (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-
-
-def check_existing_shard(path: Path, ids: list[str], dimension: int) -> None:
-    """A shard a previous run wrote, before it is kept: the same ids (so the same rows of the same
-    input) and the model's dimension."""
-    stored_ids, embeddings = parse_shard(path.read_bytes(), path)
-    if stored_ids != ids:
-        first = next((i for i, (a, b) in enumerate(zip(stored_ids, ids)) if a != b), min(len(stored_ids), len(ids)))
-        raise ValueError(f"{path}: holds {len(stored_ids)} rows, but the input gives {len(ids)} rows for this shard, "
-                         f"and they differ from row {first} on: the input changed since the shard was written. "
-                         "Start over in another --output-dir (or empty this one)")
-    if embeddings.shape[1] != dimension:
-        raise ValueError(f"{path}: embeddings of dimension {embeddings.shape[1]}, but the model gives {dimension}; "
-                         "start over in another --output-dir (or empty this one)")
+    write_atomically(path, json_bytes(value))
 
 
 # ----------------------------------------------------------------------------- the run's arguments
@@ -504,6 +564,8 @@ HINTS = {
     "cpu_threads": "torch's CPU thread count changes the embeddings' last bits: set OMP_NUM_THREADS to the "
                    "recorded count (torchrun sets 1 per process)",
     "device": "another kind of device changes the embeddings' last bits",
+    "format": "an earlier llm-embed-encode wrote this folder: its shards record no checksum, so they cannot be "
+              "checked for a resume; load_shards still reads a finished one",
 }
 """Why a difference in these ``run.json`` entries is refused, for the message."""
 
@@ -524,9 +586,14 @@ def differences(saved: Any, current: Any, key: str = "") -> list[str]:
 
 def check_arguments(output_dir: Path, arguments: dict) -> None:
     """Refuse to resume into a folder that another run wrote, naming what differs; write ``run.json``
-    if it is new, or if the run that wrote it left no shard (it failed before its first one).
+    if there is none.
 
-    Every rank does this at start; ranks of one run write the same bytes, so their races are harmless."""
+    Every rank does this at start; ranks of one run write the same bytes, so their races are harmless.
+    A record is never overwritten: one without a shard beside it may be another rank's that has not
+    finished its first shard yet (ranks started together with other arguments then both ran, their
+    shards mixed). A run that fails before any shard exists withdraws its own record instead
+    (:func:`record_withdrawn_on_failure`), so a corrected command is not blocked by it; a record left by a
+    process killed before its first shard is refused like any other (pass another folder, or delete it)."""
     for name in (RUN_FILE, MANIFEST):
         path = output_dir / name
         if not path.is_file():
@@ -536,12 +603,6 @@ def check_arguments(output_dir: Path, arguments: dict) -> None:
         except (OSError, json.JSONDecodeError) as error:
             raise ValueError(f"{path}: not readable ({error}); pass another --output-dir") from error
         found = differences(saved, arguments)
-        if found and name == RUN_FILE and not (output_dir / MANIFEST).is_file() and not glob.glob(
-                glob.escape(str(output_dir)) + "/shard-*"):
-            # the run that wrote it stopped before its first shard (a missing field, say): nothing of it can
-            # mix with this run's shards, so the corrected command starts afresh instead of being refused
-            write_json(path, arguments)
-            continue
         if found:
             hints = [HINTS[key] for key in HINTS if any(item.startswith(key) for item in found)]
             why = f" ({'; '.join(hints)})" if hints else ""
@@ -556,6 +617,40 @@ def check_arguments(output_dir: Path, arguments: dict) -> None:
             raise ValueError(f"{output_dir} holds shard files but no {RUN_FILE}: they were not written by "
                              "llm-embed-encode, or by another run; pass another --output-dir (or empty this one)")
         write_json(run_file, arguments)
+
+
+@contextmanager
+def record_withdrawn_on_failure(output_dir: Path, arguments: dict) -> Iterator[None]:
+    """Around the embedding loop: on a failure (a missing field, a duplicate id, an interrupt) while the
+    folder holds no shard and no manifest, remove ``run.json`` if it is this run's record (the same
+    bytes), then let the error pass. Nothing of the run can mix with another's then, so the corrected
+    command starts afresh; and since only a failing run removes its own record, a rank that finds another
+    rank's record cannot take it for a failed run's (:func:`check_arguments`). A sibling rank of the same
+    run that goes on writes the record again before its next shard (:func:`claim_record`)."""
+    try:
+        yield
+    except BaseException:
+        run_file = output_dir / RUN_FILE
+        if (not glob.glob(glob.escape(str(output_dir)) + "/shard-*.safetensors") and not (output_dir / MANIFEST)
+                .is_file() and run_file.is_file() and run_file.read_bytes() == json_bytes(arguments)):
+            run_file.unlink(missing_ok=True)
+        raise
+
+
+def claim_record(output_dir: Path, arguments: dict) -> None:
+    """Before each shard is written: ``run.json`` is still this run's (written again if a failed rank of
+    the same run withdrew it; refused if another run's record took its place meanwhile)."""
+    run_file = output_dir / RUN_FILE
+    if not run_file.is_file():
+        write_json(run_file, arguments)
+    elif run_file.read_bytes() != json_bytes(arguments):
+        check_arguments(output_dir, arguments)
+
+
+def model_record(path: str) -> str:
+    """The model as ``run.json`` records it: a local folder's absolute path, a Hub id as given. The command
+    and :func:`encode_corpus` record the same form, so either resumes a folder the other wrote."""
+    return os.path.abspath(path) if path and os.path.isdir(path) else path
 
 
 def rank_and_world_size(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
@@ -610,9 +705,10 @@ def encode_corpus(
     """Embed the rows of ``inputs`` with ``model`` (an :class:`~llm_embed.LLMEmbeddingModel` with its
     tokenizer) into shards in ``output_dir``; see the module docstring for the files and the resume
     and multi-process behaviour. ``model_path``: recorded in ``run.json`` and the manifest (default:
-    ``model.name_or_path``). Returns a summary: ``output_dir``, ``rows`` (the corpus), ``shards``,
-    ``embedded_rows``, ``written_shards``, ``resumed_shards``, ``tokens``, ``truncated``, ``seconds``
-    (this process) and ``manifest`` (its path on rank 0, else None)."""
+    ``model.name_or_path``; a local folder as its absolute path, :func:`model_record`). Returns a summary:
+    ``output_dir``, ``rows`` (the corpus), ``shards``, ``embedded_rows``, ``written_shards``, ``resumed_shards``,
+    ``replaced_shards`` (written again: damaged, or their input changed), ``tokens``, ``truncated``,
+    ``seconds`` (this process) and ``manifest`` (its path on rank 0, else None)."""
     from tqdm.auto import tqdm
 
     from .encoding import check_count, check_embeddings, resolve_prompt
@@ -626,13 +722,18 @@ def encode_corpus(
     config = model.config
     prefix = resolve_prompt(config.prompts, config.default_prompt_name, prompt_name, None)  # unknown name: refused
     dimension = int(config.embedding_dim)
-    model_path = model_path if model_path is not None else str(getattr(model, "name_or_path", "") or "")
+    model_path = model_record(model_path if model_path is not None else str(getattr(model, "name_or_path", "") or ""))
+    output_dir = Path(output_dir).absolute()
+    blocking = next((folder for folder in (output_dir, *output_dir.parents)
+                     if folder.exists() and not folder.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(f"output folder {output_dir} (--output-dir): {blocking} is a file, not a folder; pass the "
+                         "path of a folder (it is created if missing), or move the file away")
     arguments = dict(format=FORMAT, model=model_path, dtype=model_dtype(model), prompt_name=prompt_name,
                      text_field=text_field, title_field=title_field, id_field=id_field, inputs=inputs,
                      shard_size=shard_size, **compute_arguments(model, batch_size), prompt=prefix,
                      model_fingerprint=model_fingerprint(model))
 
-    output_dir = Path(output_dir).absolute()
     output_dir.mkdir(parents=True, exist_ok=True)
     check_arguments(output_dir, arguments)
 
@@ -642,28 +743,33 @@ def encode_corpus(
     show = progress and rank == 0
     bar = tqdm(total=count_rows(inputs) if show else None, desc="Embedding", unit="docs", disable=not show)
     start = time.perf_counter()
-    expected: list[tuple[int, str]] = []  # per shard: rows and sha256 of its ids, to check the other ranks' files
-    embedded = tokens = truncated = written = resumed = total = 0
+    expected: list[tuple[int, str]] = []  # per shard: rows and input hash, to check the other ranks' files
+    embedded = tokens = truncated = written = resumed = replaced = total = 0
 
     def first_place(doc_id: str) -> str:  # where a duplicate id was first seen: read again, on the error path only
         return next((doc.where for doc in read_documents(inputs, text_field, title_field, id_field)
                      if doc.id == doc_id), "an earlier row")
 
-    with bar:
+    with record_withdrawn_on_failure(output_dir, arguments), bar:
         documents = unique_ids(read_documents(inputs, text_field, title_field, id_field), first_place)
         for index, shard in enumerate(shards_of(documents, shard_size)):
             ids = [document.id for document in shard]
             total += len(shard)
-            expected.append((len(shard), hashlib.sha256(ids_bytes(ids)).hexdigest()))
+            digest = input_digest(prefix, shard)
+            expected.append((len(shard), digest))
             path = output_dir / shard_name(index)
             if index % world_size != rank:
                 bar.update(len(shard))
                 continue
             if path.is_file():
-                check_existing_shard(path, ids, dimension)
-                resumed += 1
-                bar.update(len(shard))
-                continue
+                problem = shard_problem(path.read_bytes(), path, digest, dimension)
+                if problem is None:
+                    resumed += 1
+                    bar.update(len(shard))
+                    continue
+                print(f"llm-embed-encode: {path}: {problem}; embedding it again", file=sys.stderr, flush=True)
+                (output_dir / MANIFEST).unlink(missing_ok=True)  # it describes the old file: load_shards must not
+                replaced += 1
             texts = [document.text for document in shard]
             parts = []
             for first in range(0, len(texts), chunk_texts):
@@ -684,7 +790,8 @@ def encode_corpus(
                 bar.update(len(piece))
             embeddings = np.concatenate(parts) if len(parts) > 1 else parts[0]
             remove_temporaries(path)
-            write_atomically(path, shard_bytes(ids, embeddings), fail_midway=fail_after == written)
+            claim_record(output_dir, arguments)
+            write_atomically(path, shard_bytes(ids, embeddings, digest), fail_midway=fail_after == written)
             written += 1
             embedded += len(shard)
     seconds = time.perf_counter() - start
@@ -700,51 +807,65 @@ def encode_corpus(
             Path(stale).unlink(missing_ok=True)  # left by killed runs; every shard is whole now
     where = f"rank {rank}/{world_size}: " if world_size > 1 else ""
     note = f", {truncated} truncated to max_seq_length={config.max_seq_length}" if truncated else ""
+    again = f" ({replaced} of them again: damaged or their input changed)" if replaced else ""
     print(f"llm-embed-encode: {where}{embedded} documents, {tokens} tokens{note} in {seconds:.1f} s "
-          f"({tokens / max(seconds, 1e-9):.0f} tokens/s); {written} shards written, {resumed} already there; "
+          f"({tokens / max(seconds, 1e-9):.0f} tokens/s); {written} shards written{again}, {resumed} already there; "
           f"corpus: {total} rows in {len(expected)} shards in {output_dir}", flush=True)
     return dict(output_dir=str(output_dir), rows=total, shards=len(expected), embedded_rows=embedded,
-                written_shards=written, resumed_shards=resumed, tokens=tokens, truncated=truncated, seconds=seconds,
-                manifest=str(manifest_path) if manifest_path else None)
+                written_shards=written, resumed_shards=resumed, replaced_shards=replaced, tokens=tokens,
+                truncated=truncated, seconds=seconds, manifest=str(manifest_path) if manifest_path else None)
 
 
 def wait_for_shards(output_dir: Path, expected: list[tuple[int, str]], dimension: int, timeout: float) -> list[dict]:
-    """Rank 0: wait until every shard file exists (the other ranks write theirs), check each against
-    the input (rows, ids) and return the manifest's records (file, rows, sha256). Polls the folder, so
-    no process group is needed; with one initialised (torch.distributed), waits at a barrier first."""
+    """Rank 0: wait until every shard file exists and is one this run can keep (:func:`shard_problem`: whole,
+    and written for this input; the other ranks write theirs, and replace a damaged or stale one), and
+    return the manifest's records (file, rows, sha256). Polls the folder, so no process group is needed
+    (with one initialised, torch.distributed, waits at a barrier first); a file is read again only when it
+    changed (inode, mtime, size) since it was last found wanting."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
     paths = [output_dir / shard_name(index) for index in range(len(expected))]
-    deadline = time.monotonic() + timeout
-    while True:
-        missing = [path.name for path in paths if not path.is_file()]
-        if not missing:
-            break
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{len(missing)} shards still missing in {output_dir} after {timeout:.0f} s "
-                               f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}): their ranks have "
-                               "not finished or have failed. Rerun with the same arguments (any number of processes; "
-                               "on the CPU, the same thread count each) to embed them; the shards written are kept")
-        time.sleep(WAIT_POLL_SECONDS)
     extra = sorted(set(glob.glob(glob.escape(str(output_dir)) + "/shard-*.safetensors")) - {str(p) for p in paths})
     if extra:
         raise ValueError(f"{output_dir} holds shard files past the corpus's {len(paths)} shards "
-                         f"({', '.join(Path(p).name for p in extra[:5])}): the input changed since they were written; "
-                         "start over in another --output-dir (or empty this one)")
-    records = []
-    for path, (rows, ids_digest) in zip(paths, expected):
-        data = path.read_bytes()
-        ids, embeddings = parse_shard(data, path)
-        if len(ids) != rows or hashlib.sha256(ids_bytes(ids)).hexdigest() != ids_digest:
-            raise ValueError(f"{path}: its {len(ids)} ids are not the input's {rows} rows of this shard: the input "
-                             "changed since it was written; start over in another --output-dir (or empty this one)")
-        if embeddings.shape[1] != dimension:
-            raise ValueError(f"{path}: dimension {embeddings.shape[1]}, the model gives {dimension}; start over in "
-                             "another --output-dir (or empty this one)")
-        records.append(dict(file=path.name, rows=rows, sha256=hashlib.sha256(data).hexdigest()))
-    return records
+                         f"({', '.join(Path(p).name for p in extra[:5])}): the input has fewer rows than when they "
+                         "were written; start over in another --output-dir (or empty this one)")
+    records: dict[int, dict] = {}
+    problems: dict[int, str] = {}  # per shard not accepted yet: why
+    looked: dict[int, tuple[int, int, int]] = {}  # per shard found wanting: its file's (inode, mtime, size) then
+    deadline = time.monotonic() + timeout
+    while True:
+        for index, path in enumerate(paths):
+            if index in records:
+                continue
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                problems[index] = "missing"
+                continue
+            signature = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+            if looked.get(index) == signature:
+                continue
+            looked[index] = signature
+            data = path.read_bytes()
+            rows, digest = expected[index]
+            problem = shard_problem(data, path, digest, dimension)
+            if problem is None:
+                records[index] = dict(file=path.name, rows=rows, sha256=hashlib.sha256(data).hexdigest())
+                problems.pop(index, None)
+            else:
+                problems[index] = problem
+        if not problems:
+            return [records[index] for index in range(len(paths))]
+        if time.monotonic() > deadline:
+            listed = "; ".join(f"{paths[index].name}: {problems[index]}" for index in sorted(problems)[:5])
+            raise TimeoutError(f"{len(problems)} shards not ready in {output_dir} after {timeout:.0f} s ({listed}"
+                               f"{'; ...' if len(problems) > 5 else ''}): their ranks have not finished or have "
+                               "failed. Rerun with the same arguments (any number of processes; on the CPU, the "
+                               "same thread count each) to embed them; the sound shards written are kept")
+        time.sleep(WAIT_POLL_SECONDS)
 
 
 def load_shards(output_dir: str | os.PathLike) -> tuple[list[str], np.ndarray]:
@@ -764,7 +885,7 @@ def load_shards(output_dir: str | os.PathLike) -> tuple[list[str], np.ndarray]:
         digest = hashlib.sha256(data).hexdigest()
         if digest != record["sha256"]:
             raise ValueError(f"{path}: sha256 {digest} differs from the manifest's {record['sha256']}: the file is "
-                             "corrupted or was changed; delete it and rerun llm-embed-encode with the same arguments")
+                             f"damaged or was changed; {REWRITE}")
         ids, embeddings = parse_shard(data, path)
         if len(ids) != record["rows"]:
             raise ValueError(f"{path}: {len(ids)} rows, the manifest says {record['rows']}")
@@ -867,10 +988,9 @@ def main(argv: list[str] | None = None) -> dict:
     # attribute; LLMEmbeddingModel refuses it (and a missing folder, a mistyped path) by name.
     model = LLMEmbeddingModel.from_pretrained(args.model, **kwargs)
     model.to(device)
-    model_path = os.path.abspath(args.model) if os.path.isdir(args.model) else args.model
     return encode_corpus(model, args.inputs, args.output_dir, text_field=args.text_field, title_field=args.title_field,
                          id_field=args.id_field, prompt_name=args.prompt_name, batch_size=args.batch_size,
-                         shard_size=args.shard_size, model_path=model_path,
+                         shard_size=args.shard_size, model_path=args.model,
                          progress=args.progress or sys.stderr.isatty(), wait_timeout=args.wait_timeout)
 
 

@@ -219,8 +219,8 @@ def test_csv_without_the_column_names_the_header_line(model_dir, tmp_path):
     corpus.write_text("doc_id,heading,text\nd0,t,hello\n")
     with pytest.raises(ValueError, match=re.escape(f"{corpus}:1: missing field 'body'")):
         main(arguments(model_dir, [corpus], tmp_path / "out"))
-    # the failed run wrote run.json but no shard: the corrected command starts afresh, not refused
-    assert (tmp_path / "out" / RUN_FILE).is_file() and not list((tmp_path / "out").glob("shard-*"))
+    # the run failed before its first shard and withdrew its run.json: the corrected command starts afresh
+    assert not (tmp_path / "out" / RUN_FILE).exists() and not list((tmp_path / "out").glob("shard-*"))
     main(arguments(model_dir, [corpus], tmp_path / "out", "--text-field", "text"))
     assert len(load_shards(tmp_path / "out")[0]) == 1
 
@@ -485,7 +485,9 @@ def test_resume_with_another_thread_count_is_refused(model_dir, reference, tmp_p
     assert sorted(shard_files(out)) == [shard_name(0), shard_name(1)]
 
 
-def test_shards_of_a_changed_input_are_refused(model_dir, reference, tmp_path, one_thread):
+def test_shards_of_a_changed_input_are_embedded_again(model_dir, reference, tmp_path, one_thread, capsys):
+    """An id renamed since the shards were written: the shard holding it is embedded again (its recorded
+    input hash differs), the others kept; rows past the corpus's end are refused."""
     corpus, reference_dir = reference
     copy = shutil.copytree(reference_dir, tmp_path / "copy")
     rows = corpus_rows()
@@ -496,7 +498,13 @@ def test_shards_of_a_changed_input_are_refused(model_dir, reference, tmp_path, o
     run["inputs"] = [str(tmp_path / "corpus.jsonl")]
     (copy / RUN_FILE).write_text(json.dumps(run))
     (copy / MANIFEST).unlink()
-    with pytest.raises(ValueError, match=r"the input changed since the shard was written"):
+    result = main(arguments(model_dir, [tmp_path / "corpus.jsonl"], copy, "--shard-size", str(SHARD_SIZE)))
+    assert (result["written_shards"], result["replaced_shards"], result["resumed_shards"]) == (1, 1, 5)
+    assert f"{copy / shard_name(0)}: its input (prompt, ids or texts) changed" in capsys.readouterr().err
+    assert load_shards(copy)[0][1] == "renamed"
+    write_corpus(tmp_path / "corpus.jsonl", rows[:15])  # shorter: shards 4 and 5 are past its end
+    with pytest.raises(ValueError, match=r"shard files past the corpus's 4 shards \(shard-00004.safetensors, "
+                                         r"shard-00005.safetensors\): the input has fewer rows"):
         main(arguments(model_dir, [tmp_path / "corpus.jsonl"], copy, "--shard-size", str(SHARD_SIZE)))
 
 
@@ -556,3 +564,139 @@ def test_an_input_that_is_not_utf8_is_named_with_the_fix(model_dir, tmp_path, su
     path.write_bytes(text.encode("latin-1"))
     with pytest.raises(ValueError, match=rf"latin1{re.escape(suffix)}(:\d+)?: .*not UTF-8 .*iconv -f latin1 -t utf-8"):
         main(arguments(model_dir, [path], tmp_path / "out"))
+
+
+# ----------------------------------------------------------------------------- audit 5 regressions
+
+
+def flip_byte(path: Path, position: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[position] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_shard_is_re_embedded_not_laundered(model_dir, reference, tmp_path, one_thread, capsys):
+    """The audit's case: a shard corrupted after a finished run (load_shards refuses it); the documented
+    resume, the same command again, kept it and wrote a manifest with its new sha256, so load_shards then
+    accepted it. Now the rerun re-embeds the damaged shards (one in its embeddings, one in its ids, one cut
+    short), and the folder equals the uncorrupted run again."""
+    corpus, reference_dir = reference
+    copy = shutil.copytree(reference_dir, tmp_path / "copy")
+    header = int.from_bytes((copy / shard_name(3)).read_bytes()[:8], "little") + 8
+    flip_byte(copy / shard_name(3), header + 3)  # inside 'embeddings'
+    flip_byte(copy / shard_name(1), -3)  # inside 'ids' (the last tensor)
+    (copy / shard_name(5)).write_bytes((copy / shard_name(5)).read_bytes()[:100])  # cut short: unreadable
+    with pytest.raises(ValueError, match=re.escape(f"{copy / shard_name(1)}: sha256")):
+        load_shards(copy)
+    result = main(arguments(model_dir, [corpus], copy, "--shard-size", str(SHARD_SIZE)))
+    assert (result["written_shards"], result["resumed_shards"], result["replaced_shards"]) == (3, 3, 3)
+    assert capsys.readouterr().err.count("; embedding it again") == 3
+    assert shard_files(copy) == shard_files(reference_dir)
+    assert json.loads((copy / MANIFEST).read_text()) == json.loads((reference_dir / MANIFEST).read_text())
+    load_shards(copy)
+
+
+def test_a_rank_with_other_arguments_is_refused_while_another_rank_holds_the_record(model_dir, reference,
+                                                                                 tmp_path, one_thread, monkeypatch):
+    """Two ranks of one folder started with different arguments: the later one found the other's run.json
+    but no shard yet, took it for a run that failed before its first shard, and overwrote it (both exited 0,
+    shards mixed). A record now stays until the run that wrote it withdraws it on its own failure, so a
+    rank that is still running (here: killed in its first shard, which the folder cannot tell apart) keeps
+    its record and the other arguments are refused."""
+    corpus, _ = reference
+    out = tmp_path / "out"
+    code, _, stderr = finish(start(model_dir, [corpus], out, RANK="1", WORLD_SIZE="2", **{FAIL_AFTER_SHARDS_ENV: "0"}))
+    assert code == 1 and (out / RUN_FILE).is_file() and not list(out.glob("shard-*")), stderr[-3000:]
+    record = (out / RUN_FILE).read_bytes()
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"\(run\.json: prompt_name: 'query' there, 'document' now;"):
+        main(arguments(model_dir, [corpus], out, "--shard-size", str(SHARD_SIZE), "--prompt-name", "document",
+                       "--wait-timeout", "1"))
+    assert (out / RUN_FILE).read_bytes() == record and not list(out.glob("shard-*"))
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+def test_rows_with_more_fields_than_the_header_are_refused(tmp_path, suffix):
+    """An unquoted comma (CSV) or a tab (TSV) in a field split it, and the values past the header's columns
+    were dropped: the text embedded was cut short without a word."""
+    from llm_embed.corpus import read_documents
+
+    corpus = tmp_path / f"c{suffix}"
+    if suffix == ".csv":
+        corpus.write_text('doc_id,heading,body\nd0,t,"hello, world"\nd1,t,hello, world\n')
+        fix = "quote a field that holds a comma"
+    else:
+        corpus.write_text("doc_id\theading\tbody\nd0\tt\thello\nd1\tt\thello\tworld\n")
+        fix = "a TSV field holds no tab"
+    with pytest.raises(ValueError, match=re.escape(f"{corpus}:3: 4 fields, the header has 3") + f".*{fix}"):
+        list(read_documents([corpus], "body", "heading", "doc_id"))
+
+
+def test_a_text_edited_since_its_shard_was_written_is_re_embedded(model_dir, loaded_model, reference, tmp_path,
+                                                                 one_thread):
+    """A text changed under the same id, then the same command rerun: the old vector was kept. Each shard
+    records a hash of its input (prompt, ids, texts), so the resume re-embeds that shard alone."""
+    corpus, reference_dir = reference
+    copy = shutil.copytree(reference_dir, tmp_path / "copy")
+    rows = corpus_rows()
+    rows[5]["body"] = "a completely different text now"
+    edited = write_corpus(tmp_path / "corpus.jsonl", rows)
+    for name in (RUN_FILE, MANIFEST):  # the same arguments, the input at another path
+        record = json.loads((copy / name).read_text())
+        record["inputs"] = [str(edited)]
+        (copy / name).write_text(json.dumps(record))
+    result = main(arguments(model_dir, [edited], copy, "--shard-size", str(SHARD_SIZE)))
+    assert (result["written_shards"], result["resumed_shards"]) == (1, 5)
+    ids, embeddings = load_shards(copy)
+    expected = loaded_model.encode(expected_texts(rows), prompt_name=PROMPT, convert_to_numpy=True)
+    np.testing.assert_allclose(embeddings, expected, atol=1e-5, rtol=0)
+    unchanged = {name: data for name, data in shard_files(reference_dir).items() if name != shard_name(1)}
+    assert {name: data for name, data in shard_files(copy).items() if name != shard_name(1)} == unchanged
+
+
+def test_a_jsonl_file_with_only_a_byte_order_mark_is_empty(tmp_path):
+    from llm_embed.corpus import check_inputs
+
+    corpus = tmp_path / "bom.jsonl"
+    corpus.write_bytes(b"\xef\xbb\xbf\n")
+    with pytest.raises(ValueError, match=re.escape(f"{corpus}: holds no row: an empty corpus")):
+        check_inputs([corpus])
+
+
+def test_an_id_with_a_lone_surrogate_is_refused_as_it_is_read(tmp_path):
+    """It failed with a bare codec error naming nothing, after a whole shard was embedded."""
+    from llm_embed.corpus import read_documents
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"doc_id": "ok", "body": "x"}\n{"doc_id": "a\\ud800", "body": "x"}\n')
+    with pytest.raises(ValueError, match=re.escape(f"{corpus}:2: field 'doc_id' (--id-field) holds a lone "
+                                                   "surrogate '\\ud800'")):
+        list(read_documents([corpus], "body", None, "doc_id"))
+
+
+def test_the_model_path_is_recorded_the_same_way_by_the_command_and_the_function(model_dir, loaded_model,
+                                                                                  tmp_path, monkeypatch):
+    """The command recorded a local model's absolute path, encode_corpus the path as given, so neither
+    resumed the other's folder. Both record the absolute path of a local folder, a Hub id as given."""
+    from llm_embed.corpus import encode_corpus
+
+    corpus = write_corpus(tmp_path / "c.jsonl", corpus_rows(2))
+    monkeypatch.chdir(model_dir.parent)
+    encode_corpus(loaded_model, corpus, tmp_path / "out", text_field="body", id_field="doc_id",
+                  model_path=model_dir.name)
+    assert json.loads((tmp_path / "out" / RUN_FILE).read_text())["model"] == str(model_dir)
+    encode_corpus(loaded_model, corpus, tmp_path / "hub", text_field="body", id_field="doc_id",
+                  model_path="someone/some-model")
+    assert json.loads((tmp_path / "hub" / RUN_FILE).read_text())["model"] == "someone/some-model"
+
+
+def test_an_output_dir_that_is_a_file_is_named_with_the_fix(loaded_model, tmp_path):
+    from llm_embed.corpus import encode_corpus
+
+    corpus = write_corpus(tmp_path / "c.jsonl", corpus_rows(2))
+    (tmp_path / "afile").write_text("x")
+    for output_dir in (tmp_path / "afile", tmp_path / "afile" / "out"):
+        with pytest.raises(ValueError, match=re.escape(f"output folder {output_dir} (--output-dir): "
+                                                       f"{tmp_path / 'afile'} is a file")):
+            encode_corpus(loaded_model, corpus, output_dir, text_field="body", id_field="doc_id")
