@@ -46,7 +46,11 @@ from .model_card import has_user_model_card, write_model_card
 from .packed_attention import SDPA_WITH_FLEX  # noqa: F401  (see below)
 from .packing import PackedBatch
 from .pooling import LAYER_REDUCTIONS, POOLING_HEADS, PoolingHead
-from .sentence_transformers_files import SENTENCE_TRANSFORMERS_MODULE, write_sentence_transformers_files
+from .sentence_transformers_files import (
+    SENTENCE_TRANSFORMERS_MODULE,
+    truncation_saved_for_sentence_transformers,
+    write_sentence_transformers_files,
+)
 from .tokenizer_setup import configure_tokenizer, load_saved_tokenizer, tokenizer_settings
 
 logger = logging.getLogger(__name__)
@@ -455,6 +459,13 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
         if has_saved_file(pretrained_model_name_or_path, "tokenizer_config.json", tokenizer_kwargs):
             model.tokenizer = load_saved_tokenizer(pretrained_model_name_or_path, tokenizer_kwargs,
                                                    backbone_config=model.config.backbone_config)
+        truncate_dim = truncation_saved_for_sentence_transformers(pretrained_model_name_or_path)
+        if truncate_dim is not None and truncate_dim < model.config.embedding_dim:
+            logger.warning(
+                "%s/config_sentence_transformers.json sets truncate_dim=%d (a SentenceTransformer saved with it): "
+                "sentence-transformers returns %d-dimensional vectors from this folder, encode returns %d. For the "
+                "same vectors, slice embeddings[..., :%d] (sliced vectors are no longer unit length).",
+                pretrained_model_name_or_path, truncate_dim, truncate_dim, model.config.embedding_dim, truncate_dim)
         return (model, info) if want_info else model
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, model_card: dict | None = None, **kwargs):

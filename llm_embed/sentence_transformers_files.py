@@ -25,6 +25,18 @@ def sentence_transformers_settings(config) -> dict:
             "default_prompt_name": config.default_prompt_name, "similarity_fn_name": "cosine"}
 
 
+def truncation_saved_for_sentence_transformers(folder) -> int | None:
+    """The ``truncate_dim`` a local folder's ``config_sentence_transformers.json`` sets (what
+    ``SentenceTransformer(..., truncate_dim=...).save`` writes), or None: sentence-transformers then returns
+    shorter vectors from the folder than ``LLMEmbeddingModel.encode`` does, which loading should say."""
+    path = os.path.join(folder, "config_sentence_transformers.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        value = json.load(handle).get("truncate_dim")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def write_sentence_transformers_files(model, folder) -> None:
     """Write the sentence-transformers files for ``model`` into ``folder`` (the settings from
     ``model.config``: its prompts and default prompt; cosine similarity, as the embeddings are

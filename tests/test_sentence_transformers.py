@@ -92,7 +92,7 @@ def _features(st, rows):
         return [[st.preprocess([r[key] for r in rows]) for key in ("query", "positive", "negative")]]
 
 
-def test_st_save_keeps_sentence_transformers_settings(saved, tmp_path):
+def test_st_save_keeps_sentence_transformers_settings(saved, tmp_path, caplog):
     """SentenceTransformer.save writes its settings, then the module's save (save_pretrained) runs:
     the settings must survive it, and the tokenizer saved must follow st.max_seq_length."""
     from sentence_transformers import SentenceTransformer
@@ -111,6 +111,12 @@ def test_st_save_keeps_sentence_transformers_settings(saved, tmp_path):
     assert AutoTokenizer.from_pretrained(tmp_path / "st").model_max_length == 8
     for method in ("encode", "encode_query", "encode_document"):
         np.testing.assert_allclose(getattr(again, method)(TEXTS), getattr(st, method)(TEXTS), atol=1e-6)
+    # the folder gives 8 dimensions through sentence-transformers, 32 through encode: loading says so
+    with caplog.at_level("WARNING"):
+        model = AutoModel.from_pretrained(tmp_path / "st")
+    assert "sets truncate_dim=8 (a SentenceTransformer saved with it): sentence-transformers returns 8-dimensional " \
+           "vectors from this folder, encode returns 32" in caplog.text
+    np.testing.assert_allclose(again.encode(TEXTS), model.encode(TEXTS)[:, :8], atol=1e-6)
 
 
 def test_st_save_writes_the_prompts_into_the_model_config(saved, tmp_path):
