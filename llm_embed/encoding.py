@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import logging
 import operator
+import os
 import sys
 import threading
 import warnings
@@ -221,26 +222,37 @@ def _run_tokenizer(tokenizer, inputs: list[str], sources: list[int], prefix: str
 
 
 def tokenize_texts(
-    tokenizer, texts: list[str], max_seq_length: int, append_eos: bool, prefix: str = ""
+    tokenizer, texts: list[str], max_seq_length: int, append_eos: bool, prefix: str = "",
+    stacklevel: int | None = 3,
 ) -> list[list[int]]:
     """Token ids of ``prefix + text`` per text, truncated to ``max_seq_length`` (EOS included), with one
-    warning if any was cut (see :func:`tokenize_counting_truncation`)."""
+    warning if any was cut (see :func:`tokenize_counting_truncation`; ``stacklevel`` as
+    :func:`warn_truncated`'s: by default the caller's caller)."""
     ids, truncated = tokenize_counting_truncation(tokenizer, texts, max_seq_length, append_eos, prefix)
-    warn_truncated(truncated, len(texts), max_seq_length, stacklevel=3)
+    warn_truncated(truncated, len(texts), max_seq_length, stacklevel=stacklevel)
     return ids
+
+
+#: Packages whose frames a truncation warning passes over to reach the user's line: sentence-transformers'
+#: encode calls the module's preprocess (sentence_transformers_llm_embed), through torch's no-grad wrapper.
+PASS_THROUGH_PACKAGES = ("sentence_transformers", "torch")
 
 
 def warn_truncated(truncated: int, total: int, max_seq_length: int, stacklevel: int | None = None) -> None:
     """The one warning of a call whose texts were cut to ``max_seq_length``. ``stacklevel`` counts from
-    the caller of this function; None: the first frame outside this module, i.e. the user's line
-    whichever of ``encode`` / ``encode_query`` / ``encode_document`` it called (a fixed count would
-    name a line in this module for the latter two, and Python's default filter, once per location,
-    would then hide the warning of every later call site)."""
+    the caller of this function; None: the first frame outside this package's folder (and outside
+    :data:`PASS_THROUGH_PACKAGES`), i.e. the user's line whichever of ``encode`` / ``encode_query`` /
+    ``encode_document`` / ``SentenceTransformer.encode`` it called (a fixed count would name a line in
+    a library, and Python's default filter, once per location, would then hide the warning of every
+    later call site)."""
     if not truncated:
         return
     if stacklevel is None:
+        here = os.path.dirname(os.path.abspath(__file__))
         frame, stacklevel = sys._getframe(1), 1
-        while frame is not None and frame.f_code.co_filename == __file__:
+        while frame is not None and (
+                os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == here
+                or str(frame.f_globals.get("__name__", "")).split(".")[0] in PASS_THROUGH_PACKAGES):
             frame, stacklevel = frame.f_back, stacklevel + 1
     warnings.warn(
         f"{truncated} of {total} texts were longer than max_seq_length={max_seq_length} tokens "

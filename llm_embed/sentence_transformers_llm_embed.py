@@ -77,7 +77,9 @@ class LLMEmbeddingSTModule(InputModule):
                 raise ValueError(f"encode({name}={value!r}) is not supported for this llm_embed model: {reason}.")
         config, tokenizer = self.model.config, self.model.tokenizer
         check_prompt_fits(tokenizer, prompt or "", config.max_seq_length, config.append_eos)  # as encode refuses
-        ids = tokenize_texts(tokenizer, list(inputs), config.max_seq_length, config.append_eos, prefix=prompt or "")
+        # a truncation warning names the user's line that called st.encode (stacklevel None), once per batch
+        ids = tokenize_texts(tokenizer, list(inputs), config.max_seq_length, config.append_eos, prefix=prompt or "",
+                             stacklevel=None)
         input_ids, attention_mask = pad_batch(ids, resolve_pad_id(tokenizer), config.padding_side)
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 

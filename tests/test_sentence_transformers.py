@@ -250,3 +250,20 @@ def test_token_embeddings_are_refused_clearly(saved):
         st.encode(TEXTS, output_value="token_embeddings")
     rows = st.encode(TEXTS, output_value=None)  # every output, as dicts: what the module gives
     assert len(rows) == 3 and rows[0]["sentence_embedding"].shape == (32,)
+
+
+def test_truncation_warning_through_sentence_transformers_points_at_the_callers_line(saved):
+    """It named a line inside sentence-transformers, where Python's once-per-location filter hid the
+    warnings of every other call site (before)."""
+    import warnings
+    from pathlib import Path
+
+    from sentence_transformers import SentenceTransformer
+
+    _, folder = saved
+    st = SentenceTransformer(str(folder), trust_remote_code=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        st.encode(["word " * 600, "short"])
+    truncation = [w for w in caught if "were truncated" in str(w.message)]
+    assert [(Path(w.filename).name, str(w.message)[:8]) for w in truncation] == [(Path(__file__).name, "1 of 2 t")]
