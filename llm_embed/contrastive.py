@@ -186,6 +186,24 @@ class RandomState:
             yield
 
 
+class AutocastState:
+    """The autocast settings (enabled, dtype) of each device kind, taken during GradCache's first pass, to
+    re-enter in its second: the Trainer's ``--bf16`` / ``--fp16`` put the forward under autocast but not
+    the backward, from which the second pass runs, so it would otherwise recompute in float32 another
+    function than the one whose embeddings gave the loss (and keep float32 activations)."""
+
+    def __init__(self, kinds: Iterable[str]):
+        self.settings = [(kind, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
+                         for kind in dict.fromkeys(["cpu", *kinds])]
+
+    @contextmanager
+    def entered(self):
+        with ExitStack() as stack:
+            for kind, enabled, dtype in self.settings:
+                stack.enter_context(torch.autocast(kind, dtype=dtype, enabled=enabled))
+            yield
+
+
 def cached_contrastive_loss(
     embed: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     loss_fn: nn.Module,
@@ -207,7 +225,8 @@ def cached_contrastive_loss(
     Loss and parameter gradients equal the uncached ones up to floating-point summation order.
     ``after_backward`` runs once all mini-batches are back-propagated (gradient synchronisation
     under DDP). ``devices``: every device the model draws random numbers on (a model split over
-    several GPUs); by default the devices of the inputs. Their generators (and the CPU's) are
+    several GPUs); by default the devices of the inputs. The second pass runs under the autocast
+    settings of the first (:class:`AutocastState`). The devices' generators (and the CPU's) are
     replayed, and the replay leaves the caller's generators as it found them, even when it fails:
     a training step with GradCache advances them exactly as its first pass, the plain forward, does.
     ``embed_with_graph``: what the second pass calls instead of ``embed`` (FSDP2 needs the model's
@@ -217,6 +236,7 @@ def cached_contrastive_loss(
     if devices is None:
         devices = [tensor.device for pair in (query_inputs, document_inputs) for tensor in pair if tensor is not None]
     devices = accelerator_devices(devices)
+    autocast = AutocastState(devices)  # the first pass's precision, for the second
     chunks = []  # (kind, input_ids, attention_mask, random state)
     cached = {"query": [], "document": []}
     with torch.no_grad():
@@ -243,7 +263,8 @@ def cached_contrastive_loss(
         with torch.enable_grad():
             for ids, mask, state, grad in plan:
                 with state.replayed():  # the backward too: a recomputing checkpoint may draw
-                    embeddings = (embed_with_graph or embed)(ids, mask)
+                    with autocast.entered():  # the forward only, as the first pass ran
+                        embeddings = (embed_with_graph or embed)(ids, mask)
                     torch.autograd.backward(embeddings, grad.to(embeddings.dtype) * grad_output.to(embeddings.dtype))
         if after_backward is not None:
             after_backward()

@@ -113,6 +113,27 @@ def test_gradcache_equals_uncached_loss_and_gradients(pooling, scale):
     assert_same(plain, cached)
 
 
+def test_gradcache_second_pass_runs_in_the_first_pass_precision():
+    """--bf16 puts the Trainer's forward under autocast, not its backward, from which GradCache's second
+    pass runs: that pass recomputed in float32 (before), another function than the one that gave the loss."""
+    def run(mini_batch_size):
+        model = tiny_model("llama", "bidirectional", "mean", loss_mini_batch_size=mini_batch_size).train()
+        seen = []
+        model.backbone.layers[0].self_attn.q_proj.register_forward_hook(
+            lambda module, inputs, output: seen.append((torch.is_grad_enabled(), output.dtype)))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(**contrastive_batch()).loss
+        loss.backward()
+        return loss.detach(), model.backbone.layers[0].self_attn.q_proj.weight.grad, set(seen)
+
+    plain_loss, plain_grad, plain_seen = run(None)
+    cached_loss, cached_grad, cached_seen = run(4)
+    assert plain_seen == {(True, torch.bfloat16)}
+    assert cached_seen == {(False, torch.bfloat16), (True, torch.bfloat16)}  # both passes in bf16
+    torch.testing.assert_close(cached_loss, plain_loss, atol=1e-2, rtol=0)
+    torch.testing.assert_close(cached_grad, plain_grad, atol=2e-2 * plain_grad.abs().max().item(), rtol=0)
+
+
 @pytest.mark.parametrize("pooling", ["multi_layer", "mean"])
 def test_gradcache_replays_dropout(pooling):
     """With dropout the reference is the uncached loss over the same mini-batch forward passes in the
