@@ -85,8 +85,9 @@ def set_head_learning_rate(optimizer: torch.optim.Optimizer, model: nn.Module,
 
 class EmbeddingTrainer(Trainer):
     """``transformers.Trainer`` with ``head_learning_rate``: the optimizer it builds from its
-    arguments gets the head's parameter groups (:func:`set_head_learning_rate`). Everything else is
-    the plain ``Trainer``."""
+    arguments gets the head's parameter groups (:func:`set_head_learning_rate`). And a checkpoint it
+    loads back (``resume_from_checkpoint``, ``load_best_model_at_end``) gets every weight
+    (:meth:`_issue_warnings_after_load`). Everything else is the plain ``Trainer``."""
 
     def __init__(self, *args, head_learning_rate: float | None = None, **kwargs):
         check_head_learning_rate(head_learning_rate)
@@ -103,6 +104,39 @@ class EmbeddingTrainer(Trainer):
         self.head_learning_rate = head_learning_rate
         self._head_groups_made = False
         super().__init__(*args, **kwargs)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        self._checkpoint_loading = (resume_from_checkpoint, model)
+        try:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        finally:
+            self._checkpoint_loading = None
+
+    def _load_best_model(self):
+        self._checkpoint_loading = (self.state.best_model_checkpoint, None)
+        try:
+            return super()._load_best_model()
+        finally:
+            self._checkpoint_loading = None
+
+    def _issue_warnings_after_load(self, load_result) -> None:
+        """The ``Trainer`` reads a checkpoint's weights file into the model as raw keys, non-strict, and
+        only warns of missing ones. ``save_pretrained`` writes some weights in another layout than the
+        model holds (a mixture of experts' fused experts, saved one per expert), so those were silently
+        left as they were: a resumed MoE run went on with the base model's experts and the restored
+        optimizer state (transformers issue 48805). Read such a checkpoint with ``from_pretrained``,
+        which converts the layout, and copy every tensor in (strict), instead of warning."""
+        loading = getattr(self, "_checkpoint_loading", None)
+        model = self.model if loading is None or loading[1] is None else loading[1]
+        ignored = set(getattr(model, "_keys_to_ignore_on_save", None) or ())
+        missing = [key for key in load_result.missing_keys if key not in ignored]
+        if loading is None or loading[0] is None or not missing or not hasattr(type(model), "from_pretrained"):
+            return super()._issue_warnings_after_load(load_result)
+        folder = loading[0]
+        parameter = next(model.parameters())
+        reloaded = type(model).from_pretrained(folder, dtype=parameter.dtype)
+        model.load_state_dict(reloaded.state_dict(), strict=True)
+        del reloaded
 
     def create_optimizer(self, *args, **kwargs) -> torch.optim.Optimizer:
         # transformers >= 5.x passes an optional ``model``; 5.2's create_optimizer takes no argument

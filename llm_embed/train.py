@@ -407,12 +407,29 @@ def main(argv: list[str] | None = None) -> str:
         raise ValueError("--max_eval_rows limits the rows of --eval_file, which was not given: add --eval_file, or "
                          "drop --max_eval_rows")
     check_head_options(config_options, dashes=False)
+    check_launched(training_args)
     check_lora_options(given_args, model_args.lora)
     if model_args.lora:
         check_lora_sizes(model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout)  # before the backbone
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return run(model_args, data_args, training_args, config_options)
+
+
+#: What a distributed launcher (torchrun, accelerate launch, deepspeed) sets in each process's environment.
+LAUNCHER_VARIABLES = ("LOCAL_RANK", "RANK", "WORLD_SIZE")
+
+
+def check_launched(training_args) -> None:
+    """``--deepspeed`` and ``--fsdp`` need a launcher's processes: in a plain process DeepSpeed looks for
+    MPI (``No module named 'mpi4py'``) and transformers answers "fsdp only works in distributed training",
+    after the backbone has loaded and neither naming the fix. Refused before anything loads."""
+    for flag, value in (("--deepspeed", training_args.deepspeed), ("--fsdp", training_args.fsdp)):
+        if value and not any(name in os.environ for name in LAUNCHER_VARIABLES):
+            raise ValueError(
+                f"{flag} runs under a distributed launcher, and this is a plain process (no LOCAL_RANK / RANK in "
+                "its environment): run `torchrun --standalone --nproc_per_node <GPUs> -m llm_embed.train ...` with "
+                "the same options (one process: --nproc_per_node 1), or `accelerate launch -m llm_embed.train ...`")
 
 
 def check_load_best(load_best: bool, saves: bool) -> None:

@@ -51,6 +51,10 @@ def tiny_backbone_config(arch: str, head_dim: int = 8):
     if arch == "gemma3":
         return Gemma3TextConfig(**_COMMON, head_dim=head_dim, sliding_window=4,
                                 layer_types=["sliding_attention", "full_attention", "sliding_attention"])
+    if arch == "mixtral":  # a mixture of experts (fused expert weights, saved one per expert)
+        from transformers import MixtralConfig
+
+        return MixtralConfig(**_COMMON, num_local_experts=2, num_experts_per_tok=1)
     if arch == "gpt2":
         return GPT2Config(n_embd=4 * head_dim, n_layer=3, n_head=4, vocab_size=VOCAB, n_positions=1024)
     raise ValueError(arch)
