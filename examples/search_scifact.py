@@ -72,14 +72,21 @@ def corpus_file(scifact: Path, output_dir: Path, max_docs: int | None, needed: s
     return subset
 
 
+def require_faiss():
+    """faiss, or the install command: checked before the corpus is embedded, not after."""
+    try:
+        import faiss
+    except ImportError as error:
+        raise SystemExit("--faiss needs the faiss-cpu package: pip install faiss-cpu (or drop --faiss for the "
+                         f"exact numpy search) ({error})") from error
+    return faiss
+
+
 def top_k(queries: np.ndarray, documents: np.ndarray, k: int, use_faiss: bool) -> np.ndarray:
     """Indices of the ``k`` best documents per query, best first (exact inner product)."""
     k = min(k, len(documents))
     if use_faiss:
-        try:
-            import faiss
-        except ImportError as error:
-            raise ImportError("--faiss needs the faiss-cpu package: pip install faiss-cpu") from error
+        faiss = require_faiss()
         index = faiss.IndexFlatIP(documents.shape[1])
         index.add(np.ascontiguousarray(documents, dtype=np.float32))
         return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1]
@@ -101,6 +108,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--shard-size", type=int, default=1000)
     parser.add_argument("--faiss", action="store_true", help="rank with a FAISS IndexFlatIP (pip install faiss-cpu)")
     args = parser.parse_args(argv)
+    if args.faiss:
+        require_faiss()
     scifact = args.data_dir / "scifact"
     if not (scifact / "corpus.jsonl").is_file():
         raise SystemExit(f"no SciFact corpus under {scifact}; pass --data-dir (the folder holding scifact/)")

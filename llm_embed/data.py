@@ -129,8 +129,10 @@ class TripletDataset(Dataset):
         (at least 1); ``what`` names the data in errors (``"evaluation data"`` for an eval file).
         Read as bytes and decoded line by line so that a non-UTF-8 byte is reported at its line."""
         if not Path(path).is_file():
+            where = "" if Path(path).is_absolute() else f" (looked at {Path(path).absolute()}, relative to the " \
+                f"current folder {Path.cwd()})"
             raise FileNotFoundError(
-                f"{what} {path} {'is a folder' if Path(path).is_dir() else 'does not exist'}; "
+                f"{what} {path} {'is a folder' if Path(path).is_dir() else 'does not exist'}{where}; "
                 f"pass a JSONL file with one {ROW_FORMAT} a line"
             )
         check_limit(limit)

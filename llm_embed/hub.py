@@ -59,6 +59,14 @@ def saved_config_file(name_or_path, hub_kwargs: dict) -> str | None:
         ) from error
 
 
+def expand_home(name_or_path):
+    """``~/models/x`` as the user's folder (a path typed into Python is not expanded by a shell, and
+    transformers looks it up as given); anything else as it is."""
+    if isinstance(name_or_path, (str, os.PathLike)) and os.fspath(name_or_path).startswith("~"):
+        return os.path.expanduser(os.fspath(name_or_path))
+    return name_or_path
+
+
 def check_local_path(name_or_path) -> None:
     """Refuse a path that does not exist and that is meant as a local folder, at once: transformers
     would take it for a Hub repo id and answer "Repo id must be in the form ..." (``/nope/model``) or

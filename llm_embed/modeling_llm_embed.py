@@ -40,7 +40,7 @@ from .contrastive import (
     find_fully_sharded_root,
 )
 from .encoding import EncodeMixin
-from .hub import check_local_path, has_saved_file, push_model_to_hub, saved_config_file
+from .hub import check_local_path, expand_home, has_saved_file, push_model_to_hub, saved_config_file
 from .layer_states import LayerStateCollector, find_decoder_layers
 from .model_card import has_user_model_card, write_model_card
 from .packed_attention import SDPA_WITH_FLEX  # noqa: F401  (see below)
@@ -431,6 +431,7 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
         error instead of a warning followed by randomly initialised weights. A local path that does not
         exist, a folder of a plain decoder and a Hub that cannot be reached are refused at once, each
         with its own message (see :func:`~llm_embed.hub.check_local_path` and :func:`check_has_config`)."""
+        pretrained_model_name_or_path = expand_home(pretrained_model_name_or_path)
         check_local_path(pretrained_model_name_or_path)
         want_info = kwargs.pop("output_loading_info", False)
         if kwargs.get("config") is None:
@@ -570,6 +571,7 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
         }
         # before the backbone loads; unlike the config's own check, this one sees an explicit layer_reduction
         check_head_options({"pooling": pooling, **config_kwargs})
+        name_or_path = expand_home(name_or_path)
         check_local_path(name_or_path)  # a moved or mistyped decoder folder: named, not looked up on the Hub
         backbone = AutoModel.from_pretrained(name_or_path, **hub_kwargs, **load_kwargs, **(backbone_kwargs or {}))
         if gguf_file is not None:

@@ -98,6 +98,20 @@ def test_evaluate_command_missing_task_file_is_one_line_error(tmp_path):
     assert_one_line_failure(result, "llm-embed-evaluate", "sts-test.csv")
 
 
+def test_evaluate_model_after_task_is_named(capsys):
+    """The model written after --task's words was taken as one of them: argparse said only "the following
+    arguments are required: model" (before)."""
+    from llm_embed.evaluation import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--task", "sts:pairs.csv", "score=label", "out/model"])
+    assert exit_info.value.code == 2
+    assert "the model 'out/model' was read as a word of --task: put the model before --task" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--tasks", "stsb"])
+    assert "the following arguments are required: model" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", ["llm-embed-evaluate", "llm-embed-encode"])
 def test_a_plain_decoder_folder_is_a_one_line_error_naming_from_backbone(tiny_backbone_dir, tmp_path, command):
     """The commands loaded through AutoModel, which returned the plain decoder: the run then failed on

@@ -528,6 +528,10 @@ def test_search_example_finds_documents_from_the_shards(model_dir, tmp_path, cap
     out = capsys.readouterr().out
     assert "queries have a relevant document in their top 5" in out
     shards = shard_files(tmp_path / "index")
+    if importlib.util.find_spec("faiss") is None:  # refused before the corpus is embedded (it was after)
+        with pytest.raises(SystemExit, match="--faiss needs the faiss-cpu package"):
+            example.main([*argv, "--output-dir", str(tmp_path / "faiss"), "--faiss"])  # the last --output-dir
+        assert not (tmp_path / "faiss").exists()
     assert example.main(argv) == result  # reruns reuse the shards
     assert shard_files(tmp_path / "index") == shards
     # the ranking is the exact one: top_k agrees with a full sort

@@ -128,6 +128,15 @@ def test_row_limits_below_one_are_refused(tmp_path, limit):
     assert len(TripletDataset.from_any(data, 2)) == 2 and len(TripletDataset.from_any(data, 9)) == 3
 
 
+def test_a_missing_relative_path_names_the_current_folder(tmp_path, monkeypatch):
+    """Run from another folder than the README's, ../shared/data/... was only said not to exist."""
+    monkeypatch.chdir(tmp_path)
+    expected = f"data/rows.jsonl does not exist (looked at {tmp_path}/data/rows.jsonl, relative to the current " \
+        f"folder {tmp_path})"
+    with pytest.raises(FileNotFoundError, match=re.escape(expected)):
+        TripletDataset.from_any("data/rows.jsonl")
+
+
 def test_a_missing_eval_file_is_named_evaluation_data(tmp_path):
     with pytest.raises(FileNotFoundError, match="^evaluation data .*nope.jsonl does not exist"):
         TripletDataset.from_any(tmp_path / "nope.jsonl", what="evaluation data")

@@ -175,3 +175,13 @@ def test_missing_local_folder_says_so(tmp_path, monkeypatch, path):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         LLMEmbeddingModel.from_pretrained(path)
+
+
+def test_a_home_relative_path_is_expanded(tmp_path, monkeypatch, tokenizer):
+    """``from_pretrained("~/models/x")`` said the folder <cwd>/~/models/x does not exist (before)."""
+    model = tiny_model("llama", "causal", "mean")
+    model.tokenizer = tokenizer
+    model.save_pretrained(tmp_path / "models" / "x")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    loaded = LLMEmbeddingModel.from_pretrained("~/models/x")
+    assert torch.equal(loaded.encode(["a b"], convert_to_tensor=True), model.encode(["a b"], convert_to_tensor=True))

@@ -141,8 +141,11 @@ def main(argv: list[str] | None = None) -> list[TaskResult]:
                     "and tasks on your own CSV/TSV/JSONL files (--task).",
         epilog=DATA_HELP.format(layout=data_layout()) + "\n" + TASK_SPEC_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="saved model folder or Hub id (loaded with AutoModel), or a LoRA artifact of "
-                                      f"llm-embed-study --save-models (adapters + head + {LORA_BASE_FILE})")
+    # nargs="?": a model written after --task lands in the task's words, and argparse's own error would
+    # only say the model is missing (checked below, naming where it went)
+    parser.add_argument("model", nargs="?", help="saved model folder or Hub id (loaded with AutoModel), or a LoRA "
+                                                 f"artifact of llm-embed-study --save-models (adapters + head + "
+                                                 f"{LORA_BASE_FILE})")
     parser.add_argument("--data-dir", default="../shared/data",
                         help="folder holding the task files (layout below); a relative path is taken from the "
                              "current folder (default: %(default)s, the project's shared data when run from the "
@@ -165,6 +168,11 @@ def main(argv: list[str] | None = None) -> list[TaskResult]:
                         help="JSON file for scores and per-item scores (default: none, the table only)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars (default: shown)")
     args = parser.parse_args(argv)
+    if args.model is None:
+        stray = [word for words in args.task or [] for word in words[1:] if "=" not in word]
+        parser.error(f"the model {stray[-1]!r} was read as a word of --task: put the model before --task "
+                     f"(llm-embed-evaluate MODEL --task ...)" if stray else "the following arguments are required: "
+                     "model")
     try:
         args.limit = parse_task_limit(args.limit)
         specs = parse_task_specs(args.task)
