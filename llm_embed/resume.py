@@ -38,8 +38,14 @@ RUN_FILE = "llm_embed_run.json"
 #: weights that the checkpoint overwrites change nothing)
 FREE_ON_RESUME = ("loss_mini_batch_size", "padding_side", "initializer_range")
 
-#: the backbone config fields that decide every weight's shape
-BACKBONE_SHAPE = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size")
+#: the backbone config fields that decide every weight's shape and what the layers compute with them (a
+#: checkpoint of full fine-tuning holds the weights, not the config: a Mixtral resumed with another
+#: num_experts_per_tok would route otherwise without a word); a field a checkpoint did not record is not
+#: compared, nor is one the backbone lacks (None on both sides)
+BACKBONE_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size",
+                   "num_attention_heads", "num_key_value_heads", "head_dim", "hidden_act", "rms_norm_eps",
+                   "max_position_embeddings", "rope_theta", "rope_parameters", "sliding_window", "layer_types",
+                   "num_local_experts", "num_experts", "num_experts_per_tok", "moe_intermediate_size")
 
 
 def as_json(value):
@@ -72,12 +78,12 @@ def run_record(model, model_args, training_args) -> dict:
 
 
 def design_and_shape(config) -> dict:
-    """The ``design`` (every option a resume must keep) and ``backbone`` (the weights' shape) entries
+    """The ``design`` (every option a resume must keep) and ``backbone`` (:data:`BACKBONE_FIELDS`) entries
     of a record, from an :class:`LLMEmbeddingConfig`."""
     return as_json({
         "design": {option.name: getattr(config, option.name) for option in OPTIONS
                    if option.name not in FREE_ON_RESUME},
-        "backbone": {key: getattr(config.backbone_config, key, None) for key in BACKBONE_SHAPE},
+        "backbone": {key: getattr(config.backbone_config, key, None) for key in BACKBONE_FIELDS},
     })
 
 

@@ -489,6 +489,15 @@ def test_resume_refuses_another_design_and_keeps_the_checkpoint_cadence(tiny_bac
     with pytest.raises(ValueError, match=r'--attention "bidirectional" \(this run: "causal"\)'):
         resumed("--pooling", "mean", "--attention", "causal")
     (tmp_path / "kept.json").rename(checkpoint / RUN_FILE)
+    # a backbone of the same shapes that computes otherwise (was only compared on its shapes)
+    other = tmp_path / "other-backbone"
+    shutil.copytree(tiny_backbone_dir, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 0.5}))
+    with pytest.raises(ValueError, match=r"a backbone with rms_norm_eps 1e-0?6 \(this run: 0.5\)"):
+        main(["--backbone", str(other), "--output_dir", str(tmp_path / "r"), "--max_seq_length", "32",
+              "--report_to", "none", "--use_cpu", *common, "--max_steps", "4", "--pooling", "mean",
+              "--resume_from_checkpoint", str(checkpoint)])
     resumed("--pooling", "mean", "--loss_mini_batch_size", "1")  # GradCache's size may change
     assert sorted(p.name for p in (tmp_path / "r").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3",
                                                                              "checkpoint-4"]
