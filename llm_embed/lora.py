@@ -9,6 +9,7 @@ looking at the model rather than by a per-architecture table.
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
 import re
@@ -81,16 +82,42 @@ def check_lora_sizes(r, alpha, dropout) -> None:
         raise ValueError(f"LoRA dropout (--lora_dropout) must be in [0, 1), got {dropout!r}; the paper uses 0.1")
 
 
+def default_lora_target_parameters(model) -> list[str]:
+    """The weights inside the decoder blocks that are not in a linear layer but are matrices per expert:
+    a mixture of experts' fused experts (Mixtral's and Qwen3-MoE's ``mlp.experts.gate_up_proj`` /
+    ``down_proj``, 3-D: one matrix per expert). LoRA on linear layers alone leaves them, i.e. the whole
+    MLP of such a model, untrained; peft adapts them through ``target_parameters``. Names relative to a
+    layer, as peft matches them (by suffix)."""
+    layers = find_decoder_layers(model.backbone, model.config.backbone_num_layers)
+    names = []
+    for name, parameter in layers[0].named_parameters():
+        if parameter.ndim == 3 and name not in names:
+            names.append(name)
+    return names
+
+
 def apply_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.1, target_modules=None):
-    """Wrap ``model`` in a ``peft.PeftModel``: adapters on the backbone, head fully trainable."""
+    """Wrap ``model`` in a ``peft.PeftModel``: adapters on the backbone, head fully trainable. By default
+    on every linear layer of the decoder blocks (:func:`default_lora_targets`) and on a mixture of
+    experts' fused expert weights (:func:`default_lora_target_parameters`)."""
     check_lora_sizes(r, alpha, dropout)
     peft = require_peft()
+    parameters = [] if target_modules is not None else default_lora_target_parameters(model)
+    extra = {}
+    if parameters:
+        if "target_parameters" not in inspect.signature(peft.LoraConfig).parameters:
+            raise ImportError(
+                f"the backbone's experts hold their weights as fused parameters ({', '.join(parameters)}), which "
+                f"this peft ({peft.__version__}) cannot adapt: LoRA would train attention only. pip install -U "
+                "'peft>=0.17', or pass target_modules= to choose the layers yourself")
+        extra["target_parameters"] = parameters
     config = peft.LoraConfig(
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
         target_modules=target_modules or default_lora_targets(model),
         modules_to_save=trained_head_modules(model),
+        **extra,
     )
     return peft.get_peft_model(model, config)
 

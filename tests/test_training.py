@@ -231,6 +231,38 @@ def test_entry_point_rejects_unknown_arguments(tmp_path, capsys):
 # ----------------------------------------------------------------------------- LoRA
 
 
+def test_lora_adapts_the_fused_experts_of_a_mixture_of_experts(tokenizer, tmp_path):
+    """Mixtral's experts are 3-D parameters, not linear layers: LoRA adapted attention only and the
+    whole MLP stayed untrained, without a word (before). Trained adapters on them save, reload and merge."""
+    pytest.importorskip("peft")
+    from llm_embed.lora import apply_lora, default_lora_target_parameters, load_lora, merge_lora
+
+    def build():
+        model = tiny_model("mixtral", "bidirectional", "mean", seed=0)
+        model.tokenizer = tokenizer
+        return model
+
+    base = build()
+    assert default_lora_target_parameters(base) == ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
+    peft_model = apply_lora(base, r=4, alpha=8, dropout=0.0)
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert any("experts" in n and "lora_A" in n for n in trainable), trainable
+    batch = ContrastiveDataCollator(tokenizer, base.config)(triplet_rows(4))
+    optimizer = torch.optim.SGD([p for p in peft_model.parameters() if p.requires_grad], lr=0.5)
+    for _ in range(2):
+        optimizer.zero_grad()
+        peft_model(**batch).loss.backward()
+        optimizer.step()
+    peft_model.eval()
+    texts = ["what about the cat?", "a text on the moon"]
+    trained = peft_model.encode(texts)
+    assert not np.allclose(trained, build().encode(texts), atol=1e-4)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    reloaded = load_lora(build(), str(tmp_path / "adapter")).eval()
+    np.testing.assert_allclose(reloaded.encode(texts), trained, atol=1e-6)
+    np.testing.assert_allclose(merge_lora(reloaded).encode(texts), trained, atol=1e-5)
+
+
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_lora_train_save_reload_merge(tiny_backbone_dir, tmp_path, checkpointing):
     pytest.importorskip("peft")
