@@ -54,11 +54,14 @@ def require_peft():
 
 
 def default_lora_targets(model) -> str:
-    """A regex over module names: every linear (or GPT-2 Conv1D) layer inside the decoder blocks."""
+    """A regex over module names: every linear (or GPT-2 Conv1D) layer inside the decoder blocks. A
+    subclass of ``nn.Linear`` with a forward of its own is left out: it is not a plain linear map
+    (Llama 4's router returns a tuple, which peft's LoRA layer cannot add to)."""
     layers = find_decoder_layers(model.backbone, model.config.backbone_num_layers)
     names = set()
     for name, module in layers.named_modules():
-        if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
+        linear = isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward
+        if linear or type(module).__name__ == "Conv1D":
             names.add(name.rsplit(".", 1)[-1])
     if not names:
         raise ValueError("found no linear layers in the decoder blocks to put LoRA adapters on")

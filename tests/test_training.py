@@ -231,6 +231,22 @@ def test_entry_point_rejects_unknown_arguments(tmp_path, capsys):
 # ----------------------------------------------------------------------------- LoRA
 
 
+def test_lora_targets_leave_out_linear_subclasses_with_a_forward_of_their_own():
+    """Llama 4's router subclasses nn.Linear and returns a tuple: peft's LoRA layer on it failed at the first
+    forward ("'tuple' object has no attribute 'dtype'")."""
+    from transformers import Llama4TextConfig
+
+    from llm_embed import LLMEmbeddingConfig
+    from llm_embed.lora import default_lora_targets
+
+    backbone = Llama4TextConfig(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+                                vocab_size=1000, num_hidden_layers=2, head_dim=8, intermediate_size_mlp=64,
+                                num_local_experts=2, attention_chunk_size=4)
+    model = LLMEmbeddingModel(LLMEmbeddingConfig(backbone_config=backbone, attention="causal", pooling="mean"))
+    targets = default_lora_targets(model)
+    assert "router" not in targets and "q_proj" in targets, targets
+
+
 def test_lora_adapts_the_fused_experts_of_a_mixture_of_experts(tokenizer, tmp_path):
     """Mixtral's experts are 3-D parameters, not linear layers: LoRA adapted attention only and the
     whole MLP stayed untrained, without a word (before). Trained adapters on them save, reload and merge."""
