@@ -947,7 +947,8 @@ class EncodeMixin:
         if show_progress_bar is None:
             show_progress_bar = logger.getEffectiveLevel() <= logging.INFO
         device = self.device
-        is_causal = getattr(self.backbone.config, "is_causal", True) is not False
+        # the design, not backbone.config.is_causal, which a natively bidirectional backbone keeps True
+        is_causal = config.attention == "causal"
         chunks, produced = [], []  # embeddings per batch; the text indices they belong to, in that order
         truncated = 0
         progress = tqdm(total=len(texts), desc="Texts", unit="text", disable=not show_progress_bar)

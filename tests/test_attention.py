@@ -192,3 +192,22 @@ def test_alibi_backbones_are_not_packed():
     with pytest.raises(ValueError, match="ALiBi position biases are computed from a \\(batch, length\\) padding mask"):
         resolve_packing(model, True, 8)
     assert resolve_packing(model, None, 8) is None
+
+
+def test_a_natively_bidirectional_gemma3_packs_bidirectionally(tokenizer):
+    """Packed batches took their mask's direction from backbone.config.is_causal, which such a backbone
+    keeps True (its own code makes the masks): packing=True embedded it causally."""
+    from transformers import Gemma3TextConfig
+
+    from .conftest import VOCAB
+
+    backbone = Gemma3TextConfig(**{**TINY, "vocab_size": VOCAB}, num_hidden_layers=2, head_dim=8, sliding_window=64,
+                                use_bidirectional_attention=True, layer_types=["sliding_attention", "full_attention"])
+    torch.manual_seed(0)
+    model = LLMEmbeddingModel(LLMEmbeddingConfig(backbone_config=backbone, attention="bidirectional",
+                                                 pooling="mean")).eval()
+    model.tokenizer = tokenizer
+    texts = ["a short text", "another one, a little longer than the first", "x"]
+    padded = model.encode(texts, packing=False)
+    torch.testing.assert_close(torch.from_numpy(model.encode(texts, packing=True)), torch.from_numpy(padded),
+                               atol=1e-5, rtol=0)
