@@ -225,6 +225,7 @@ def options_for_head(pooling: str, options: dict) -> dict:
     head = POOLING_HEADS.get(pooling)
     if head is None or head.reads_options is None:
         return dict(options)
+
     def read(name: str) -> bool:
         switch = head.read_only_with.get(name)
         return name in head.reads_options and (switch is None or bool(options.get(
