@@ -647,12 +647,6 @@ def claim_record(output_dir: Path, arguments: dict) -> None:
         check_arguments(output_dir, arguments)
 
 
-def model_record(path: str) -> str:
-    """The model as ``run.json`` records it: a local folder's absolute path, a Hub id as given. The command
-    and :func:`encode_corpus` record the same form, so either resumes a folder the other wrote."""
-    return os.path.abspath(path) if path and os.path.isdir(path) else path
-
-
 def rank_and_world_size(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
     """``RANK`` / ``WORLD_SIZE`` from the environment (torchrun, accelerate launch) unless given; 0 / 1."""
     try:
@@ -705,13 +699,14 @@ def encode_corpus(
     """Embed the rows of ``inputs`` with ``model`` (an :class:`~llm_embed.LLMEmbeddingModel` with its
     tokenizer) into shards in ``output_dir``; see the module docstring for the files and the resume
     and multi-process behaviour. ``model_path``: recorded in ``run.json`` and the manifest (default:
-    ``model.name_or_path``; a local folder as its absolute path, :func:`model_record`). Returns a summary:
-    ``output_dir``, ``rows`` (the corpus), ``shards``, ``embedded_rows``, ``written_shards``, ``resumed_shards``,
-    ``replaced_shards`` (written again: damaged, or their input changed), ``tokens``, ``truncated``,
-    ``seconds`` (this process) and ``manifest`` (its path on rank 0, else None)."""
+    ``model.name_or_path``; a local folder as its absolute path, :func:`~llm_embed.hub.recorded_location`).
+    Returns a summary: ``output_dir``, ``rows`` (the corpus), ``shards``, ``embedded_rows``, ``written_shards``,
+    ``resumed_shards``, ``replaced_shards`` (written again: damaged, or their input changed), ``tokens``,
+    ``truncated``, ``seconds`` (this process) and ``manifest`` (its path on rank 0, else None)."""
     from tqdm.auto import tqdm
 
     from .encoding import check_count, check_embeddings, resolve_prompt
+    from .hub import recorded_location
 
     shard_size = check_count(shard_size, "shard_size", "encode_corpus()")
     batch_size = check_count(batch_size, "batch_size", "encode_corpus()")
@@ -722,7 +717,9 @@ def encode_corpus(
     config = model.config
     prefix = resolve_prompt(config.prompts, config.default_prompt_name, prompt_name, None)  # unknown name: refused
     dimension = int(config.embedding_dim)
-    model_path = model_record(model_path if model_path is not None else str(getattr(model, "name_or_path", "") or ""))
+    # one form for the command and the function, so either resumes a folder the other wrote
+    model_path = recorded_location(model_path if model_path is not None else
+                                   str(getattr(model, "name_or_path", "") or ""))
     output_dir = Path(output_dir).absolute()
     blocking = next((folder for folder in (output_dir, *output_dir.parents)
                      if folder.exists() and not folder.is_dir()), None)

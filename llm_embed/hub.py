@@ -59,6 +59,16 @@ def saved_config_file(name_or_path, hub_kwargs: dict) -> str | None:
         ) from error
 
 
+def recorded_location(name_or_path):
+    """A model or backbone as a record names it (``llm_embed_base.json``, ``llm_embed_run.json``, the
+    ``run.json`` of ``llm-embed-encode``): an existing local path as its absolute, resolved path, so that the
+    record reads the same from any folder and whichever command wrote it; a Hub id, or None (the bundled
+    backbone), as given."""
+    if name_or_path is None or not os.path.exists(name_or_path):
+        return name_or_path
+    return os.path.realpath(name_or_path)
+
+
 def expand_home(name_or_path):
     """``~/models/x`` as the user's folder (a path typed into Python is not expanded by a shell, and
     transformers looks it up as given); anything else as it is."""

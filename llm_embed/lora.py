@@ -18,6 +18,7 @@ from pathlib import Path
 from torch import nn
 
 from .configuration_llm_embed import BUILD_OPTIONS, options_for_head
+from .hub import check_local_path, recorded_location
 from .layer_states import find_decoder_layers
 
 #: beside peft's adapter files (``llm-embed-study --save-models``, ``llm-embed-train --lora``'s
@@ -25,12 +26,6 @@ from .layer_states import find_decoder_layers
 #: ``llm-embed-evaluate`` rebuilds them onto and :func:`load_lora` checks a base against
 LORA_BASE_FILE = "llm_embed_base.json"
 
-
-
-def recorded_backbone(backbone):
-    """A backbone as :data:`LORA_BASE_FILE` records it: a local folder as an absolute path (so that the
-    file works from any folder), a Hub id or None (the bundled SmolLM2-135M) as given."""
-    return str(Path(backbone).resolve()) if backbone is not None and Path(backbone).exists() else backbone
 
 
 def base_description(backbone, attention: str, pooling: str, attn_implementation: str | None, config: dict,
@@ -42,7 +37,7 @@ def base_description(backbone, attention: str, pooling: str, attn_implementation
     config = {key: value for key, value in config.items() if key not in ("attention", "pooling")}
     if gguf_file is not None:
         config["gguf_file"] = gguf_file
-    return {"backbone": recorded_backbone(backbone), "attention": attention, "pooling": pooling,
+    return {"backbone": recorded_location(backbone), "attention": attention, "pooling": pooling,
             "attn_implementation": attn_implementation, "config": config}
 
 
@@ -145,8 +140,6 @@ def adapter_folder(adapter_path, hub_kwargs: dict) -> str:
     if os.path.isdir(path):
         return path
     from huggingface_hub import snapshot_download
-
-    from .hub import check_local_path
 
     check_local_path(path)  # a mistyped local folder is named as such, not looked up on the Hub
 

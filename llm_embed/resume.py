@@ -26,7 +26,8 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .configuration_llm_embed import OPTIONS, LLMEmbeddingConfig
-from .lora import LORA_BASE_FILE, recorded_backbone
+from .hub import recorded_location
+from .lora import LORA_BASE_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ def check_resume(checkpoint, record: dict) -> None:
     else:  # a checkpoint of an older llm_embed: the path its llm_embed_base.json names
         theirs = lora_base_path(folder)
         other_base = (record["lora"] is not None and theirs is not None
-                      and theirs != recorded_backbone(record["base_backbone"]))
+                      and theirs != recorded_location(record["base_backbone"]))
     if other_base:
         bundled = "the bundled SmolLM2-135M"
         differences.append(f"LoRA adapters on a backbone with other weights (the checkpoint's: {theirs or bundled}; "
