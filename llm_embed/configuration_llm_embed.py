@@ -191,6 +191,14 @@ HEAD_OPTIONS = ("layer_reduction", "pooling_layers", "num_latents", "pooling_att
                 "pooling_ff_mult", "pooling_residual")
 
 
+def head_reads(head, name: str, values: dict) -> bool:
+    """Whether pooling head class ``head`` reads head option ``name`` in a config of ``values`` (options
+    not in ``values`` at their defaults): it is one of its ``reads_options``, and the boolean option
+    its ``read_only_with`` names for it, if any, is true."""
+    switch = head.read_only_with.get(name)
+    return name in head.reads_options and (switch is None or bool(values.get(switch, OPTIONS_BY_NAME[switch].default)))
+
+
 def head_options_problem(given: dict, *, flag: Callable[[str], str] = str) -> str | None:
     """What is wrong with the head options in ``given`` for the chosen pooling head, or None: an option
     the head does not read (``pooling="mean", pooling_layers=[-4, -1]`` would otherwise build, train
@@ -212,7 +220,7 @@ def head_options_problem(given: dict, *, flag: Callable[[str], str] = str) -> st
         return (f"{flags}: not used by the {pooling} pooling head (only by {' / '.join(readers)}); drop "
                 f"{'it' if len(unused) == 1 else 'them'}{instead}")
     for name, switch in head.read_only_with.items():
-        if name in given and not given.get(switch, OPTIONS_BY_NAME[switch].default):
+        if name in given and not head_reads(head, name, given):
             return (f"{flag(name)}: the {pooling} pooling head reads it only with {flag(switch)} true; drop it, or "
                     f"add {flag(switch)} true")
     return None
@@ -225,13 +233,8 @@ def options_for_head(pooling: str, options: dict) -> dict:
     head = POOLING_HEADS.get(pooling)
     if head is None or head.reads_options is None:
         return dict(options)
-
-    def read(name: str) -> bool:
-        switch = head.read_only_with.get(name)
-        return name in head.reads_options and (switch is None or bool(options.get(
-            switch, OPTIONS_BY_NAME[switch].default)))
-
-    return {name: value for name, value in options.items() if name not in HEAD_OPTIONS or read(name)}
+    return {name: value for name, value in options.items()
+            if name not in HEAD_OPTIONS or head_reads(head, name, options)}
 
 
 def check_head_options(given: dict, *, flag: Callable[[str], str] = str) -> None:
