@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import weakref
 
 import torch
 from torch import nn
@@ -102,7 +103,7 @@ class EmbeddingTrainer(Trainer):
                 "your scheduler and drop head_learning_rate"
             )
         self.head_learning_rate = head_learning_rate
-        self._head_groups_made = False
+        self._regrouped_optimizer = None  # the optimizer that got the head's groups (weakly: not kept alive)
         super().__init__(*args, **kwargs)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
@@ -142,9 +143,17 @@ class EmbeddingTrainer(Trainer):
         # transformers >= 5.x passes an optional ``model``; 5.2's create_optimizer takes no argument
         optimizer = super().create_optimizer(*args, **kwargs)
         model = args[0] if args else kwargs.get("model")
-        if self.head_learning_rate is not None and not self._head_groups_made:
-            set_head_learning_rate(optimizer, self.model if model is None else model, self.head_learning_rate)
-            self._head_groups_made = True
+        # The Trainer calls this again for the optimizer it already holds, which has the head's groups, and
+        # builds a new one on each ``train()`` with ``model_init`` (every hyperparameter_search trial):
+        # regroup each optimizer once, by identity, not only the first.
+        # After ``train()`` it holds accelerate's wrapper of the one it built: compare what is wrapped.
+        inner = optimizer
+        while isinstance(getattr(inner, "optimizer", None), torch.optim.Optimizer):
+            inner = inner.optimizer
+        regrouped = self._regrouped_optimizer() if self._regrouped_optimizer is not None else None
+        if self.head_learning_rate is not None and regrouped is not inner:
+            set_head_learning_rate(inner, self.model if model is None else model, self.head_learning_rate)
+            self._regrouped_optimizer = weakref.ref(inner)
         return optimizer
 
 

@@ -203,6 +203,34 @@ def test_embedding_trainer_schedules_the_head_rate_like_the_backbone_rate(tmp_pa
     assert [step[2] for step in rates] == pytest.approx([0, 0.5e-2, 1e-2, 0.5e-2])  # warm-up, then decay
 
 
+def test_embedding_trainer_gives_the_head_rate_on_every_train_with_model_init(tmp_path, tokenizer):
+    """With ``model_init`` the Trainer builds a new optimizer on each ``train()`` (every
+    hyperparameter_search trial): only the first one got the head's groups, the later ones trained the
+    head at the backbone's rate."""
+    from llm_embed.data import ContrastiveDataCollator, TripletDataset
+
+    def model_init(trial=None):
+        model = tiny_model("llama", "bidirectional", "latent_attention")
+        model.tokenizer = tokenizer
+        return model
+
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=1,
+                             learning_rate=1e-4, lr_scheduler_type="constant", report_to=[], save_strategy="no",
+                             remove_unused_columns=False, use_cpu=True, disable_tqdm=True)
+    trainer = EmbeddingTrainer(model_init=model_init, args=args, train_dataset=TripletDataset(contrastive_rows(4)),
+                               head_learning_rate=1e-2,
+                               data_collator=ContrastiveDataCollator(tokenizer, model_init().config))
+    optimizers = []
+    for _ in range(2):
+        trainer.train()
+        optimizers.append(trainer.optimizer)
+        assert [group["lr"] for group in trainer.optimizer.param_groups] == pytest.approx([1e-4, 1e-4, 1e-2, 1e-2])
+        head = {id(p) for group in trainer.optimizer.param_groups[2:] for p in group["params"]}
+        assert head == {id(p) for n, p in trainer.model.named_parameters() if n.startswith("pooler.")}
+    assert optimizers[0] is not optimizers[1]  # a new optimizer, regrouped too
+    assert trainer.create_optimizer() is optimizers[1] and len(optimizers[1].param_groups) == 4  # not twice
+
+
 def test_embedding_trainer_refuses_the_head_rate_with_a_scheduler_of_your_own(tmp_path):
     """The scheduler was built on the optimizer's old groups: the first ``scheduler.step()`` crashed."""
     from transformers import get_linear_schedule_with_warmup
