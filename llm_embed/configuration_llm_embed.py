@@ -8,6 +8,7 @@ names the bad value and the valid ones, not later inside a forward pass.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import inspect
 import json
@@ -267,6 +268,19 @@ def options_docstring() -> str:
     return "\n".join(lines)
 
 
+def is_gguf_load_record(quantization_config) -> bool:
+    """Whether a backbone config's ``quantization_config`` only records that its weights were read from a
+    GGUF file. The embedding model holds (and saves) them as plain floats, so the record is dropped from
+    its ``backbone_config``: kept, transformers would flag every reload as quantized with GGUF, which
+    refuses ``save_pretrained``, ``.half()`` and training (checkpoints built on the bundled SmolLM2 could
+    not be saved again)."""
+    if quantization_config is None:
+        return False
+    method = (quantization_config.get("quant_method") if isinstance(quantization_config, dict)
+              else getattr(quantization_config, "quant_method", None))
+    return str(getattr(method, "value", method)) == "gguf"
+
+
 def build_backbone_config(backbone_config) -> PreTrainedConfig:
     """The nested backbone config as a config object (restored from its ``model_type`` when a dict)."""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
@@ -275,6 +289,9 @@ def build_backbone_config(backbone_config) -> PreTrainedConfig:
         return CONFIG_MAPPING["llama"]()  # a placeholder: LLMEmbeddingConfig() must construct (transformers
         # builds one to diff against); a model refuses to be built on it (see check_backbone_given)
     if isinstance(backbone_config, PreTrainedConfig):
+        if is_gguf_load_record(getattr(backbone_config, "quantization_config", None)):
+            backbone_config = copy.deepcopy(backbone_config)  # the caller's object is left as it is
+            del backbone_config.quantization_config
         return backbone_config
     if isinstance(backbone_config, dict):
         model_type = backbone_config.get("model_type")
@@ -283,7 +300,8 @@ def build_backbone_config(backbone_config) -> PreTrainedConfig:
                 f"backbone_config must carry a model_type that transformers knows, got {model_type!r}; "
                 "pass e.g. AutoConfig.from_pretrained(path) or a dict from config.to_dict()."
             )
-        fields = {key: value for key, value in backbone_config.items() if key != "model_type"}
+        fields = {key: value for key, value in backbone_config.items() if key != "model_type"
+                  and not (key == "quantization_config" and is_gguf_load_record(value))}
         return CONFIG_MAPPING[model_type](**fields)
     raise TypeError(f"backbone_config must be a dict or a PreTrainedConfig, got {type(backbone_config).__name__}")
 

@@ -30,7 +30,7 @@ from transformers.utils import ModelOutput
 
 from .atomic_save import check_save_target, save_atomically
 from .bidirectional import check_causal_support, make_bidirectional
-from .configuration_llm_embed import BUILD_OPTIONS, LLMEmbeddingConfig, check_head_options
+from .configuration_llm_embed import BUILD_OPTIONS, LLMEmbeddingConfig, check_head_options, is_gguf_load_record
 from .contrastive import (
     InfoNCELoss,
     all_reduce_gradients,
@@ -573,11 +573,11 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
         check_head_options({"pooling": pooling, **config_kwargs})
         name_or_path = expand_home(name_or_path)
         check_local_path(name_or_path)  # a moved or mistyped decoder folder: named, not looked up on the Hub
-        backbone = AutoModel.from_pretrained(name_or_path, **hub_kwargs, **load_kwargs, **(backbone_kwargs or {}))
         if gguf_file is not None:
-            # GGUF weights are dequantized to floats on load; the quantizer flag only blocks saving.
-            backbone.hf_quantizer = None
-            backbone.is_quantized = False
+            backbone = load_gguf_backbone(name_or_path, **hub_kwargs, **load_kwargs, **(backbone_kwargs or {}))
+        else:
+            backbone = AutoModel.from_pretrained(name_or_path, **hub_kwargs, **load_kwargs, **(backbone_kwargs or {}))
+            drop_gguf_quantizer(backbone, name_or_path)  # a folder converted from a GGUF that kept the record
         backbone_config = backbone.config.to_dict()
         config = LLMEmbeddingConfig(backbone_config=backbone_config, attention=attention, pooling=pooling,
                                     **config_kwargs)
@@ -595,4 +595,36 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
         return model
 
 
-__all__ = ["LLMEmbeddingModel", "LLMEmbeddingOutput", "LLMEmbeddingPreTrainedModel"]
+def load_gguf_backbone(name_or_path, gguf_file: str, **kwargs) -> PreTrainedModel:
+    """A decoder read from a GGUF file, as plain float weights that train and save. Newer transformers
+    keep a GGUF's quantized weights packed where a matmul kernel is installed (``GgufConfig``): asked
+    not to here. The quantizer it still attaches (and the ``quantization_config`` it records) would
+    refuse ``save_pretrained`` and training though the weights are floats: dropped."""
+    import transformers
+
+    if hasattr(transformers, "GgufConfig") and "quantization_config" not in kwargs:
+        kwargs["quantization_config"] = transformers.GgufConfig(dequantize=True)
+    backbone = AutoModel.from_pretrained(name_or_path, gguf_file=gguf_file, **kwargs)
+    drop_gguf_quantizer(backbone, gguf_file, read_from_gguf=True)
+    return backbone
+
+
+def drop_gguf_quantizer(backbone: PreTrainedModel, source, read_from_gguf: bool = False) -> None:
+    """Unflag a backbone whose weights came from a GGUF file as floats (see :func:`load_gguf_backbone`);
+    refuse one whose weights were kept packed. Any other backbone (no GGUF record) is left as it is."""
+    record = is_gguf_load_record(getattr(backbone.config, "quantization_config", None))
+    if not (record or read_from_gguf):
+        return
+    packed = getattr(getattr(backbone, "hf_quantizer", None), "packed_modules", None)
+    if packed:
+        raise ValueError(
+            f"{source} was loaded with {len(packed)} modules' weights kept packed in GGUF blocks (e.g. "
+            f"{next(iter(packed))}), which an embedding model can neither train nor save. Leave quantization_config "
+            "out of backbone_kwargs (llm_embed asks for GgufConfig(dequantize=True)).")
+    backbone.hf_quantizer = None
+    backbone.is_quantized = False
+    if record:
+        del backbone.config.quantization_config
+
+
+__all__ = ["LLMEmbeddingModel", "LLMEmbeddingOutput", "LLMEmbeddingPreTrainedModel", "load_gguf_backbone"]

@@ -61,8 +61,12 @@ def test_from_backbone_reads_the_gguf_file_directly(smollm2_path, tmp_path):
     reference = LLMEmbeddingModel.from_backbone(smollm2_path, attention="causal", pooling="last_token")
     a = model.encode(TEXTS)
     np.testing.assert_allclose(a, reference.encode(TEXTS), atol=1e-5)
-    model.save_pretrained(tmp_path)  # a GGUF-loaded backbone is dequantized: saving works
-    np.testing.assert_array_equal(AutoModel.from_pretrained(tmp_path).encode(TEXTS), a)
+    assert not model.backbone.is_quantized and not hasattr(model.backbone.config, "quantization_config")
+    model.save_pretrained(tmp_path / "first")  # a GGUF-loaded backbone is dequantized: saving works
+    reloaded = AutoModel.from_pretrained(tmp_path / "first")
+    np.testing.assert_array_equal(reloaded.encode(TEXTS), a)
+    reloaded.save_pretrained(tmp_path / "second")  # was "quantized with gguf and is not serializable"
+    np.testing.assert_array_equal(AutoModel.from_pretrained(tmp_path / "second").encode(TEXTS), a)
 
 
 def test_training_entry_point_on_snli_with_smollm2(tmp_path):

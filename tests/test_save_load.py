@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel
 
+import llm_embed
 from llm_embed import LLMEmbeddingModel
 from llm_embed.encoding import pad_batch
 
@@ -185,3 +186,77 @@ def test_a_home_relative_path_is_expanded(tmp_path, monkeypatch, tokenizer):
     monkeypatch.setenv("HOME", str(tmp_path))
     loaded = LLMEmbeddingModel.from_pretrained("~/models/x")
     assert torch.equal(loaded.encode(["a b"], convert_to_tensor=True), model.encode(["a b"], convert_to_tensor=True))
+
+
+# ----------------------------------------------------------------------------------------------
+# Backbones read from a GGUF file: their weights are floats, so nothing may flag them as quantized
+
+GGUF_RECORD = {"quant_method": "gguf", "dequantize": False, "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+
+
+def assert_not_quantized(model) -> None:
+    assert not getattr(model, "is_quantized", False) and getattr(model, "hf_quantizer", None) is None
+
+
+def test_a_checkpoint_saved_with_a_gguf_load_record_saves_and_trains_again(tmp_path, tokenizer):
+    """Checkpoints built on the bundled SmolLM2 carried its GGUF ``quantization_config`` in
+    ``backbone_config``: transformers >= 5.2x flagged every reload as quantized with GGUF, which refused
+    ``save_pretrained`` ("not serializable"), ``.half()`` and the Trainer."""
+    from transformers import Trainer, TrainingArguments
+
+    model = tiny_model("llama", "causal", "mean")
+    model.tokenizer = tokenizer
+    model.save_pretrained(tmp_path / "old")
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    config["backbone_config"]["quantization_config"] = GGUF_RECORD  # as such checkpoints were written
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+
+    reloaded = AutoModel.from_pretrained(tmp_path / "old")
+    assert_not_quantized(reloaded)
+    assert "quantization_config" not in reloaded.config.backbone_config.to_dict()
+    texts = ["a card was lost", "branches open at nine"]
+    torch.testing.assert_close(torch.from_numpy(reloaded.encode(texts)), torch.from_numpy(model.encode(texts)),
+                               rtol=0, atol=0)
+    reloaded.save_pretrained(tmp_path / "again")
+    assert "quantization_config" not in json.loads((tmp_path / "again" / "config.json").read_text())["backbone_config"]
+    Trainer(model=reloaded, args=TrainingArguments(str(tmp_path / "train"), report_to=[], use_cpu=True))
+    reloaded.half()
+
+
+def test_from_backbone_drops_a_gguf_load_record(tmp_path, tokenizer):
+    """A decoder folder converted from a GGUF (as the bundled cache was) keeps the record in its config.json:
+    the backbone loaded from it was flagged quantized, and the record went into the embedding model's config."""
+    from transformers import AutoConfig, LlamaModel
+
+    from .conftest import tiny_backbone_config
+
+    torch.manual_seed(0)
+    LlamaModel(tiny_backbone_config("llama")).save_pretrained(tmp_path / "decoder")
+    tokenizer.save_pretrained(tmp_path / "decoder")
+    config = json.loads((tmp_path / "decoder" / "config.json").read_text())
+    (tmp_path / "decoder" / "config.json").write_text(json.dumps({**config, "quantization_config": GGUF_RECORD}))
+
+    model = LLMEmbeddingModel.from_backbone(tmp_path / "decoder", attention="causal", pooling="mean")
+    assert_not_quantized(model.backbone)
+    assert not hasattr(model.backbone.config, "quantization_config")
+    assert "quantization_config" not in model.config.backbone_config.to_dict()
+    model.save_pretrained(tmp_path / "model")
+    assert_not_quantized(AutoModel.from_pretrained(tmp_path / "model"))
+
+    given = AutoConfig.from_pretrained(tmp_path / "decoder")  # a config object: the caller's is left as it was
+    built = LLMEmbeddingModel(llm_embed.LLMEmbeddingConfig(backbone_config=given, attention="causal", pooling="mean"))
+    assert "quantization_config" not in built.config.backbone_config.to_dict()
+    assert given.to_dict()["quantization_config"]["quant_method"] == "gguf"
+
+
+def test_the_bundled_cache_drops_the_gguf_load_record_it_was_converted_with(tmp_path):
+    from llm_embed.bundled import smollm2_backbone_path
+
+    folder = tmp_path / "SmolLM2-135M-Instruct"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"")  # a converted folder, as far as the check looks
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 576,
+                                                    "quantization_config": GGUF_RECORD}))
+    assert smollm2_backbone_path(tmp_path) == folder
+    assert json.loads((folder / "config.json").read_text()) == {"model_type": "llama", "hidden_size": 576}
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
