@@ -41,6 +41,17 @@ def test_ndcg_and_recall_by_hand():
     assert recall_at_k(["a", "x"], relevant, 100) == 0.5 and recall_at_k(["x"], relevant, 1) == 0.0
 
 
+def test_ndcg_gives_no_gain_to_grades_of_zero_or_below():
+    """As pytrec_eval (BEIR, MTEB) counts them: Touché-2020 grades some documents -2. As negative gains
+    they made the ideal DCG negative (nDCG 0 for a ranking pytrec_eval scores 63.09) or lowered nDCG."""
+    assert ndcg_at_k(["d0", "d1"], {"d0": -2, "d1": 1}) == pytest.approx(1 / np.log2(3))  # 0.6309
+    assert ndcg_at_k(["d1", "d0"], {"d0": -2, "d1": 1}) == 1.0
+    assert ndcg_at_k(["x", "d0"], {"d0": -1, "d2": 0}) == 0.0  # nothing relevant: 0, as before
+    relevant = {"a": 2, "b": -1, "c": 1}
+    expected = (0 + 1 / np.log2(3) + 2 / np.log2(4)) / (2 + 1 / np.log2(3))
+    assert ndcg_at_k(["b", "c", "a"], relevant) == pytest.approx(expected)
+
+
 class CachedModel:
     """Encodes each list of texts once (the anchors below reuse the same embeddings)."""
 
@@ -307,6 +318,44 @@ def test_classification_warns_on_unseen_test_classes_few_rows_per_class_and_few_
     assert any("only 20 test items: accuracy has a standard error of up to 11 points" in m for m in messages)
     result = task.evaluate(RandomModel())
     assert result.main_score <= 75.0 and len(result.warnings) == 3
+
+
+def test_clustering_two_files_are_read_line_for_line(tmp_path):
+    """The two-file form read with ``str.splitlines`` and plain UTF-8: a byte-order mark made the first
+    label another class, a title holding U+2028 took two lines, and with one more (blank) line in the
+    labels file the counts agreed and 292 of 300 titles carried another title's label."""
+    labels = [str(i % 3) for i in range(30)]
+    texts = [f"title {i}" + (" a\u2028b\x0cc\x85d" if i == 4 else "") for i in range(30)]
+    (tmp_path / "texts.txt").write_text("\ufeff" + "".join(f"{t}\n" for t in texts), encoding="utf-8")
+    (tmp_path / "labels.txt").write_text("\ufeff" + "\r\n".join(labels) + "\r\n", encoding="utf-8")
+    task = ClusteringTask("K", tmp_path / "texts.txt", tmp_path / "labels.txt")
+    assert task.texts == texts and task.labels == labels and task.n_clusters == 3
+
+    (tmp_path / "labels.txt").write_text("".join(f"{label}\n" for label in labels[:4]) + "\n"
+                                         + "".join(f"{label}\n" for label in labels[5:]))
+    with pytest.raises(ValueError, match=r"labels.txt:5: an empty label \(for .*texts.txt line 5\)"):
+        ClusteringTask("K", tmp_path / "texts.txt", tmp_path / "labels.txt")
+    (tmp_path / "labels.txt").write_text("".join(f"{label}\n" for label in labels) + "\n")
+    with pytest.raises(ValueError, match="have 30 vs 31 lines"):
+        ClusteringTask("K", tmp_path / "texts.txt", tmp_path / "labels.txt")
+    (tmp_path / "texts.txt").write_bytes("caf\u00e9\n".encode("latin-1") * 30)
+    with pytest.raises(ValueError, match=r"texts.txt is not UTF-8 text .*iconv -f latin1 -t utf-8"):
+        ClusteringTask("K", tmp_path / "texts.txt", tmp_path / "labels.txt")
+
+
+def test_json_labels_one_and_one_point_zero_are_one_class(tmp_path):
+    """JSON has one kind of number: a training file writing labels 1 and a test file writing 1.0 shared no
+    class (refused as 'no test item has a class seen in training', with advice to add rows)."""
+    from llm_embed.evaluation.tasks import read_labelled_csv
+
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": f"t{i}", "label": i % 2}) + "\n" for i in range(4)))
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps({"text": f"t{i}", "label": float(i % 2)}) + "\n"
+                                              for i in range(4)))
+    columns = {"text": "text", "label": "label"}
+    assert read_labelled_csv(tmp_path / "a.jsonl", columns=columns)[1] == ["0", "1", "0", "1"]
+    assert read_labelled_csv(tmp_path / "b.jsonl", columns=columns)[1] == ["0", "1", "0", "1"]
+    (tmp_path / "c.jsonl").write_text(json.dumps({"text": "t", "label": 1.5}) + "\n")
+    assert read_labelled_csv(tmp_path / "c.jsonl", columns=columns)[1] == ["1.5"]
 
 
 def test_clustering_refuses_as_many_clusters_as_texts(tmp_path):

@@ -82,6 +82,12 @@ def test_unpaired_results_and_undefined_resamples_are_refused():
     with pytest.raises(ValueError, match="different gold labels"):
         compare(make(gold), make([str(i % 5) for i in range(200)]))
     accuracy = TaskResult("SO", "classification", "accuracy", 50.0, {}, {"correct": [True] * 200})
+    labelled = lambda labels: TaskResult("SO", "classification", "accuracy", 50.0, {},
+                                         {"correct": [True] * 200, "gold": labels})
+    with pytest.raises(ValueError, match="different gold labels"):  # other test files of the same length
+        compare(labelled(gold), labelled([str(i % 5) for i in range(200)]))
+    assert compare(labelled(gold), labelled(gold)).p_value == 1.0
+    assert compare(accuracy, labelled(gold)).p_value == 1.0  # a result written before labels were recorded
     with pytest.raises(ValueError, match="cannot pair a classification result with a clustering result"):
         compare(accuracy, make(gold))
     with pytest.raises(ValueError, match="cannot pair a clustering result with a classification result"):

@@ -128,6 +128,8 @@ def compare_retrieval(a: TaskResult, b: TaskResult, n_resamples: int = 1000, see
 
 def compare_classification(a: TaskResult, b: TaskResult, n_resamples: int = 1000, seed: int = 0) -> Comparison:
     n = check_paired(a, b, "correct")
+    if "gold" in a.per_item and "gold" in b.per_item and list(a.per_item["gold"]) != list(b.per_item["gold"]):
+        raise ValueError(f"{a.task}: the two results have different gold labels; they are not the same items")
     correct_a, correct_b = np.asarray(a.per_item["correct"], bool), np.asarray(b.per_item["correct"], bool)
     only_a, only_b = int(np.sum(correct_a & ~correct_b)), int(np.sum(~correct_a & correct_b))
     if only_a + only_b == 0:

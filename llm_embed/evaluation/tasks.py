@@ -269,8 +269,23 @@ def read_records(path, columns: Mapping[str, str | int], *, delimiter: str | Non
         with open(path, encoding="utf-8-sig", newline="" if delimiter is not None else None) as handle:
             return _read_open_records(path, handle, columns, delimiter, header, quoting, optional, convert)
     except UnicodeDecodeError as error:
-        raise ValueError(f"{path} is not UTF-8 text ({error.reason}, byte {error.object[error.start:error.end]!r}); "
-                         "save it as UTF-8, e.g. iconv -f latin1 -t utf-8 in.csv > out.csv") from error
+        raise not_utf8(path, error) from error
+
+
+def not_utf8(path, error: UnicodeDecodeError) -> ValueError:
+    return ValueError(f"{path} is not UTF-8 text ({error.reason}, byte {error.object[error.start:error.end]!r}); "
+                      f"save it as UTF-8, e.g. iconv -f latin1 -t utf-8 {path} > fixed{Path(path).suffix}")
+
+
+def read_lines(path) -> list[str]:
+    """The lines of a text file (one item a line), ended by ``\n``, ``\r\n`` or ``\r`` only: a text may hold
+    Unicode line or paragraph separators (U+2028, U+0085, form feeds) that ``str.splitlines`` would also cut at,
+    misaligning one file's lines with another's. A byte-order mark is skipped, as :func:`read_records` does."""
+    try:
+        with open(path, encoding="utf-8-sig", newline=None) as handle:
+            return [line[:-1] if line.endswith("\n") else line for line in handle]
+    except UnicodeDecodeError as error:
+        raise not_utf8(path, error) from error
 
 
 def _read_open_records(path, handle, columns, delimiter, header, quoting, optional, convert) -> list[dict]:
@@ -349,9 +364,18 @@ def _json_record(path, line: int, raw: str, columns: Mapping[str, str | int], op
         if isinstance(value, (dict, list)) or value is None:
             raise ValueError(f"{_where(path, line)}: field {field_name!r} ({role}) is {json.dumps(value)[:40]}, "
                              "not a text or a number")
-        record[role] = _convert(path, line, role, field_name, str(value) if not isinstance(value, str) else value,
-                                convert)
+        record[role] = _convert(path, line, role, field_name, json_text(value), convert)
     return record
+
+
+def json_text(value) -> str:
+    """A JSON value as the text a table cell would hold. JSON has one kind of number, so ``1`` and ``1.0``
+    are one label: both read ``"1"`` (as ``str``, a file writing labels 1.0 and one writing 1 shared no class)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _convert(path, line: int, role: str, column, value: str, convert: Mapping[str, Callable[[str], object]]):
@@ -451,9 +475,11 @@ def cosine_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def ndcg_at_k(ranked: list[str], relevant: dict[str, int], k: int = 10) -> float:
-    """nDCG@k with graded relevance (gain = relevance, log2 discount), as BEIR/pytrec_eval compute it."""
-    dcg = sum(relevant.get(doc, 0) / math.log2(rank + 2) for rank, doc in enumerate(ranked[:k]))
-    ideal = sorted(relevant.values(), reverse=True)[:k]
+    """nDCG@k with graded relevance (gain = relevance, log2 discount), as BEIR/pytrec_eval compute it:
+    a grade of 0 or below gains nothing (Touché-2020's qrels grade some documents -2; as negative gains
+    they made the ideal DCG negative and nDCG 0, or halved it)."""
+    dcg = sum(max(relevant.get(doc, 0), 0) / math.log2(rank + 2) for rank, doc in enumerate(ranked[:k]))
+    ideal = sorted((gain for gain in relevant.values() if gain > 0), reverse=True)[:k]
     idcg = sum(gain / math.log2(rank + 2) for rank, gain in enumerate(ideal))
     return dcg / idcg if idcg > 0 else 0.0
 
@@ -658,7 +684,8 @@ class ClassificationTask(EvaluationTask):
         correct = [bool(p == g) for p, g in zip(predicted, self.test_labels)]
         accuracy = 100 * float(np.mean(correct))
         return TaskResult(self.name, self.category, "accuracy", accuracy, {"accuracy": accuracy},
-                          {"correct": correct, "predicted": [str(p) for p in predicted]}, list(self.warnings))
+                          {"correct": correct, "predicted": [str(p) for p in predicted],
+                           "gold": list(self.test_labels)}, list(self.warnings))
 
 
 class ClusteringTask(EvaluationTask):
@@ -681,10 +708,14 @@ class ClusteringTask(EvaluationTask):
             if columns or delimiter:
                 raise ValueError("columns and delimiter are for one table of texts and labels (labels_path=None), "
                                  "not for two files of one text and one label a line")
-            texts = Path(texts_path).read_text(encoding="utf-8").splitlines()
-            labels = Path(labels_path).read_text(encoding="utf-8").splitlines()
-        if len(texts) != len(labels):
-            raise ValueError(f"{texts_path} and {labels_path} have {len(texts)} vs {len(labels)} lines")
+            texts, labels = read_lines(texts_path), read_lines(labels_path)
+            if len(texts) != len(labels):
+                raise ValueError(f"{texts_path} and {labels_path} have {len(texts)} vs {len(labels)} lines; line i of "
+                                 "one is the label of line i of the other")
+            blank = next((i for i, label in enumerate(labels, 1) if not label.strip()), None)
+            if blank is not None:
+                raise ValueError(f"{_where(labels_path, blank)}: an empty label (for {texts_path} line {blank}); "
+                                 "every text needs its label on the same line")
         rows = seeded_subset(list(zip(texts, labels)), limit, seed)
         self.texts, self.labels = [t for t, _ in rows], [label for _, label in rows]
         self.n_clusters = n_clusters or len(set(self.labels))
