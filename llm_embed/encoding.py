@@ -374,8 +374,27 @@ def pad_batch(rows: list[list[int]], pad_id: int, padding_side: str) -> tuple[to
     return input_ids, attention_mask
 
 
-_MODE_LOCK = threading.Lock()
-_ACTIVE_ENCODES: dict[int, list] = {}  # id(model) -> [encode calls running, modules to put back in training mode]
+# Train / eval modes of one model shared by threads: ``encode`` calls (eval mode), passes in training mode
+# (a training step's forward), and ``train()`` / ``eval()`` calls, ordered by one condition. Kept here, keyed
+# by ``id(model)`` with entries only while something runs, not on the model: it stays picklable and copyable.
+_MODE_CONDITION = threading.Condition(threading.RLock())
+_ACTIVE_ENCODES: dict[int, _EncodeCalls] = {}
+_TRAINING_PASSES: dict[int, dict[int, int]] = {}  # id(model) -> thread -> passes in training mode running
+
+
+class _EncodeCalls:
+    """The ``encode`` calls running on one model: how many, in which threads, the modules the first one
+    switched to eval mode (the last one switches them back), and whether another thread asked for eval
+    mode meanwhile (then they stay in eval mode)."""
+
+    def __init__(self, switched: list[torch.nn.Module]):
+        self.calls, self.threads, self.switched, self.eval_requested = 0, {}, switched, False
+
+
+def _count(table: dict[int, int], thread: int, step: int) -> None:
+    table[thread] = table.get(thread, 0) + step
+    if not table[thread]:
+        del table[thread]
 
 
 @contextmanager
@@ -384,30 +403,63 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
     encoding on one model: the first call to enter records which modules were in training mode and
     switches them to eval, the last to leave switches exactly those back. Switching per call instead
     would let one thread turn dropout back on while another is still encoding. A model with no module
-    in training mode is not touched at all.
+    in training mode is not touched at all. Modules are put back by their ``training`` flag, as
+    ``Module.train`` sets it, so that a submodule the caller kept in eval mode (a frozen backbone) stays so.
 
-    The bookkeeping lives in this module (one lock, a dict keyed by ``id(model)`` whose entry exists
-    only while a call runs), not on the model, so that the model stays picklable and deep-copyable,
-    even while encoding. Modules are put back by their ``training`` flag, as ``Module.train`` sets it,
-    so that a submodule the caller kept in eval mode (a frozen backbone) stays so."""
-    key = id(model)
-    with _MODE_LOCK:
+    With other threads: the call first waits for passes in training mode running in them
+    (:func:`training_pass`: a training step's forward would lose its dropout half-way); while calls run,
+    ``model.train()`` from another thread waits for them to end, and ``model.eval()`` is kept (the modules
+    are not switched back; :meth:`EncodeMixin.train`)."""
+    key, me = id(model), threading.get_ident()
+    with _MODE_CONDITION:
+        _MODE_CONDITION.wait_for(lambda: not set(_TRAINING_PASSES.get(key, ())) - {me})
         state = _ACTIVE_ENCODES.get(key)
         if state is None:
             training = [module for module in model.modules() if module.training]
             if training:
                 model.eval()
-            state = _ACTIVE_ENCODES[key] = [0, training]
-        state[0] += 1
+            state = _ACTIVE_ENCODES[key] = _EncodeCalls(training)
+        state.calls += 1
+        _count(state.threads, me, 1)
     try:
         yield
     finally:
-        with _MODE_LOCK:
-            state[0] -= 1
-            if state[0] == 0:
+        with _MODE_CONDITION:
+            state.calls -= 1
+            _count(state.threads, me, -1)
+            if state.calls == 0:
                 del _ACTIVE_ENCODES[key]
-                for module in state[1]:
-                    module.training = True
+                if not state.eval_requested:
+                    for module in state.switched:
+                        module.training = True
+                _MODE_CONDITION.notify_all()
+
+
+@contextmanager
+def training_pass(model: torch.nn.Module) -> Iterator[None]:
+    """Around each pass of the model (``embed``): one that starts while another thread's ``encode`` holds
+    the model in eval mode waits for it, so that it runs in the mode its caller set (a training loop
+    that called ``model.train()`` once, then a forward per step: its steps ran without dropout), and a
+    pass in training mode is recorded, so that an ``encode`` waits for it rather than switching its
+    dropout off half-way (or between GradCache's two passes). Passes of the ``encode`` calls themselves,
+    and of a model no ``encode`` switched, do not wait."""
+    key, me = id(model), threading.get_ident()
+    with _MODE_CONDITION:
+        state = _ACTIVE_ENCODES.get(key)
+        if state is not None and state.switched and me not in state.threads:
+            _MODE_CONDITION.wait_for(lambda: key not in _ACTIVE_ENCODES)
+        training = model.training
+        if training:
+            _count(_TRAINING_PASSES.setdefault(key, {}), me, 1)
+    try:
+        yield
+    finally:
+        if training:
+            with _MODE_CONDITION:
+                _count(_TRAINING_PASSES[key], me, -1)
+                if not _TRAINING_PASSES[key]:
+                    del _TRAINING_PASSES[key]
+                    _MODE_CONDITION.notify_all()
 
 
 def check_embeddings(embeddings: torch.Tensor, normalized: bool) -> None:
@@ -540,6 +592,21 @@ class EncodeMixin:
     """Adds ``encode``, ``encode_query`` and ``encode_document`` to :class:`LLMEmbeddingModel` (needs
     ``tokenizer``, ``config``, ``device``, ``forward``). The signatures are sentence-transformers'
     (``SentenceTransformer.encode``), so the same user code runs on either."""
+
+    def train(self, mode: bool = True):
+        """``Module.train``, ordered with ``encode`` calls running in other threads (:func:`eval_mode`):
+        ``train()`` waits for them to end, since switching dropout on under them changed their vectors
+        (by up to 0.17 on a tiny GPT-2); ``eval()`` returns at once and the model stays in eval mode when
+        they end (they used to switch their modules back to training mode over the caller's choice)."""
+        key, me = id(self), threading.get_ident()
+        with _MODE_CONDITION:
+            state = _ACTIVE_ENCODES.get(key)
+            if state is not None and me not in state.threads:
+                if not mode:
+                    state.eval_requested = True  # every module is in eval mode while they run
+                    return self
+                _MODE_CONDITION.wait_for(lambda: key not in _ACTIVE_ENCODES)
+            return super().train(mode)
 
     # Overloads, as sentence-transformers types them: the return type follows convert_to_tensor /
     # convert_to_numpy and, without either, the input (one string: one tensor; a list: a list of them).
@@ -1067,6 +1134,7 @@ __all__ = [
     "check_extra_arguments",
     "check_texts",
     "eval_mode",
+    "training_pass",
     "find_surrogate",
     "max_token_chars",
     "pad_arrays",

@@ -39,7 +39,7 @@ from .contrastive import (
     find_ddp_wrapper,
     find_fully_sharded_root,
 )
-from .encoding import EncodeMixin
+from .encoding import EncodeMixin, training_pass
 from .hub import check_local_path, expand_home, has_saved_file, push_model_to_hub, saved_config_file
 from .layer_states import LayerStateCollector, find_decoder_layers
 from .model_card import has_user_model_card, write_model_card
@@ -240,7 +240,12 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
     ) -> torch.Tensor:
         """Unnormalised embeddings of a tokenized batch: backbone, pooling head, projection.
         ``packed`` (from :func:`~llm_embed.packing.pack_batch`, used by ``encode``) replaces the
-        padded inputs: the backbone runs on packed rows and the heads see the padded layout."""
+        padded inputs: the backbone runs on packed rows and the heads see the padded layout. The whole
+        pass runs in one train / eval mode whatever other threads do (:func:`~llm_embed.encoding.training_pass`)."""
+        with training_pass(self):
+            return self._embed(input_ids, attention_mask, position_ids, inputs_embeds, packed, **kwargs)
+
+    def _embed(self, input_ids, attention_mask, position_ids, inputs_embeds, packed, **kwargs) -> torch.Tensor:
         unpack = None
         if packed is not None:
             if input_ids is not None or inputs_embeds is not None or attention_mask is not None:

@@ -267,6 +267,113 @@ def test_a_call_that_ends_first_does_not_switch_dropout_on_for_another(tokenizer
     assert model.training
 
 
+class PausedEncode:
+    """An ``encode`` call in its own thread, held inside its first forward pass until released, so that
+    the main thread can act while it runs (deterministic, no timing)."""
+
+    def __init__(self, model, texts):
+        self.inside, self.release, self.result, self.errors = threading.Event(), threading.Event(), None, []
+        self.thread = threading.Thread(target=self.run, args=(model, texts), name="paused-encode")
+        self.handle = model.backbone.register_forward_pre_hook(self.pause)
+
+    def pause(self, module, args):
+        if threading.current_thread() is self.thread and not self.inside.is_set():
+            self.inside.set()
+            assert self.release.wait(timeout=60), "never released"
+
+    def run(self, model, texts):
+        try:
+            self.result = model.encode(texts, batch_size=2, convert_to_tensor=True)
+        except BaseException as err:  # reported by the main thread
+            self.errors.append(err)
+
+    def __enter__(self):
+        self.thread.start()
+        assert self.inside.wait(timeout=60), "the encode call did not start"
+        return self
+
+    def __exit__(self, *exc):
+        self.release.set()
+        self.thread.join(timeout=60)
+        self.handle.remove()
+        assert not self.errors, self.errors
+
+
+def in_thread(function) -> threading.Thread:
+    thread = threading.Thread(target=function)
+    thread.start()
+    return thread
+
+
+def test_train_from_another_thread_waits_for_running_encodes(tokenizer):
+    """``model.train()`` while another thread encoded switched dropout on under its remaining batches
+    (vectors off by up to 0.17 on a tiny GPT-2, silently): it now waits for the call to end."""
+    model = dropout_model(tokenizer).eval()
+    expected = model.encode(TEXTS, batch_size=2, convert_to_tensor=True)
+    with PausedEncode(model, TEXTS) as call:
+        switching = in_thread(model.train)
+        switching.join(timeout=1.0)
+        assert switching.is_alive() and not model.training  # waiting, not yet switched
+    switching.join(timeout=60)
+    assert torch.equal(call.result, expected)
+    assert model.training and all(module.training for module in model.modules())
+
+
+def test_eval_from_another_thread_is_kept_when_encodes_end(tokenizer):
+    """The last encode to end switched the modules it found in training mode back, over a ``model.eval()``
+    another thread made meanwhile: the model went on in training mode (dropout on) for everything after."""
+    model = dropout_model(tokenizer).train()
+    with PausedEncode(model, TEXTS):
+        in_thread(model.eval).join(timeout=60)  # does not wait
+        assert not model.training
+    assert not any(module.training for module in model.modules())
+
+
+def test_a_training_pass_and_an_encode_in_two_threads_keep_their_own_modes(tokenizer):
+    """A loop that called ``model.train()`` once ran its next forward in eval mode while another thread
+    encoded (no dropout, silently); and an encode starting during a training forward switched its dropout
+    off half-way. Each now waits for the other."""
+    model = dropout_model(tokenizer).eval()
+    expected = model.encode(TEXTS, batch_size=2, convert_to_tensor=True)
+    batch = tokenizer(TEXTS[:2], return_tensors="pt", padding=True)
+    model.train()
+    seen: list[bool] = []
+    record = lambda module, args: seen.append(module.training) if threading.current_thread().name == "step" else None
+    handle = model.backbone.layers[-1].register_forward_pre_hook(record)
+    try:
+        with PausedEncode(model, TEXTS) as call:  # holds the model in eval mode
+            step = threading.Thread(target=lambda: model(**batch), name="step")
+            step.start()
+            step.join(timeout=1.0)
+            assert step.is_alive() and not seen  # waits for the encode
+        step.join(timeout=60)
+        assert seen == [True] and torch.equal(call.result, expected)
+
+        entered = threading.Event()
+        leave = threading.Event()
+
+        def long_step(module, args):
+            if threading.current_thread().name == "step":
+                entered.set()
+                assert leave.wait(timeout=60)
+
+        pause = model.backbone.layers[0].register_forward_pre_hook(long_step)
+        step = threading.Thread(target=lambda: model(**batch), name="step")
+        step.start()
+        assert entered.wait(timeout=60)
+        results = []
+        encoding = in_thread(lambda: results.append(model.encode(TEXTS, batch_size=2, convert_to_tensor=True)))
+        encoding.join(timeout=1.0)
+        assert encoding.is_alive() and model.training  # the training pass keeps its dropout
+        leave.set()
+        step.join(timeout=60)
+        encoding.join(timeout=60)
+        pause.remove()
+        assert seen == [True, True] and torch.equal(results[0], expected) and model.training
+    finally:
+        handle.remove()
+
+
 def test_eval_model_is_not_touched_and_submodule_modes_are_kept(tokenizer, monkeypatch):
     model = dropout_model(tokenizer)
     model.eval()
