@@ -20,7 +20,8 @@ Whole-folder swap (the normal case):
 
 The target therefore always holds one whole checkpoint; a crash between steps 2 and 3 leaves the
 non-checkpoint entries in the hidden ``.<name>.llm_embed-replaced-*`` folder beside it (never deleted
-while they are there). A failed write leaves the target untouched and removes the staging folder.
+while they are there). A failed write leaves the target untouched and removes the staging folder; a
+process killed while writing leaves it, and the next save to the target removes it (:data:`STAGING_MARKER`).
 
 File-by-file replacement (where the folder itself cannot or must not be swapped): a mount point (a
 ``docker -v`` volume, a Kubernetes volume: renaming it is ``EBUSY``, also detected from the swap's
@@ -53,10 +54,12 @@ from __future__ import annotations
 import ctypes
 import errno
 import fnmatch
+import json
 import logging
 import os
 import re
 import shutil
+import socket
 import stat
 import sys
 import tempfile
@@ -212,6 +215,54 @@ def _file_by_file_reason(target: str) -> str | None:
     return None
 
 
+#: A file in a staging folder while it holds only the new save's partial files, naming the saving process:
+#: removed just before the folder is swapped in or its files put in place (from then on the folder may hold
+#: the old checkpoint's files). A folder that still has it, whose process is gone (``kill -9``, power loss),
+#: is removed by the next save there (:func:`_remove_abandoned_staging`); every other folder is kept.
+STAGING_MARKER = ".llm_embed-staging.json"
+
+
+def _mark_staging(staging: str) -> None:
+    with open(os.path.join(staging, STAGING_MARKER), "w", encoding="utf-8") as handle:
+        json.dump({"host": socket.gethostname(), "pid": os.getpid()}, handle)
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process: alive
+        return False
+    return False
+
+
+def _remove_abandoned_staging(folder: str, prefix: str) -> None:
+    """Remove the staging folders in ``folder`` named ``prefix*`` that a save on this machine left when its
+    process died before swapping them in (each holds the marker naming a process that is gone): a
+    checkpoint-sized folder each, which nothing else would ever remove. A folder without the marker, of a
+    live process, or of another machine (a shared file system) is kept."""
+    try:
+        names = [name for name in os.listdir(folder) if name.startswith(prefix)]
+    except FileNotFoundError:
+        return
+    host = socket.gethostname()
+    for name in names:
+        staging = os.path.join(folder, name)
+        try:
+            with open(os.path.join(staging, STAGING_MARKER), encoding="utf-8") as handle:
+                owner = json.load(handle)
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # not (or no longer) only the new files of a save
+        except (OSError, ValueError) as error:
+            logger.warning("kept %s: its staging marker could not be read (%s)", staging, error)
+            continue
+        if owner.get("host") == host and isinstance(owner.get("pid"), int) and _process_gone(owner["pid"]):
+            logger.warning("removing %s, left by a save that did not finish (process %d is gone)", staging,
+                           owner["pid"])
+            shutil.rmtree(staging)
+
+
 def _remove_staging(staging: str) -> None:
     """Remove a failed save's staging folder; the save's own error matters more, so a failure here
     is logged with where the rest lies (the caller re-raises the save's error)."""
@@ -244,7 +295,9 @@ def _save_folder_swap(target: str, write: Callable[[str], None], replaced_names:
         mode = 0o777 & ~umask
     os.chmod(staging, mode)
     try:
+        _mark_staging(staging)
         write(staging)
+        os.remove(os.path.join(staging, STAGING_MARKER))  # the swap may leave the old folder at this path
         try:
             old = _swap_in(staging, target, backup_prefix=f".{name}.llm_embed-replaced-")
         except OSError as error:
@@ -339,7 +392,9 @@ def _save_file_by_file(target: str, write: Callable[[str], None], replaced_names
     """The file-by-file replacement (module docstring, second mode)."""
     staging = tempfile.mkdtemp(prefix=".llm_embed-saving-", dir=target)
     try:
+        _mark_staging(staging)
         write(staging)
+        os.remove(os.path.join(staging, STAGING_MARKER))  # putting files in place moves old ones here
     except BaseException:
         _remove_staging(staging)
         raise
@@ -358,6 +413,9 @@ def save_atomically(
     real path of the target (a symbolic link resolved)."""
     target = os.path.realpath(check_save_target(target))
     replaced_names = tuple(replaced_names)
+    parent, name = os.path.split(target)
+    _remove_abandoned_staging(parent, f".{name}.llm_embed-saving-")  # a folder swap's
+    _remove_abandoned_staging(target, ".llm_embed-saving-")  # a file-by-file save's
     reason = _file_by_file_reason(target)
     if reason is not None:
         logger.info("saving into %s file by file: %s, so the folder itself is not swapped", target, reason)

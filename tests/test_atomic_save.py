@@ -429,3 +429,62 @@ def test_non_main_rank_passed_positionally_writes_nothing(tmp_path, tokenizer):
     before = digests()
     perturbed("mean", seed=1, tokenizer=tokenizer).save_pretrained(folder, False)
     assert digests() == before
+
+
+KILLED_SAVE = """
+import os, signal, sys
+import llm_embed.atomic_save as atomic_save
+from tests.conftest import tiny_model
+
+def killed(folder):  # the process dies (kill -9, power loss) once the weights are written
+    real_write(folder)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+real_save = atomic_save.save_atomically
+def save_atomically(target, write, *args, **kwargs):
+    global real_write
+    real_write = write
+    return real_save(target, killed, *args, **kwargs)
+
+import llm_embed.modeling_llm_embed as modeling
+modeling.save_atomically = save_atomically
+if sys.argv[2] == "file-by-file":
+    atomic_save._file_by_file_reason = lambda target: "a test"
+tiny_model("llama", "bidirectional", "mean", seed=1).save_pretrained(sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("mode", ["folder swap", "file-by-file"])
+def test_a_save_killed_midway_leaves_a_staging_folder_the_next_save_removes(tmp_path, mode):
+    """A save killed with ``kill -9`` keeps the old checkpoint (whole) but left its staging folder, a
+    checkpoint-sized hidden folder that no later save removed. The next save now removes a staging folder
+    whose process is gone; one of a live process, of another machine or without the marker is kept."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder = tmp_path / "ckpt"
+    old = perturbed("mean", seed=0)
+    old.save_pretrained(folder)
+    result = subprocess.run([sys.executable, "-c", KILLED_SAVE, str(folder), mode], capture_output=True, text=True,
+                            cwd=Path(__file__).parent.parent, timeout=300)
+    assert result.returncode == -9, result.stderr[-2000:]
+    where = tmp_path if mode == "folder swap" else folder
+    prefix = ".ckpt.llm_embed-saving-" if mode == "folder swap" else ".llm_embed-saving-"
+    abandoned = [name for name in os.listdir(where) if name.startswith(prefix)]
+    assert len(abandoned) == 1 and (where / abandoned[0] / "model.safetensors").is_file()
+    assert torch.equal(embed(AutoModel.from_pretrained(folder)), embed(old))  # the old one, whole
+
+    kept = {"live": {"host": socket.gethostname(), "pid": os.getpid()},
+            "elsewhere": {"host": socket.gethostname() + "-other", "pid": 1 << 22}, "no-marker": None}
+    for name, owner in kept.items():
+        (where / f"{prefix}{name}").mkdir()
+        if owner is not None:
+            (where / f"{prefix}{name}" / atomic_save.STAGING_MARKER).write_text(json.dumps(owner))
+    new = perturbed("mean", seed=2)
+    new.save_pretrained(folder)
+    assert sorted(name for name in os.listdir(where) if ".llm_embed-" in name) == sorted(prefix + n for n in kept)
+    assert torch.equal(embed(AutoModel.from_pretrained(folder)), embed(new))
+    assert atomic_save.STAGING_MARKER not in os.listdir(folder)
