@@ -25,7 +25,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel
+from transformers import AutoModel, AutoTokenizer, PreTrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .atomic_save import check_save_target, save_atomically
@@ -442,12 +442,24 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
         if kwargs.get("config") is None:
             check_has_config(pretrained_model_name_or_path, {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs},
                              model_type=cls.config_class.model_type)
+        # A design option given here (a keyword argument, or a config, as AutoModel passes the keyword
+        # arguments) overrides the checkpoint's: the model then computes other vectors than the ones it was
+        # saved and trained with. Said (and named in a refusal), not refused: transformers' rule.
+        hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+        config = kwargs.get("config")
+        saved = None
+        if ((isinstance(config, PreTrainedConfig) or any(name in kwargs for name in BUILD_OPTIONS))
+                and has_saved_file(pretrained_model_name_or_path, "config.json", hub_kwargs)):
+            saved = cls.config_class.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         # Let transformers report size mismatches instead of raising its generic error, so that the
         # error below names the offending keys; they are refused all the same.
         kwargs.setdefault("ignore_mismatched_sizes", True)
         model, info = super().from_pretrained(
             pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
         )
+        overrides = ", ".join(f"{name}={getattr(model.config, name)!r} (saved: {getattr(saved, name)!r})"
+                              for name in (BUILD_OPTIONS if saved is not None else ())
+                              if getattr(model.config, name) != getattr(saved, name))
         problems = {
             key: sorted(str(item[0]) if isinstance(item, tuple) else str(item) for item in info.get(key) or [])
             for key in ("missing_keys", "unexpected_keys", "mismatched_keys")
@@ -456,14 +468,19 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
         if problems:
             details = "; ".join(f"{key}: {value[:8]}{' ...' if len(value) > 8 else ''}"
                                 for key, value in problems.items())
+            cause = (f"from_pretrained was given {overrides}: leave these out to load the checkpoint's own design"
+                     if overrides else "Its weights were saved for another design or are incomplete")
             raise ValueError(
                 f"checkpoint {pretrained_model_name_or_path} does not match {cls.__name__} "
-                f"(pooling={model.config.pooling!r}): {details}. Its weights were saved for another design or are "
-                "incomplete; refusing to fill them with random values."
+                f"(pooling={model.config.pooling!r}): {details}. {cause}; refusing to fill them with random values."
             )
-        tokenizer_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
-        if has_saved_file(pretrained_model_name_or_path, "tokenizer_config.json", tokenizer_kwargs):
-            model.tokenizer = load_saved_tokenizer(pretrained_model_name_or_path, tokenizer_kwargs,
+        if overrides:
+            logger.warning(
+                "from_pretrained(%s, ...) was given %s: the model computes other vectors than the ones it was saved "
+                "(and trained) with. Leave these out to load the checkpoint's own design.",
+                pretrained_model_name_or_path, overrides)
+        if has_saved_file(pretrained_model_name_or_path, "tokenizer_config.json", hub_kwargs):
+            model.tokenizer = load_saved_tokenizer(pretrained_model_name_or_path, hub_kwargs,
                                                    backbone_config=model.config.backbone_config)
         truncate_dim = truncation_saved_for_sentence_transformers(pretrained_model_name_or_path)
         if truncate_dim is not None and truncate_dim < model.config.embedding_dim:

@@ -260,3 +260,23 @@ def test_the_bundled_cache_drops_the_gguf_load_record_it_was_converted_with(tmp_
     assert smollm2_backbone_path(tmp_path) == folder
     assert json.loads((folder / "config.json").read_text()) == {"model_type": "llama", "hidden_size": 576}
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_a_design_option_given_at_load_is_said_and_named_in_a_refusal(tmp_path, caplog):
+    """``AutoModel.from_pretrained(folder, attention="causal")`` loaded a bidirectional checkpoint as causal
+    (vectors off by 0.18) without a word; a trainable head asked for over a parameter-free one was refused
+    as if the checkpoint were broken."""
+    model = tiny_model("llama", "bidirectional", "mean")
+    model.save_pretrained(tmp_path)
+    with caplog.at_level("WARNING", logger="llm_embed.modeling_llm_embed"):
+        loaded = AutoModel.from_pretrained(tmp_path, attention="causal")
+    assert loaded.config.attention == "causal"  # transformers' rule: the keyword argument wins
+    assert "was given attention='causal' (saved: 'bidirectional'): the model computes other vectors" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="llm_embed.modeling_llm_embed"):
+        LLMEmbeddingModel.from_pretrained(tmp_path, pooling="last_token")
+        AutoModel.from_pretrained(tmp_path, normalize=False, attention="bidirectional")  # not a design change
+    assert caplog.text.count("computes other vectors") == 1 and "pooling='last_token' (saved: 'mean')" in caplog.text
+    with pytest.raises(ValueError, match=r"missing_keys.*from_pretrained was given pooling='latent_attention' "
+                                         r"\(saved: 'mean'\): leave these out"):
+        AutoModel.from_pretrained(tmp_path, pooling="latent_attention")
