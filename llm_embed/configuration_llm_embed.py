@@ -176,6 +176,9 @@ OPTIONS: tuple[ConfigOption, ...] = (
                  _positive_number, group="training"),
     ConfigOption("loss_symmetric", "bool", False, "add the positive -> queries InfoNCE term", _boolean,
                  group="training"),
+    ConfigOption("loss_mask_duplicates", "bool", False, "leave out of a query's negatives the candidates holding "
+                 "its positive's text, and the positives of rows asking the same query (repeated texts in a batch)",
+                 _boolean, group="training"),
     ConfigOption("loss_gather_across_ranks", "bool", True, "under distributed training, every rank's positives "
                  "and negatives are candidates for every query", _boolean, group="training"),
     ConfigOption("loss_mini_batch_size", "int", None, "compute the loss with GradCache, embedding this many texts "
@@ -354,6 +357,7 @@ class LLMEmbeddingConfig(PreTrainedConfig):
         initializer_range: float = 0.02,
         loss_temperature: float = 0.05,
         loss_symmetric: bool = False,
+        loss_mask_duplicates: bool = False,
         loss_gather_across_ranks: bool = True,
         loss_mini_batch_size: int | None = None,
         **kwargs,
@@ -397,6 +401,7 @@ class LLMEmbeddingConfig(PreTrainedConfig):
         self.initializer_range = initializer_range
         self.loss_temperature = loss_temperature
         self.loss_symmetric = loss_symmetric
+        self.loss_mask_duplicates = loss_mask_duplicates
         self.loss_gather_across_ranks = loss_gather_across_ranks
         self.loss_mini_batch_size = loss_mini_batch_size
         super().__init__(**kwargs)

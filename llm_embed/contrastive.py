@@ -43,6 +43,51 @@ def check_equal_batch_sizes(batch_size: int, device: torch.device) -> None:
         )
 
 
+_KEY_SEED = 0x5EED  # every rank draws the same hash coefficients
+
+
+def text_keys(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Two int64 hashes per row, ``(N, 2)``: equal for rows holding the same tokens (the same text, prompt
+    and truncation) however they are padded, and equal for different rows only by a chance of about
+    2**-62 per pair. Each is a sum of (token id + 1) times a random coefficient below 2**31 drawn for its
+    position among the row's real tokens, plus the row's length: with ids below 2**18 and rows of at most
+    8,192 tokens no sum overflows. The coefficients come from a fixed seed, so every rank agrees."""
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    mask = attention_mask.long()
+    positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
+    coefficients = _key_coefficients(input_ids.shape[1] + 1).to(input_ids.device)  # the last: the length's
+    tokens = (input_ids.long() + 1) * mask  # (N, T)
+    keys = (tokens.unsqueeze(-1) * coefficients[positions]).sum(dim=1)
+    return keys + mask.sum(dim=-1, keepdim=True) * coefficients[-1]
+
+
+_KEY_BLOCK = 1024
+
+
+def _key_coefficients(count: int) -> torch.Tensor:
+    """``count`` rows of two coefficients for positions 0..count-2 and one for the length (the last), each
+    position's the same whatever ``count`` (blocks of positions drawn from their own seeds)."""
+    blocks = [torch.randint(1, 1 << 31, (_KEY_BLOCK, 2), generator=torch.Generator().manual_seed(_KEY_SEED + block))
+              for block in range(-(-(count - 1) // _KEY_BLOCK))]
+    length = torch.randint(1, 1 << 31, (1, 2), generator=torch.Generator().manual_seed(_KEY_SEED - 1))
+    positions = torch.cat(blocks)[: count - 1] if blocks else torch.empty(0, 2, dtype=torch.long)
+    return torch.cat([positions, length])
+
+
+def gather_keys(keys: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``keys`` concatenated (no gradient: they are integers)."""
+    world, _ = distributed_world()
+    parts = [torch.empty_like(keys) for _ in range(world)]
+    torch.distributed.all_gather(parts, keys.contiguous())
+    return torch.cat(parts)
+
+
+def same_text(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """``(len(first), len(second))`` bool: row i of ``first`` and row j of ``second`` hold the same text."""
+    return (first[:, None, :] == second[None, :, :]).all(dim=-1)
+
+
 class InfoNCELoss(nn.Module):
     """InfoNCE over cosine similarities: each query against its positive, every other query's
     positive (in-batch negatives) and all hard negatives, at ``temperature`` (paper: 0.05, i.e.
@@ -52,23 +97,35 @@ class InfoNCELoss(nn.Module):
     ``documents`` holds the B positives first, then the hard negatives (K per query, query-major).
     The loss is the mean over this rank's queries; averaging gradients over ranks (DDP) then gives
     the gradient of the mean over all queries.
+
+    ``mask_duplicates``: with :func:`text_keys` of the queries and documents, a candidate that is not a
+    negative for the query is left out instead of pushed away: a document holding the text of the
+    query's own positive (a positive repeated in another row, or used there as a hard negative), and the
+    positive of another row whose query has the same text (the same question with another answer).
+    Without it such a query's loss cannot go below log 2.
     """
 
-    def __init__(self, temperature: float = 0.05, symmetric: bool = False, gather_across_ranks: bool = True):
+    def __init__(self, temperature: float = 0.05, symmetric: bool = False, gather_across_ranks: bool = True,
+                 mask_duplicates: bool = False):
         super().__init__()
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
             raise ValueError(f"temperature must be a positive number, got {temperature!r}")
         self.temperature = float(temperature)
         self.symmetric = symmetric
         self.gather_across_ranks = gather_across_ranks
+        self.mask_duplicates = mask_duplicates
 
-    def forward(self, queries: torch.Tensor, documents: torch.Tensor) -> torch.Tensor:
+    def forward(self, queries: torch.Tensor, documents: torch.Tensor, query_keys: torch.Tensor | None = None,
+                document_keys: torch.Tensor | None = None) -> torch.Tensor:
         batch = queries.shape[0]
         if batch == 0 or documents.shape[0] % batch:
             raise ValueError(
                 f"documents must hold the {batch} positives then the same number of hard negatives per query; "
                 f"got {documents.shape[0]} documents for {batch} queries"
             )
+        if self.mask_duplicates and (query_keys is None or document_keys is None):
+            raise ValueError("mask_duplicates needs the texts' keys: pass query_keys and document_keys (text_keys "
+                             "of the tokenized queries and documents)")
         queries = F.normalize(queries.float(), dim=-1)
         documents = F.normalize(documents.float(), dim=-1)
         positives, negatives = documents[:batch], documents[batch:]
@@ -88,10 +145,37 @@ class InfoNCELoss(nn.Module):
                 "negative has nothing to contrast with; use a larger batch or add negatives"
             )
         labels = torch.arange(batch, device=queries.device) + rank * batch
-        loss = F.cross_entropy(queries @ candidates.T / self.temperature, labels)
+        logits = queries @ candidates.T / self.temperature
+        masks = self._duplicate_masks(query_keys, document_keys, batch, world, labels) if self.mask_duplicates \
+            else None
+        if masks is not None:
+            logits = logits.masked_fill(masks[0], float("-inf"))
+        loss = F.cross_entropy(logits, labels)
         if self.symmetric:
-            loss = (loss + F.cross_entropy(positives @ all_queries.T / self.temperature, labels)) / 2
+            reverse = positives @ all_queries.T / self.temperature
+            if masks is not None:
+                reverse = reverse.masked_fill(masks[1], float("-inf"))
+            loss = (loss + F.cross_entropy(reverse, labels)) / 2
         return loss
+
+    @staticmethod
+    def _duplicate_masks(query_keys, document_keys, batch, world, labels) -> tuple[torch.Tensor, torch.Tensor]:
+        """The candidates to leave out: for this rank's queries among all candidates (positives of every
+        rank, then their negatives), and, for the symmetric term, for its positives among all queries."""
+        positive_keys, negative_keys = document_keys[:batch], document_keys[batch:]
+        if world > 1:
+            all_query_keys, all_positive_keys = gather_keys(query_keys), gather_keys(positive_keys)
+            negative_keys = gather_keys(negative_keys)
+        else:
+            all_query_keys, all_positive_keys = query_keys, positive_keys
+        candidate_keys = torch.cat([all_positive_keys, negative_keys])
+        own = torch.zeros(batch, candidate_keys.shape[0], dtype=torch.bool, device=labels.device)
+        own[torch.arange(batch, device=labels.device), labels] = True
+        same_question = same_text(query_keys, all_query_keys)  # (B, world*B): another row asks the same
+        forward = same_text(positive_keys, candidate_keys)
+        forward[:, : all_positive_keys.shape[0]] |= same_question
+        reverse = same_question | same_text(positive_keys, all_positive_keys)
+        return forward & ~own, reverse & ~own[:, : all_positive_keys.shape[0]]
 
 
 def find_ddp_wrapper(module: nn.Module):
@@ -276,5 +360,5 @@ def cached_contrastive_loss(
 
 __all__ = [
     "InfoNCELoss", "all_gather_with_grad", "all_reduce_gradients", "cached_contrastive_loss", "distributed_world",
-    "find_ddp_wrapper", "find_fully_sharded_root",
+    "find_ddp_wrapper", "find_fully_sharded_root", "text_keys",
 ]

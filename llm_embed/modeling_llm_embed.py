@@ -38,6 +38,7 @@ from .contrastive import (
     distributed_world,
     find_ddp_wrapper,
     find_fully_sharded_root,
+    text_keys,
 )
 from .encoding import EncodeMixin, training_pass
 from .hub import check_local_path, expand_home, has_saved_file, push_model_to_hub, saved_config_file
@@ -284,7 +285,10 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
 
     def _contrastive_loss(self, query_inputs, document_inputs) -> tuple[torch.Tensor, torch.Tensor]:
         config = self.config
-        loss_fn = InfoNCELoss(config.loss_temperature, config.loss_symmetric, config.loss_gather_across_ranks)
+        loss_fn = InfoNCELoss(config.loss_temperature, config.loss_symmetric, config.loss_gather_across_ranks,
+                              config.loss_mask_duplicates)
+        if config.loss_mask_duplicates:  # repeated texts are told by their tokens
+            loss_fn = partial(loss_fn, query_keys=text_keys(*query_inputs), document_keys=text_keys(*document_inputs))
         mini_batch = config.loss_mini_batch_size
         if mini_batch is not None and torch.is_grad_enabled():
             sharded_root = self._fully_sharded_root()

@@ -25,11 +25,15 @@ def rows(generator, n, low, high):
             for _ in range(n)]
 
 
-def global_batch():
+def global_batch(duplicates: bool = False):
     generator = torch.Generator().manual_seed(0)
     queries = rows(generator, GLOBAL_QUERIES, 3, 9)
     positives = rows(generator, GLOBAL_QUERIES, 4, 12)
     negatives = rows(generator, GLOBAL_QUERIES * NEGATIVES, 4, 12)
+    if duplicates:  # repeated texts across the two ranks' halves (mode "duplicates")
+        positives[5] = positives[0]  # one positive in two rows
+        queries[6] = queries[1]  # one query with two answers
+        negatives[3] = positives[6]  # another row's positive as a hard negative
     return queries, positives, negatives
 
 
@@ -40,9 +44,9 @@ def tensors(queries, positives, negatives):
                 document_input_ids=d_ids, document_attention_mask=d_mask)
 
 
-def rank_batch(rank: int, world: int) -> dict:
+def rank_batch(rank: int, world: int, duplicates: bool = False) -> dict:
     """This rank's share of the global batch: its queries, their positives and hard negatives."""
-    queries, positives, negatives = global_batch()
+    queries, positives, negatives = global_batch(duplicates)
     per_rank = GLOBAL_QUERIES // world
     mine = slice(rank * per_rank, (rank + 1) * per_rank)
     return tensors(queries[mine], positives[mine], negatives[mine.start * NEGATIVES:mine.stop * NEGATIVES])
@@ -67,13 +71,15 @@ def one_process_sgd(steps: int, learning_rate: float) -> tuple[dict, dict, list[
 def main(out_path, mode="plain"):
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    queries, positives, negatives = global_batch()
-    local = rank_batch(rank, world)
+    duplicates = mode == "duplicates"
+    queries, positives, negatives = global_batch(duplicates)
+    local = rank_batch(rank, world, duplicates)
 
-    mini_batch = 2 if mode == "gradcache" else None
-    model = tiny_model("llama", "bidirectional", "multi_layer", loss_mini_batch_size=mini_batch).train()
+    mini_batch = 2 if mode in ("gradcache", "duplicates") else None
+    options = dict(loss_mask_duplicates=True, loss_symmetric=True) if duplicates else {}
+    model = tiny_model("llama", "bidirectional", "multi_layer", loss_mini_batch_size=mini_batch, **options).train()
     ddp = DistributedDataParallel(model)
-    for _ in range(2 if mode == "gradcache" else 1):  # GradCache: a second step reuses the wrapper it found
+    for _ in range(1 if mini_batch is None else 2):  # GradCache: a second step reuses the wrapper it found
         model.zero_grad()
         loss = ddp(**local).loss
         loss.backward()
@@ -82,7 +88,8 @@ def main(out_path, mode="plain"):
     dist.all_gather(losses, loss.detach())
 
     if rank == 0:
-        reference = tiny_model("llama", "bidirectional", "multi_layer", loss_gather_across_ranks=False).train()
+        reference = tiny_model("llama", "bidirectional", "multi_layer", loss_gather_across_ranks=False,
+                               **options).train()
         reference_loss = reference(**tensors(queries, positives, negatives)).loss
         reference_loss.backward()
         grads = dict(model.named_parameters())

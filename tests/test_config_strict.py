@@ -15,7 +15,7 @@ from llm_embed.pooling import POOLING_HEADS, PoolingHead
 
 from .conftest import tiny_backbone_config, tiny_model
 
-BOOLEAN_OPTIONS = ["normalize", "append_eos", "loss_symmetric", "loss_gather_across_ranks"]
+BOOLEAN_OPTIONS = ["normalize", "append_eos", "loss_symmetric", "loss_mask_duplicates", "loss_gather_across_ranks"]
 
 
 @pytest.mark.parametrize("name", BOOLEAN_OPTIONS)

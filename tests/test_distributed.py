@@ -27,10 +27,12 @@ def torchrun(args, tmp_path, succeeds=True, processes=2):
     return result
 
 
-@pytest.mark.parametrize("mode", ["plain", "gradcache"])
+@pytest.mark.parametrize("mode", ["plain", "gradcache", "duplicates"])
 def test_two_ranks_equal_one_process_over_the_full_batch(tmp_path, mode):
     """Tolerance: loss 1e-5, every parameter gradient 1e-5 absolute (fp32). ``gradcache``: each
-    rank embeds in mini-batches of 2 (GradCache under DDP), the reference is the plain loss."""
+    rank embeds in mini-batches of 2 (GradCache under DDP), the reference is the plain loss. ``duplicates``:
+    texts repeated across the ranks' halves, left out of the negatives (``loss_mask_duplicates``, symmetric,
+    GradCache): the keys are gathered like the embeddings."""
     out = tmp_path / "result.json"
     torchrun([str(ROOT / "tests" / "distributed_step.py"), str(out), mode], tmp_path)
     result = json.loads(out.read_text())

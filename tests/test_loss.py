@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llm_embed.contrastive import InfoNCELoss, cached_contrastive_loss
+from llm_embed.contrastive import InfoNCELoss, cached_contrastive_loss, text_keys
 from llm_embed.encoding import pad_batch
 
 from .conftest import tiny_model
@@ -188,3 +188,86 @@ def test_cached_loss_function_directly_matches():
     weight.grad = None
     InfoNCELoss(0.1)(q @ weight, d @ weight).backward()
     assert torch.allclose(cached, weight.grad, atol=1e-5)
+
+
+# ---------------------------------------------------------------- repeated texts in a batch
+
+
+def keys_of(rows: list[list[int]], side: str = "right") -> torch.Tensor:
+    return text_keys(*pad_batch(rows, 0, side))
+
+
+def test_text_keys_tell_texts_apart_whatever_the_padding():
+    rows = [[5, 6, 7], [5, 6, 7, 8], [5, 6], [7, 6, 5], [5, 6, 7], [9] * 40]
+    right, left = keys_of(rows, "right"), keys_of(rows, "left")
+    assert torch.equal(right, left) and right.shape == (6, 2) and right.dtype == torch.int64
+    assert torch.equal(right[0], right[4])
+    assert len({tuple(key.tolist()) for key in right}) == 5
+    assert torch.equal(keys_of(rows[:2]), right[:2])  # the same in another batch (another padded length)
+    long = [[3] * 1500, [3] * 1499 + [4]]  # past the first block of position coefficients
+    assert torch.equal(keys_of(long), keys_of(long + [[5] * 2100])[:2]) and not torch.equal(*keys_of(long))
+
+
+def reference_masked_infonce(q, d, texts_q, texts_d, k, temperature, symmetric=False):
+    """Loops over texts: for query i, a candidate holding its positive's text, or another row's positive
+    whose query has query i's text, is left out (the positive itself stays)."""
+    b = q.shape[0]
+    q, d = F.normalize(q, dim=-1), F.normalize(d, dim=-1)
+    total = 0.0
+    for i in range(b):
+        kept = [j for j in range(b * (1 + k))
+                if j == i or (texts_d[j] != texts_d[i] and not (j < b and texts_q[j] == texts_q[i]))]
+        logits = torch.stack([q[i] @ d[j] for j in kept]) / temperature
+        total += -(logits[kept.index(i)] - torch.logsumexp(logits, 0))
+    loss = total / b
+    if symmetric:
+        back = 0.0
+        for i in range(b):
+            kept = [j for j in range(b) if j == i or (texts_q[j] != texts_q[i] and texts_d[j] != texts_d[i])]
+            logits = torch.stack([d[i] @ q[j] for j in kept]) / temperature
+            back += -(logits[kept.index(i)] - torch.logsumexp(logits, 0))
+        loss = (loss + back / b) / 2
+    return loss
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_repeated_texts_are_left_out_of_the_negatives(symmetric):
+    """A positive repeated in another row, another row's positive used as a hard negative, and one query
+    with two answers: pushed away as negatives without ``mask_duplicates`` (a query's loss could not go
+    below log 2); left out with it, as a by-text reference says."""
+    queries = [[11, 12], [21, 22, 23], [11, 12], [41], [51, 52]]
+    positives = [[101, 102], [201], [301, 302], [101, 102], [501]]
+    negatives = [[901], [301, 302], [902, 903], [904], [905]]  # row 1's negative is row 2's positive
+    documents = positives + negatives
+    torch.manual_seed(0)
+    q, d = torch.randn(5, 16, dtype=torch.float64), torch.randn(10, 16, dtype=torch.float64)
+    loss = InfoNCELoss(0.05, symmetric=symmetric, mask_duplicates=True)(q, d, keys_of(queries), keys_of(documents))
+    expected = reference_masked_infonce(q, d, list(map(tuple, queries)), list(map(tuple, documents)), 1, 0.05,
+                                        symmetric)
+    assert torch.allclose(loss.double(), expected.double(), atol=1e-6)
+    assert not torch.allclose(loss, InfoNCELoss(0.05, symmetric=symmetric)(q, d), atol=1e-3)
+
+    perfect = torch.eye(4)[[0, 0, 2, 3]]  # each query equal to its positive; rows 0 and 1 share their positive
+    rows = [[7], [8], [9], [10]]
+    shared = [[1], [1], [2], [3]]
+    assert float(InfoNCELoss(0.05)(perfect, perfect)) > 0.3  # 2 log 2 / 4 = 0.347
+    masked = InfoNCELoss(0.05, mask_duplicates=True)(perfect, perfect, keys_of(rows), keys_of(shared))
+    assert float(masked) < 1e-6
+    with pytest.raises(ValueError, match="mask_duplicates needs the texts' keys"):
+        InfoNCELoss(mask_duplicates=True)(q, d)
+
+
+def test_gradcache_with_repeated_texts_equals_the_uncached_loss():
+    batch = contrastive_batch(b=6, k=1)
+    batch["document_input_ids"][3] = batch["document_input_ids"][0]  # a positive in two rows
+    batch["document_attention_mask"][3] = batch["document_attention_mask"][0]
+    batch["query_input_ids"][4] = batch["query_input_ids"][1]  # one query, two answers
+    batch["query_attention_mask"][4] = batch["query_attention_mask"][1]
+    options = dict(loss_mask_duplicates=True, loss_symmetric=True)
+    plain = loss_and_grads(tiny_model("llama", "bidirectional", "multi_layer", **options).train(), batch, 1.0)
+    cached = loss_and_grads(tiny_model("llama", "bidirectional", "multi_layer", loss_mini_batch_size=4,
+                                       **options).train(), batch, 1.0)
+    assert_same(plain, cached)
+    unmasked = loss_and_grads(tiny_model("llama", "bidirectional", "multi_layer", loss_symmetric=True).train(),
+                              batch, 1.0)
+    assert float(unmasked[0]) > float(plain[0]) + 1e-3  # the repeated texts were negatives before

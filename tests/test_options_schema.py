@@ -36,6 +36,7 @@ SAMPLES = {
     "initializer_range": 0.01,
     "loss_temperature": 0.1,
     "loss_symmetric": True,
+    "loss_mask_duplicates": True,
     "loss_gather_across_ranks": False,
     "loss_mini_batch_size": 4,
 }
