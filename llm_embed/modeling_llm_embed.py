@@ -454,7 +454,8 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
         saved = None
         if ((isinstance(config, PreTrainedConfig) or any(name in kwargs for name in BUILD_OPTIONS))
                 and has_saved_file(pretrained_model_name_or_path, "config.json", hub_kwargs)):
-            saved = cls.config_class.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+            saved = cls.config_class.from_pretrained(  # trust_remote_code is the Auto classes' (a warning here)
+                pretrained_model_name_or_path, **{k: v for k, v in hub_kwargs.items() if k != "trust_remote_code"})
         # Let transformers report size mismatches instead of raising its generic error, so that the
         # error below names the offending keys; they are refused all the same.
         kwargs.setdefault("ignore_mismatched_sizes", True)

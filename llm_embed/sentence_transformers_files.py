@@ -72,7 +72,14 @@ import os
 import torch
 from sentence_transformers.base.modules.input_module import InputModule
 
-from .encoding import SENTENCE_TRANSFORMERS_ONLY, check_prompt_fits, pad_batch, resolve_pad_id, tokenize_texts
+from .encoding import (
+    SENTENCE_TRANSFORMERS_ONLY,
+    check_prompt_fits,
+    check_texts,
+    pad_batch,
+    resolve_pad_id,
+    tokenize_texts,
+)
 from .modeling_llm_embed import LLMEmbeddingModel
 from .sentence_transformers_files import sentence_transformers_settings
 
@@ -107,6 +114,10 @@ class LLMEmbeddingSTModule(InputModule):
     def tokenizer(self):
         return self.model.tokenizer
 
+    @tokenizer.setter
+    def tokenizer(self, tokenizer) -> None:
+        self.model.tokenizer = tokenizer  # the model configures a copy (pad, side, length, EOS)
+
     @property
     def max_seq_length(self) -> int:
         return self.model.config.max_seq_length
@@ -128,10 +139,11 @@ class LLMEmbeddingSTModule(InputModule):
             if value is not None and name != "task":
                 reason = SENTENCE_TRANSFORMERS_ONLY.get(name, "this module takes no other arguments")
                 raise ValueError(f"encode({name}={value!r}) is not supported for this llm_embed model: {reason}.")
+        texts, _ = check_texts(list(inputs))  # pairs (tuples) and dicts refused by name, as encode refuses them
         config, tokenizer = self.model.config, self.model.tokenizer
         check_prompt_fits(tokenizer, prompt or "", config.max_seq_length, config.append_eos)  # as encode refuses
         # a truncation warning names the user's line that called st.encode (stacklevel None), once per batch
-        ids = tokenize_texts(tokenizer, list(inputs), config.max_seq_length, config.append_eos, prefix=prompt or "",
+        ids = tokenize_texts(tokenizer, texts, config.max_seq_length, config.append_eos, prefix=prompt or "",
                              stacklevel=None)
         input_ids, attention_mask = pad_batch(ids, resolve_pad_id(tokenizer), config.padding_side)
         return {"input_ids": input_ids, "attention_mask": attention_mask}
@@ -158,6 +170,9 @@ class LLMEmbeddingSTModule(InputModule):
         ``SentenceTransformer.save`` has already overwritten that file when this runs; if the save
         then fails (prompts the config refuses, a full disk), the file is put back in line with the
         checkpoint still in the folder (:meth:`_restore_settings`), which would otherwise no longer load."""
+        if safe_serialization is not True:
+            raise ValueError("llm_embed saves weights as safetensors only; safe_serialization=False "
+                             "(pytorch_model.bin) is not supported: leave it out")
         path = os.path.join(output_path, SETTINGS_FILE)
         settings = None
         if os.path.isfile(path):

@@ -267,3 +267,26 @@ def test_truncation_warning_through_sentence_transformers_points_at_the_callers_
         st.encode(["word " * 600, "short"])
     truncation = [w for w in caught if "were truncated" in str(w.message)]
     assert [(Path(w.filename).name, str(w.message)[:8]) for w in truncation] == [(Path(__file__).name, "1 of 2 t")]
+
+
+def test_the_module_refuses_what_encode_refuses_and_takes_a_tokenizer(saved, tokenizer, tmp_path, caplog):
+    """``st.encode([("a", "b")])`` embedded the pair joined with EOS (``encode`` refuses it), a dict failed
+    with an AttributeError inside tokenization, ``st.tokenizer = ...`` said the module had no tokenizer,
+    ``st.save(safe_serialization=False)`` wrote safetensors without a word, and the documented remote-code
+    load warned that trust_remote_code "has no effect"."""
+    from sentence_transformers import SentenceTransformer
+
+    model, folder = saved
+    with caplog.at_level("WARNING"):
+        AutoModel.from_pretrained(folder, trust_remote_code=True)
+    assert "trust_remote_code" not in caplog.text
+    st = SentenceTransformer(str(folder), trust_remote_code=True)
+    with pytest.raises(TypeError, match="item 0 is tuple, not str"):
+        st.encode([("how are you", "fine thanks")])
+    with pytest.raises(TypeError, match="item 1 is dict, not str"):
+        st.encode(["fine", {"text": "hi"}])
+    st.tokenizer = tokenizer
+    assert st.tokenizer is st[0].model.tokenizer and st.tokenizer is not tokenizer  # the model's configured copy
+    np.testing.assert_allclose(st.encode(TEXTS), model.encode(TEXTS), atol=1e-6)
+    with pytest.raises(ValueError, match="safetensors only"):
+        st.save(str(tmp_path / "bin"), safe_serialization=False)
