@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -21,6 +22,8 @@ from .configuration_llm_embed import BUILD_OPTIONS, options_for_head
 from .hub import check_local_path, recorded_location
 from .layer_states import find_decoder_layers
 
+logger = logging.getLogger(__name__)
+
 #: beside peft's adapter files (``llm-embed-study --save-models``, ``llm-embed-train --lora``'s
 #: ``adapter/`` folder and checkpoints): the backbone and design the adapters were trained on, which
 #: ``llm-embed-evaluate`` rebuilds them onto and :func:`load_lora` checks a base against
@@ -29,16 +32,25 @@ LORA_BASE_FILE = "llm_embed_base.json"
 
 
 def base_description(backbone, attention: str, pooling: str, attn_implementation: str | None, config: dict,
-                     gguf_file: str | None = None) -> dict:
+                     gguf_file: str | None = None, base_weights: str | None = None, base_dtype=None) -> dict:
     """The :data:`LORA_BASE_FILE` content: the decoder (None: the bundled SmolLM2-135M; a local folder
     as an absolute path, so that the file works from any folder) and the other
     ``LLMEmbeddingModel.from_backbone`` arguments (``config``: the config options given, besides
-    attention and pooling)."""
+    attention and pooling); ``base_weights``: the backbone's :func:`~llm_embed.corpus.weights_fingerprint`
+    before the adapters were put on it, in ``base_dtype``, which :func:`load_lora` compares with a base
+    given in the same dtype (:func:`check_saved_base`)."""
     config = {key: value for key, value in config.items() if key not in ("attention", "pooling")}
     if gguf_file is not None:
         config["gguf_file"] = gguf_file
-    return {"backbone": recorded_location(backbone), "attention": attention, "pooling": pooling,
-            "attn_implementation": attn_implementation, "config": config}
+    description = {"backbone": recorded_location(backbone), "attention": attention, "pooling": pooling,
+                   "attn_implementation": attn_implementation, "config": config}
+    if base_weights is not None:
+        description["base_weights"] = {"fingerprint": base_weights, "dtype": dtype_name(base_dtype)}
+    return description
+
+
+def dtype_name(dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def require_peft():
@@ -117,7 +129,15 @@ def apply_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.1, target
         modules_to_save=trained_head_modules(model),
         **extra,
     )
-    return peft.get_peft_model(model, config)
+    try:
+        return peft.get_peft_model(model, config)
+    except ValueError as error:
+        if parameters and dropout and "dropout" in str(error):
+            raise ValueError(
+                f"this peft ({peft.__version__}) adapts the backbone's fused expert weights ({', '.join(parameters)}) "
+                f"only without LoRA dropout ({error}): pass --lora_dropout 0 (apply_lora(..., dropout=0.0) in "
+                "Python), or, in Python, target_modules= without the experts to leave them untrained") from error
+        raise
 
 
 def load_lora(model, adapter_path: str, is_trainable: bool = False, **hub_kwargs):
@@ -128,6 +148,7 @@ def load_lora(model, adapter_path: str, is_trainable: bool = False, **hub_kwargs
     peft = require_peft()
     folder = adapter_folder(adapter_path, hub_kwargs)
     check_saved_design(model, folder, adapter_path)
+    check_saved_base(model, folder, adapter_path)
     check_saved_head_fits(model, folder, adapter_path)
     return peft.PeftModel.from_pretrained(model, adapter_path, is_trainable=is_trainable, **hub_kwargs)
 
@@ -172,6 +193,35 @@ def check_saved_design(model, folder, adapter_path) -> None:
             f"{LORA_BASE_FILE} records). Build the base with that design (LLMEmbeddingModel.from_backbone(decoder, "
             "attention=..., pooling=..., ...)), or evaluate the folder with llm-embed-evaluate, which rebuilds it."
         )
+
+
+def check_saved_base(model, folder, adapter_path) -> None:
+    """Refuse adapters put on other base weights than they were trained on (adapters of SmolLM2-Instruct
+    on SmolLM2-base, or any decoder of the same shapes: they load and give other vectors, 0.68 off in a
+    test): :data:`LORA_BASE_FILE` records the base's weights fingerprint (of ``llm-embed-train`` runs, since
+    2026-11-29), compared when the base is in the dtype it was taken in (a fingerprint hashes exact bytes).
+    Otherwise only the decoder's location can be compared: a base built from another one is warned about (a
+    moved folder is too; it is not refused)."""
+    path = Path(folder) / LORA_BASE_FILE
+    if not path.is_file():
+        return
+    base = json.loads(path.read_text(encoding="utf-8"))
+    recorded, given = base.get("backbone"), getattr(model.config, "name_or_path", None) or None
+    weights = base.get("base_weights")
+    if weights is not None and weights.get("dtype") == dtype_name(model.backbone.dtype):  # exact bytes: same dtype
+        from .corpus import weights_fingerprint
+
+        if weights_fingerprint(model.backbone) != weights["fingerprint"]:
+            raise ValueError(
+                f"the adapters in {adapter_path} were trained on other base weights than this model's backbone "
+                f"({given or 'unknown source'}; the adapters' {LORA_BASE_FILE} records "
+                f"{recorded or 'the bundled SmolLM2-135M'}): on another decoder, even of the same shapes, they give "
+                "other vectors. Build the base from the decoder they were trained on, or evaluate the folder with "
+                "llm-embed-evaluate, which rebuilds it.")
+    elif recorded is not None and given is not None and recorded_location(given) != recorded:
+        logger.warning(
+            "the adapters in %s were trained on %s (%s), and this base was built from %s: if that is another "
+            "decoder, the vectors are not the trained model's.", adapter_path, recorded, LORA_BASE_FILE, given)
 
 
 def check_saved_head_fits(model, folder, adapter_path) -> None:

@@ -160,7 +160,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     record = run_record(model, model_args, training_args)
     if training_args.resume_from_checkpoint:
         check_resume(training_args.resume_from_checkpoint, record)  # before a step: not a raw restore error
-    base = lora_base(model_args, config, config_options or {}) if model_args.lora else None
+    base = (lora_base(model_args, config, config_options or {}, record["base_weights"], model.backbone.dtype)
+            if model_args.lora else None)
     if training_args.remove_unused_columns:
         logger.info("setting remove_unused_columns=False: rows reach the collator as text, not as forward() arguments")
         training_args.remove_unused_columns = False
@@ -206,13 +207,15 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     return output_dir
 
 
-def lora_base(model_args: ModelArguments, config, config_options: dict) -> dict:
+def lora_base(model_args: ModelArguments, config, config_options: dict, base_weights: str | None = None,
+              base_dtype=None) -> dict:
     """The :data:`~llm_embed.lora.LORA_BASE_FILE` of this run's adapters (its ``adapter/`` folder and
     checkpoints): what ``llm-embed-evaluate`` rebuilds their base from and ``load_lora`` checks."""
     from .lora import base_description
 
     return base_description(model_args.backbone, config.attention, config.pooling, model_args.attn_implementation,
-                            config_options, gguf_file=model_args.gguf_file)
+                            config_options, gguf_file=model_args.gguf_file, base_weights=base_weights,
+                            base_dtype=base_dtype)
 
 
 def check_batches_contrast(data: TripletDataset, batch_size: int, world_size: int, drop_last: bool, what: str,

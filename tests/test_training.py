@@ -277,6 +277,10 @@ def test_lora_adapts_the_fused_experts_of_a_mixture_of_experts(tokenizer, tmp_pa
     reloaded = load_lora(build(), str(tmp_path / "adapter")).eval()
     np.testing.assert_allclose(reloaded.encode(texts), trained, atol=1e-6)
     np.testing.assert_allclose(merge_lora(reloaded).encode(texts), trained, atol=1e-5)
+    try:  # the CLI's default dropout: peft's error named its ParamWrapper class, not the option to change
+        apply_lora(build(), r=4, alpha=8, dropout=0.1)
+    except ValueError as error:  # this peft cannot (0.21): the refusal names the option
+        assert "pass --lora_dropout 0" in str(error) and "mlp.experts.gate_up_proj" in str(error)
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
@@ -589,6 +593,18 @@ def test_resume_of_a_lora_run_and_its_adapters_record_their_design(tiny_backbone
     texts = ["what about the cat?", "a text on the moon"]
     np.testing.assert_allclose(load_model(adapter).encode(texts), AutoModel.from_pretrained(out).encode(texts),
                                atol=1e-5)
+    # on another decoder of the same shapes the adapters loaded and gave other vectors (0.68 off), silently
+    assert json.loads((adapter / LORA_BASE_FILE).read_text())["base_weights"]["dtype"] == "float32"
+    with pytest.raises(ValueError, match="trained on other base weights than this model's backbone"):
+        load_lora(LLMEmbeddingModel.from_backbone(other, pooling="latent_attention"), str(adapter))
+    with pytest.raises(ValueError, match="trained on other base weights"):
+        load_model(adapter, backbone=str(other))
+    moved = tmp_path / "moved-decoder"  # the same weights elsewhere, and in another dtype: accepted
+    shutil.copytree(tiny_backbone_dir, moved)
+    np.testing.assert_allclose(load_model(adapter, backbone=str(moved)).encode(texts),
+                               load_model(adapter).encode(texts), atol=1e-6)
+    bf16 = LLMEmbeddingModel.from_backbone(tiny_backbone_dir, pooling="latent_attention", dtype=torch.bfloat16)
+    assert load_lora(bf16, str(adapter)) is not None
 
 
 def test_load_best_model_without_a_save_option_is_refused_by_name(tmp_path):
