@@ -21,6 +21,30 @@ def yaml_list(key: str, values: list[str]) -> list[str]:
     return [f"{key}:"] + [f"- {json.dumps(v)}" for v in values]
 
 
+def usage_prompts(prompts: dict[str, str], default_prompt_name: str | None) -> tuple[str, str, str]:
+    """The usage snippet's prompt arguments, from the model's own prompts: a card naming a prompt the
+    model does not have (``prompt_name="query"`` on a model whose prompts are ``{"q": ...}``) would
+    show a call that embeds with no prefix, which the reader would not guess from it.
+
+    Returns the query calls' arguments, the document call's and a comment for the document call.
+    Queries: the prompt ``query`` when the model has one, else the default prompt, else the first
+    prompt, else none. Documents: the prompt ``document`` when the model has one, else no
+    ``prompt_name``, which is what ``encode`` does for any text (the default prompt when one is set,
+    no prefix otherwise; the comment says which)."""
+    if "query" in prompts:
+        query_name = "query"
+    elif default_prompt_name is not None:
+        query_name = default_prompt_name
+    else:
+        query_name = next(iter(prompts), None)
+    query_arguments = "" if query_name is None else f", prompt_name={json.dumps(query_name)}"
+    if "document" in prompts:
+        return query_arguments, ', prompt_name="document"', ""
+    if default_prompt_name is not None:
+        return query_arguments, "", f"  # the default prompt, {json.dumps(default_prompt_name)}"
+    return query_arguments, "", "  # no prompt: the text as it is"
+
+
 def render_model_card(model, repo_id: str | None = None, license: str | None = None,
                       evaluation_results: dict[str, float] | None = None, tags: list[str] | None = None) -> str:
     config = model.config
@@ -29,7 +53,8 @@ def render_model_card(model, repo_id: str | None = None, license: str | None = N
     # A local folder is named by its last part only: its full path describes the machine that saved it.
     backbone_name = base_model if looks_like_hub_id(base_model) else os.path.basename(os.path.normpath(base_model)) \
         if base_model else None
-    head_params = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("backbone."))
+    # The head's own count: the output projection (output_dim) is a module of its own, with its own row.
+    head_params = sum(p.numel() for p in model.pooler.parameters())
     all_tags = ["llm_embed", "sentence-similarity", "feature-extraction", "text-embeddings", backbone.model_type,
                 f"attention-{config.attention}", f"pooling-{config.pooling}"] + list(tags or [])
     lines = ["---", "library_name: transformers", "pipeline_tag: feature-extraction"]
@@ -48,6 +73,10 @@ def render_model_card(model, repo_id: str | None = None, license: str | None = N
         ("pooling", config.pooling),
     ]
     design += model.pooler.card_rows(config, head_params)  # the head's own rows (latents, pooled layers, ...)
+    if model.projection is not None:
+        projection_params = sum(p.numel() for p in model.projection.parameters())
+        design.append(("output projection", f"linear {model.projection.in_features} -> "
+                                            f"{model.projection.out_features}, {projection_params:,} parameters"))
     design += [
         ("embedding dimension", str(config.embedding_dim)),
         ("normalised", "yes (cosine = dot product)" if config.normalize else "no"),
@@ -56,6 +85,10 @@ def render_model_card(model, repo_id: str | None = None, license: str | None = N
     ]
     for prompt_name, prompt in config.prompts.items():
         design.append((f"prompt `{prompt_name}`", json.dumps(prompt) if prompt else "(none)"))
+    if config.default_prompt_name is not None:
+        design.append(("default prompt", f"`{config.default_prompt_name}` (used when encode() names no prompt)"))
+    query_arguments, document_arguments, document_comment = usage_prompts(config.prompts,
+                                                                          config.default_prompt_name)
     lines += [
         MARKER,
         f"# {name}",
@@ -77,8 +110,9 @@ def render_model_card(model, repo_id: str | None = None, license: str | None = N
         "from transformers import AutoModel",
         "",
         f'model = AutoModel.from_pretrained("{load_id}")',
-        'queries = model.encode(["how do I reset my card?"], prompt_name="query")',
-        'documents = model.encode(["Open the app, choose Cards, then Change PIN."], prompt_name="document")',
+        f'queries = model.encode(["how do I reset my card?"]{query_arguments})',
+        f'documents = model.encode(["Open the app, choose Cards, then Change PIN."]{document_arguments})'
+        f'{document_comment}',
         "scores = queries @ documents.T",
         "```",
         "",
@@ -88,7 +122,7 @@ def render_model_card(model, repo_id: str | None = None, license: str | None = N
         "from transformers import AutoModel",
         "",
         f'model = AutoModel.from_pretrained("{load_id}", trust_remote_code=True)',
-        'embeddings = model.encode(["how do I reset my card?"], prompt_name="query")',
+        f'embeddings = model.encode(["how do I reset my card?"]{query_arguments})',
         "```",
         "",
         "With sentence-transformers:",
@@ -97,7 +131,7 @@ def render_model_card(model, repo_id: str | None = None, license: str | None = N
         "from sentence_transformers import SentenceTransformer",
         "",
         f'model = SentenceTransformer("{load_id}", trust_remote_code=True)',
-        'embeddings = model.encode(["how do I reset my card?"], prompt_name="query")',
+        f'embeddings = model.encode(["how do I reset my card?"]{query_arguments})',
         "similarities = model.similarity(embeddings, embeddings)  # cosine",
         "```",
     ]

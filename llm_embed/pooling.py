@@ -194,7 +194,8 @@ class PoolingHead(nn.Module, metaclass=ABCMeta):
 
     def card_rows(self, config: HeadConfig, parameters: int) -> list[tuple[str, str]]:
         """Model-card design rows specific to this head, as ``(name, value)`` pairs, placed after the
-        ``pooling`` row. ``parameters``: the model's parameter count outside the backbone."""
+        ``pooling`` row. ``parameters``: the head's own parameter count (the output projection of
+        ``output_dim`` is not the head's: the card gives it a row of its own)."""
         return []
 
 

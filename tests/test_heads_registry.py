@@ -226,7 +226,7 @@ def old_card_rows(config, parameters):
 @pytest.mark.parametrize("extra", [False, True])
 def test_card_rows_are_the_heads_and_unchanged(pooling_name, extra):
     model = tiny_model("gpt2", "causal", pooling_name, **options(pooling_name, extra))
-    parameters = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("backbone."))
+    parameters = sum(p.numel() for p in model.pooler.parameters())  # the head's own (the projection has a row)
     rows = model.pooler.card_rows(model.config, parameters)
     start = [value for key, value in rows if key == "pooling head at initialisation"]  # added with pooling_residual
     assert start == (["random (the paper's head, pooling_residual=false)"] if pooling_name in TRAINABLE else [])
@@ -235,6 +235,8 @@ def test_card_rows_are_the_heads_and_unchanged(pooling_name, extra):
     card = render_model_card(model)
     table = card[card.index("| design | value |"):card.index("## Usage")]
     expected = [f"| pooling | {pooling_name} |"] + [f"| {key} | {value} |" for key, value in rows]
+    if model.projection is not None:
+        expected.append(f"| output projection | linear 32 -> 16, {32 * 16 + 16:,} parameters |")
     expected.append(f"| embedding dimension | {model.config.embedding_dim} |")
     assert "\n".join(expected) in table
 

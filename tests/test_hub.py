@@ -10,6 +10,8 @@ import pytest
 import torch
 from huggingface_hub import CommitInfo, CommitOperationDelete, HfApi, RepoUrl
 
+from llm_embed.model_card import render_model_card
+
 from .conftest import run_without_llm_embed, tiny_model
 
 REPO = "acme/tiny-mlpool"
@@ -126,6 +128,43 @@ def test_save_pretrained_writes_a_card_but_never_overwrites_a_users(tmp_path):
     (tmp_path / "b" / "README.md").write_text("my own card\n")
     model.save_pretrained(tmp_path / "b")
     assert (tmp_path / "b" / "README.md").read_text() == "my own card\n"
+
+
+def test_card_gives_the_output_projection_its_own_row(tmp_path):
+    """With output_dim, the card's "pooling head ... N parameters" once counted the projection too,
+    which had no row of its own: each now has its own row and count."""
+    model = tiny_model("llama", "bidirectional", "multi_layer", output_dim=16, num_latents=4, pooling_heads=2,
+                       pooling_head_dim=8)
+    model.save_pretrained(tmp_path)
+    card = (tmp_path / "README.md").read_text()
+    head = sum(p.numel() for p in model.pooler.parameters())
+    projection = sum(p.numel() for p in model.projection.parameters())
+    assert projection == 32 * 16 + 16
+    assert f"| output projection | linear 32 -> 16, {projection:,} parameters |" in card
+    assert f", {head:,} parameters |" in card
+    assert f"{head + projection:,} parameters" not in card
+    assert "| output projection |" not in render_model_card(tiny_model("llama", "bidirectional", "multi_layer",
+                                                                        num_latents=4))
+
+
+def test_card_usage_names_the_models_own_prompts_and_its_default():
+    """The snippet once called prompt_name="query" / "document" on any model: on one without those
+    prompts that embeds with no prefix, not with the model's prompt; the default prompt was not named."""
+    own = render_model_card(tiny_model("llama", "causal", "mean", prompts={"q": "Q: "}, default_prompt_name="q"))
+    assert 'prompt_name="query"' not in own and 'prompt_name="document"' not in own
+    assert own.count('model.encode(["how do I reset my card?"], prompt_name="q")') == 3
+    assert 'documents = model.encode(["Open the app, choose Cards, then Change PIN."])  # the default prompt, "q"' \
+        in own
+    assert "| default prompt | `q` (used when encode() names no prompt) |" in own
+    # without a default: the first prompt for queries, documents as they are
+    plain = render_model_card(tiny_model("llama", "causal", "mean", prompts={"q": "Q: "}))
+    assert 'queries = model.encode(["how do I reset my card?"], prompt_name="q")' in plain
+    assert "])  # no prompt: the text as it is" in plain and "| default prompt |" not in plain
+    # the default prompts (query and document) keep their snippet
+    usual = render_model_card(tiny_model("llama", "causal", "mean"))
+    assert 'queries = model.encode(["how do I reset my card?"], prompt_name="query")' in usual
+    assert 'documents = model.encode(["Open the app, choose Cards, then Change PIN."], prompt_name="document")' \
+        in usual
 
 
 def test_autotokenizer_from_a_saved_folder_has_the_models_settings(tokenizer, tmp_path):
