@@ -198,11 +198,14 @@ def train_design(args, design: int, seed: int, backbone_path, train_data):
         logging_steps=max(1, args.max_steps // 20), save_strategy="no", report_to=[], remove_unused_columns=False,
         dataloader_drop_last=True, disable_tqdm=True, use_cpu=args.device == "cpu",
     )
-    trainer = EmbeddingTrainer(model=model, args=training_args, train_dataset=train_data, data_collator=collator,
-                               processing_class=tokenizer, head_learning_rate=args.head_learning_rate)
-    start = time.perf_counter()
-    trainer.train()
-    train_seconds = time.perf_counter() - start
+    try:
+        trainer = EmbeddingTrainer(model=model, args=training_args, train_dataset=train_data, data_collator=collator,
+                                   processing_class=tokenizer, head_learning_rate=args.head_learning_rate)
+        start = time.perf_counter()
+        trainer.train()
+        train_seconds = time.perf_counter() - start
+    finally:
+        remove_empty_run_folder(run_dir)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     log = {"train_seconds": train_seconds, "losses": losses}
     saved = Path(args.save_models) / f"design{design}_seed{seed}" if args.save_models else None
@@ -219,6 +222,19 @@ def train_design(args, design: int, seed: int, backbone_path, train_data):
         logger.info("design %d seed %d saved to %s (%.1f MiB)", design, seed, saved, size / 2**20)
         log.update(saved_model=str(saved), saved_bytes=size)
     return model, log
+
+
+def remove_empty_run_folder(run_dir: Path) -> None:
+    """Remove the Trainer's ``output_dir`` of one run, and ``checkpoints/`` above it, when empty.
+
+    The Trainer creates its ``output_dir`` when it is built, but a study run saves no checkpoint there
+    (``save_strategy="no"``; ``--save-models`` is where trained models are kept), so every run used to
+    leave an empty ``checkpoints/design{N}_seed{S}/`` in ``--output-dir``. A folder holding anything
+    (a ``--save-models`` folder pointed there, files of the user's) is never removed."""
+    for folder in (run_dir, run_dir.parent):
+        if not folder.is_dir() or any(folder.iterdir()):
+            return
+        folder.rmdir()
 
 
 def check_saved_form(folder: Path, merged: bool) -> None:

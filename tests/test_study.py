@@ -161,6 +161,7 @@ def test_study_smoke_run_on_cpu(tiny_backbone_dir, tmp_path, monkeypatch):
     assert "bidirectional + multi_layer" in markdown and "Wilcoxon" in markdown and "McNemar" in markdown
     saved = json.loads((out / "results.json").read_text())
     assert saved["summary"].keys() == {"1", "2", "3", "4", "5"}
+    assert not (out / "checkpoints").exists()  # the Trainer's empty output folders are not left behind
 
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("design*.json")}
     monkeypatch.setattr(study, "train_design", lambda *a, **k: pytest.fail("a finished run was trained again"))
@@ -348,3 +349,41 @@ def test_study_report_over_runs_made_with_different_arguments_is_refused(study_c
     with pytest.raises(ValueError, match=r"different arguments \(design2_seed0.json: --max-steps 3 "
                                          r"\(design1_seed0.json: 1\)\)"):
         study.main(["--report-only", "--no-plot", "--output-dir", "out"])
+
+
+# ----------------------------------------------------------------------------- the output folder
+
+
+def test_study_leaves_no_empty_checkpoint_folders(kept_study):
+    """Each run's Trainer creates checkpoints/design{N}_seed{S} in --output-dir and the study saves
+    nothing there (save_strategy="no"): the empty folders were left behind, and are now removed."""
+    assert sorted(p.name for p in (kept_study / "out").iterdir()) == ["results.json", "results.md", "runs"]
+
+
+def test_removing_a_run_folder_keeps_anything_that_holds_files(tmp_path):
+    from llm_embed.study import remove_empty_run_folder
+
+    checkpoints = tmp_path / "checkpoints"
+    (checkpoints / "design1_seed0").mkdir(parents=True)
+    (checkpoints / "design1_seed0" / "adapter_config.json").write_text("{}")
+    (checkpoints / "design2_seed0").mkdir()
+    remove_empty_run_folder(checkpoints / "design1_seed0")  # not empty: kept, and checkpoints/ with it
+    remove_empty_run_folder(checkpoints / "design2_seed0")  # empty: removed; checkpoints/ still holds design1
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["design1_seed0"]
+    (checkpoints / "design1_seed0" / "adapter_config.json").unlink()
+    remove_empty_run_folder(checkpoints / "design1_seed0")
+    assert list(tmp_path.iterdir()) == []
+    remove_empty_run_folder(checkpoints / "design1_seed0")  # already gone: nothing to do
+
+
+def test_save_models_into_the_checkpoints_folder_is_kept(tiny_backbone_dir, tmp_path, monkeypatch):
+    """--save-models may name the folder the Trainer writes to (output-dir/checkpoints): the saved
+    design is never removed with the empty run folders."""
+    from llm_embed import study
+    from llm_embed.lora import LORA_BASE_FILE
+
+    write_study_data(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    study.main([*small_study_argv(tiny_backbone_dir), "--save-models", "out/checkpoints"])
+    saved = tmp_path / "out" / "checkpoints" / "design1_seed0"
+    assert (saved / "adapter_config.json").is_file() and (saved / LORA_BASE_FILE).is_file()
