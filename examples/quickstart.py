@@ -51,6 +51,8 @@ def main() -> None:
                         help="keep the saved model (about 525 MiB) in this folder (default: a temporary folder, "
                              "deleted at the end)")
     args = parser.parse_args()
+    if args.steps < 0:  # it would otherwise read as --steps 0 and skip the fine-tune without a word
+        parser.error(f"--steps must be 0 (no fine-tune) or more, not {args.steps}")
     torch.manual_seed(0)
 
     start = time.perf_counter()
@@ -80,8 +82,9 @@ def main() -> None:
         print(f"      spread of the six scores {spread(before):.3f} -> {spread(after):.3f}; the card-PIN answer ranks "
               f"{place(before)} -> {place(after)}. What changed: the head and the backbone were trained to pull "
               "an SNLI sentence towards its entailment and away from its contradiction and the batch's other "
-              "sentences; 16 steps of general-domain data move the scores but teach nothing about banking (see "
-              "docs/results.md for what longer training does).")
+              f"sentences; training for {args.steps} step{'' if args.steps == 1 else 's'} on general-domain data "
+              "moves the scores but teaches nothing about banking (see docs/results.md for what longer training "
+              "does).")
     else:
         print("[4/6] --steps 0: no fine-tune\n[5/6] (skipped)")
 

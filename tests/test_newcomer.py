@@ -88,6 +88,8 @@ def test_quickstart_runs_and_deletes_its_temporary_model(tmp_path):
     assert re.search(r"fine-tuned 2 steps x 16 triplets of snli_triplets_512.jsonl \(512 rows\) in \d+s: "
                      r"loss \d+\.\d+ -> \d+\.\d+", result.stdout)
     assert "the card-PIN answer ranks" in result.stdout
+    assert "training for 2 steps on general-domain data" in result.stdout  # the steps run, not the default 16
+    assert "16 steps" not in result.stdout
     assert not list(tmp_path.glob("llm_embed_quickstart_train_*"))
     assert re.search(r"saved to .*llm_embed_quickstart_\w+ \(\d+ MiB\)", result.stdout)
     assert "deleted the temporary folder" in result.stdout
