@@ -87,6 +87,12 @@ def check_has_config(name_or_path, hub_kwargs: dict, model_type: str) -> None:
 
     path = saved_config_file(name_or_path, hub_kwargs)
     if path is None:
+        if has_saved_file(name_or_path, "adapter_config.json", hub_kwargs):  # llm-embed-train --lora's adapter/
+            raise OSError(
+                f"{name_or_path} holds LoRA adapters (adapter_config.json), not a whole model: put them on their "
+                "base with llm_embed.lora.load_lora(LLMEmbeddingModel.from_backbone(decoder, ...), path), or "
+                "evaluate the folder with llm-embed-evaluate, which rebuilds the base from its llm_embed_base.json; "
+                "llm-embed-train also saved the merged model in the folder above.")
         raise OSError(
             f"{name_or_path} holds no {CONFIG_NAME}, so it is not a saved llm_embed model (save one with "
             "model.save_pretrained(folder)); to build a new embedding model on a decoder's weights use "

@@ -605,6 +605,8 @@ def test_resume_of_a_lora_run_and_its_adapters_record_their_design(tiny_backbone
                                load_model(adapter).encode(texts), atol=1e-6)
     bf16 = LLMEmbeddingModel.from_backbone(tiny_backbone_dir, pooling="latent_attention", dtype=torch.bfloat16)
     assert load_lora(bf16, str(adapter)) is not None
+    with pytest.raises(OSError, match="holds LoRA adapters .*load_lora.*llm-embed-evaluate"):  # said: from_backbone
+        LLMEmbeddingModel.from_pretrained(adapter)
 
 
 def test_load_best_model_without_a_save_option_is_refused_by_name(tmp_path):
