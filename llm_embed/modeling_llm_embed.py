@@ -77,6 +77,19 @@ class LLMEmbeddingOutput(ModelOutput):
     embeddings: torch.FloatTensor | None = None
 
 
+def unknown_arguments(arguments: dict) -> str:
+    """``num_latent (did you mean 'num_latents'?)``, for each name, with the closest config option."""
+    import difflib
+
+    from .configuration_llm_embed import LLM_EMBEDDING_OPTIONS
+
+    def named(name: str) -> str:
+        close = difflib.get_close_matches(name, LLM_EMBEDDING_OPTIONS, n=1, cutoff=0.8)
+        return f"{name} (did you mean {close[0]!r}?)" if close else name
+
+    return ", ".join(named(name) for name in arguments)
+
+
 def check_has_config(name_or_path, hub_kwargs: dict, model_type: str) -> None:
     """Refuse a folder (or repo) without ``config.json`` at once: without it transformers would build
     the model from a default config (a randomly initialised Llama-7B) before failing. A config of
@@ -144,7 +157,10 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
     with ``AutoModel.from_pretrained``, embed with :meth:`encode` or call it like any model.
     """
 
-    def __init__(self, config: LLMEmbeddingConfig, backbone: PreTrainedModel | None = None):
+    def __init__(self, config: LLMEmbeddingConfig, backbone: PreTrainedModel | None = None, **unknown):
+        if unknown:  # from_pretrained passes on the keyword arguments that are neither its own nor the config's
+            raise TypeError(f"LLMEmbeddingModel got unknown arguments {unknown_arguments(unknown)}: neither "
+                            "LLMEmbeddingConfig options nor from_pretrained's (a misspelling?)")
         super().__init__(config)
         if backbone is None:
             config.check_backbone_given()

@@ -280,3 +280,13 @@ def test_a_design_option_given_at_load_is_said_and_named_in_a_refusal(tmp_path, 
     with pytest.raises(ValueError, match=r"missing_keys.*from_pretrained was given pooling='latent_attention' "
                                          r"\(saved: 'mean'\): leave these out"):
         AutoModel.from_pretrained(tmp_path, pooling="latent_attention")
+
+
+def test_a_misspelled_option_at_load_is_named_with_the_closest_option(tmp_path):
+    """``AutoModel.from_pretrained(folder, num_latent=8)`` failed with ``__init__() got an unexpected keyword
+    argument 'num_latent'``; ``from_backbone`` and the config already suggested the option meant."""
+    tiny_model("llama", "bidirectional", "latent_attention").save_pretrained(tmp_path)
+    with pytest.raises(TypeError, match=r"unknown arguments num_latent \(did you mean 'num_latents'\?\)"):
+        AutoModel.from_pretrained(tmp_path, num_latent=8)
+    with pytest.raises(TypeError, match=r"unknown arguments colour: neither LLMEmbeddingConfig options"):
+        LLMEmbeddingModel.from_pretrained(tmp_path, colour="red")
