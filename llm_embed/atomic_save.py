@@ -244,8 +244,8 @@ def _remove_abandoned_staging(folder: str, prefix: str) -> None:
     live process, or of another machine (a shared file system) is kept."""
     try:
         names = [name for name in os.listdir(folder) if name.startswith(prefix)]
-    except FileNotFoundError:
-        return
+    except (FileNotFoundError, PermissionError):  # no folder yet, or one this user may enter but not list
+        return  # (a root-owned parent with mode 711): nothing it could remove there either
     host = socket.gethostname()
     for name in names:
         staging = os.path.join(folder, name)

@@ -488,3 +488,21 @@ def test_a_save_killed_midway_leaves_a_staging_folder_the_next_save_removes(tmp_
     assert sorted(name for name in os.listdir(where) if ".llm_embed-" in name) == sorted(prefix + n for n in kept)
     assert torch.equal(embed(AutoModel.from_pretrained(folder)), embed(new))
     assert atomic_save.STAGING_MARKER not in os.listdir(folder)
+
+
+def test_a_parent_this_user_may_enter_but_not_list_still_saves(tmp_path, monkeypatch):
+    """Looking for abandoned staging folders lists the parent: a root-owned ``/data`` of mode 711 (enter,
+    not list) must not fail the save that worked before the look existed."""
+    folder = tmp_path / "ckpt"
+    real_listdir = os.listdir
+
+    def listdir(path="."):
+        if os.path.samefile(path, tmp_path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_listdir(path)
+
+    monkeypatch.setattr(atomic_save.os, "listdir", listdir)
+    new = perturbed("mean", seed=1)
+    new.save_pretrained(folder)
+    new.save_pretrained(folder)  # over an existing checkpoint too
+    assert torch.equal(embed(AutoModel.from_pretrained(folder)), embed(new))
