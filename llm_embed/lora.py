@@ -147,8 +147,10 @@ def load_lora(model, adapter_path: str, is_trainable: bool = False, **hub_kwargs
     (``LLMEmbeddingModel.from_backbone`` with the same design)."""
     peft = require_peft()
     folder = adapter_folder(adapter_path, hub_kwargs)
-    check_saved_design(model, folder, adapter_path)
-    check_saved_base(model, folder, adapter_path)
+    base = saved_base(folder)
+    if base is not None:  # adapters saved by hand carry no record: only their head is checked
+        check_saved_design(model, base, adapter_path)
+        check_saved_base(model, base, adapter_path)
     check_saved_head_fits(model, folder, adapter_path)
     return peft.PeftModel.from_pretrained(model, adapter_path, is_trainable=is_trainable, **hub_kwargs)
 
@@ -172,15 +174,17 @@ def adapter_folder(adapter_path, hub_kwargs: dict) -> str:
     return os.path.join(snapshot, subfolder)
 
 
-def check_saved_design(model, folder, adapter_path) -> None:
-    """Refuse adapters whose :data:`LORA_BASE_FILE` (in ``folder``, the files of ``adapter_path``)
+def saved_base(folder) -> dict | None:
+    """The :data:`LORA_BASE_FILE` in ``folder`` (the files of some adapters), or None without one."""
+    path = Path(folder) / LORA_BASE_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def check_saved_design(model, base: dict, adapter_path) -> None:
+    """Refuse adapters whose :data:`LORA_BASE_FILE` (``base``, read from the files of ``adapter_path``)
     records another design than ``model``'s: the attention mode (and a head option without weights,
     such as ``layer_reduction``) leaves no trace in the weights that :func:`check_saved_head_fits`
     compares."""
-    path = Path(folder) / LORA_BASE_FILE
-    if not path.is_file():
-        return
-    base = json.loads(path.read_text(encoding="utf-8"))
     # only the options the head reads: older studies recorded every design's head options for every design
     saved = {"attention": base.get("attention"), "pooling": base.get("pooling"),
              **options_for_head(base.get("pooling"), base.get("config", {}))}
@@ -195,17 +199,13 @@ def check_saved_design(model, folder, adapter_path) -> None:
         )
 
 
-def check_saved_base(model, folder, adapter_path) -> None:
+def check_saved_base(model, base: dict, adapter_path) -> None:
     """Refuse adapters put on other base weights than they were trained on (adapters of SmolLM2-Instruct
     on SmolLM2-base, or any decoder of the same shapes: they load and give other vectors, 0.68 off in a
     test): :data:`LORA_BASE_FILE` records the base's weights fingerprint (of ``llm-embed-train`` runs, since
     2026-11-29), compared when the base is in the dtype it was taken in (a fingerprint hashes exact bytes).
     Otherwise only the decoder's location can be compared: a base built from another one is warned about (a
     moved folder is too; it is not refused)."""
-    path = Path(folder) / LORA_BASE_FILE
-    if not path.is_file():
-        return
-    base = json.loads(path.read_text(encoding="utf-8"))
     recorded, given = base.get("backbone"), getattr(model.config, "name_or_path", None) or None
     weights = base.get("base_weights")
     if weights is not None and weights.get("dtype") == dtype_name(model.backbone.dtype):  # exact bytes: same dtype

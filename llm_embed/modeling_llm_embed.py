@@ -465,14 +465,13 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
         pretrained_model_name_or_path = expand_home(pretrained_model_name_or_path)
         check_local_path(pretrained_model_name_or_path)
         want_info = kwargs.pop("output_loading_info", False)
-        if kwargs.get("config") is None:
-            check_has_config(pretrained_model_name_or_path, {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs},
-                             model_type=cls.config_class.model_type)
+        hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+        config = kwargs.get("config")
+        if config is None:
+            check_has_config(pretrained_model_name_or_path, hub_kwargs, model_type=cls.config_class.model_type)
         # A design option given here (a keyword argument, or a config, as AutoModel passes the keyword
         # arguments) overrides the checkpoint's: the model then computes other vectors than the ones it was
         # saved and trained with. Said (and named in a refusal), not refused: transformers' rule.
-        hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
-        config = kwargs.get("config")
         saved = None
         if ((isinstance(config, PreTrainedConfig) or any(name in kwargs for name in BUILD_OPTIONS))
                 and has_saved_file(pretrained_model_name_or_path, "config.json", hub_kwargs)):
