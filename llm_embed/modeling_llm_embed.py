@@ -637,6 +637,8 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
                 module.to(device=parameter.device, dtype=parameter.dtype)
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(name_or_path, **hub_kwargs)
+            if gguf_file is not None:
+                check_gguf_tokenizer(tokenizer, backbone.config, gguf_file)
         model.tokenizer = tokenizer
         # both: transformers reads the config's, peft the model's (adapter_config.json's base_model_name_or_path)
         model.config.name_or_path = model.name_or_path = str(name_or_path)
@@ -655,6 +657,31 @@ def load_gguf_backbone(name_or_path, gguf_file: str, **kwargs) -> PreTrainedMode
     backbone = AutoModel.from_pretrained(name_or_path, gguf_file=gguf_file, **kwargs)
     drop_gguf_quantizer(backbone, gguf_file, read_from_gguf=True)
     return backbone
+
+
+def check_gguf_tokenizer(tokenizer, backbone_config, gguf_file) -> None:
+    """Refuse a tokenizer that transformers converted from a GGUF file wrongly. Its GGUF conversion
+    depends on the version: transformers 5.2 turns a GPT-2-type vocabulary (SmolLM2's, Qwen2's) into a
+    CodeLlama tokenizer with the BOS as EOS and five FIM tokens past the vocabulary, which once saved
+    and reloaded reads every space as an unknown token. The model config converted from the same file
+    is right, so its EOS id and vocabulary size tell; every vector would be wrong, so it is an error."""
+    wrong = []
+    eos = backbone_config.eos_token_id
+    if eos is not None and tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in (
+            eos if isinstance(eos, (list, tuple)) else [eos]):
+        wrong.append(f"EOS {tokenizer.eos_token!r} (id {tokenizer.eos_token_id}) where the file's model has id "
+                     f"{backbone_config.eos_token_id}")
+    vocab_size = getattr(backbone_config, "vocab_size", None)
+    if vocab_size is not None and len(tokenizer) > vocab_size:
+        wrong.append(f"{len(tokenizer)} tokens for an embedding matrix of {vocab_size} rows")
+    if wrong:
+        import transformers
+
+        raise ValueError(
+            f"transformers {transformers.__version__} converted the tokenizer of {gguf_file} wrongly ("
+            f"{'; '.join(wrong)}): every embedding would be computed on wrong token ids. Install a transformers "
+            "that converts it right (5.24 does for SmolLM2), or pass tokenizer= (the bundled SmolLM2's: "
+            "llm_embed.bundled.smollm2_tokenizer()).")
 
 
 def drop_gguf_quantizer(backbone: PreTrainedModel, source, read_from_gguf: bool = False) -> None:
