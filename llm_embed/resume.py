@@ -54,11 +54,12 @@ def as_json(value):
     return json.loads(json.dumps(value, default=str))
 
 
-def run_record(model, model_args, training_args) -> dict:
+def run_record(model, model_args, training_args, data_args=None) -> dict:
     """What a checkpoint of this run records: the design (``model.config``), LoRA and the head's
-    learning rate from ``model_args``, the save cadence from ``training_args``; under LoRA also a
-    fingerprint of the backbone's weights (the frozen base the adapters sit on, which the checkpoint
-    does not hold). ``model``: before LoRA is applied."""
+    learning rate from ``model_args``, the save cadence from ``training_args``, the prompts its queries
+    and documents were trained with (``data_args``: which prompt applies changes every loss value);
+    under LoRA also a fingerprint of the backbone's weights (the frozen base the adapters sit on, which
+    the checkpoint does not hold). ``model``: before LoRA is applied."""
     config = model.config
     strategy = training_args.save_strategy
     base_weights = None
@@ -71,6 +72,8 @@ def run_record(model, model_args, training_args) -> dict:
         "lora": ({"r": model_args.lora_r, "alpha": model_args.lora_alpha, "dropout": model_args.lora_dropout}
                  if model_args.lora else None),
         "head_learning_rate": model_args.head_learning_rate,
+        "training_prompts": (None if data_args is None else
+                             {"query": data_args.query_prompt_name, "document": data_args.document_prompt_name}),
         "base_weights": base_weights,
         "base_backbone": model_args.backbone,
         "save_strategy": getattr(strategy, "value", strategy),
@@ -157,6 +160,10 @@ def check_resume(checkpoint, record: dict) -> None:
     if "head_learning_rate" in saved and saved["head_learning_rate"] != record["head_learning_rate"]:
         differences.append(f"--head_learning_rate {describe(saved['head_learning_rate'])} "
                            f"(this run: {describe(record['head_learning_rate'])})")
+    for side, value in (record.get("training_prompts") or {}).items():
+        trained = (saved.get("training_prompts") or {}).get(side, value)  # not recorded (older): not compared
+        if trained != value:
+            differences.append(f"--{side}_prompt_name {trained or 'none'} (this run: {value or 'none'})")
     if saved.get("base_weights") and record["base_weights"]:
         theirs, other_base = saved.get("base_backbone"), saved["base_weights"] != record["base_weights"]
     else:  # a checkpoint of an older llm_embed: the path its llm_embed_base.json names

@@ -121,18 +121,66 @@ def positive_int(text: str) -> int:
     return value
 
 
-def build_model(model_args: ModelArguments, config_options: dict) -> LLMEmbeddingModel:
-    backbone = model_args.backbone
-    if backbone is None:
-        from .bundled import smollm2_backbone_path
+def backbone_location(model_args: ModelArguments):
+    """``--backbone``, or the bundled SmolLM2-135M's folder (converted on first use)."""
+    if model_args.backbone is not None:
+        return model_args.backbone
+    from .bundled import smollm2_backbone_path
 
-        backbone = smollm2_backbone_path()
+    return smollm2_backbone_path()
+
+
+def build_model(model_args: ModelArguments, config_options: dict) -> LLMEmbeddingModel:
     return LLMEmbeddingModel.from_backbone(
-        backbone,
+        backbone_location(model_args),
         gguf_file=model_args.gguf_file,
         attn_implementation=model_args.attn_implementation,
         **config_options,
     )
+
+
+def warn_of_other_prompts_at_inference(prompts: dict, query_prompt_name: str | None,
+                                       document_prompt_name: str | None) -> None:
+    """Say when the rows train with another prompt than the saved model's ``encode_query`` /
+    ``encode_document`` will prepend (``prompts["query"]`` / ``prompts["document"]``): with
+    ``--query_prompt_name none`` the model learns unprompted queries, then encodes every query after
+    the default instruction. Not an error: a run may mean it (a prompt ablation), but not silently."""
+    for side, name in (("query", query_prompt_name), ("document", document_prompt_name)):
+        trained, encoded = prompts.get(name, "") if name else "", prompts.get(side, "")
+        if trained != encoded:
+            logger.warning(
+                "%s texts train with the prompt %r (--%s_prompt_name %s) but the saved model's encode_%s prepends %r "
+                "(its prompts[%r]): its %s vectors would come from text it was not trained on. Pass --prompts with "
+                "the %s prompt you train with, or --%s_prompt_name %s",
+                side, trained, side, name or "none", side, encoded, side, side, side, side, side)
+
+
+def check_head_has_parameters(model_args: ModelArguments, config_options: dict) -> None:
+    """Refuse ``--head_learning_rate`` for a design whose head has no parameters (mean / last_token
+    pooling without ``--output_dim``) before the backbone loads: the optimizer would refuse it only at
+    the first step, after a load that takes minutes for a large backbone. The head is built on the
+    meta device from the backbone's config alone."""
+    if model_args.head_learning_rate is None:
+        return
+    import torch
+    from transformers import AutoConfig
+
+    from .configuration_llm_embed import LLMEmbeddingConfig
+    from .pooling import POOLING_HEADS
+
+    gguf = {"gguf_file": model_args.gguf_file} if model_args.gguf_file else {}
+    config = LLMEmbeddingConfig(backbone_config=AutoConfig.from_pretrained(backbone_location(model_args), **gguf),
+                                **config_options)
+    if config.output_dim is not None:
+        return
+    with torch.device("meta"):
+        head = POOLING_HEADS[config.pooling](config)
+    if next(head.parameters(), None) is None:
+        raise ValueError(
+            f"--head_learning_rate is set but the {config.pooling} head has no parameters and there is no "
+            "--output_dim projection: nothing would train at that rate. Leave out --head_learning_rate, or use a "
+            "trainable head (--pooling latent_attention or multi_layer) or --output_dim"
+        )
 
 
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments,
@@ -142,8 +190,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     set_seed(training_args.seed)
     check_head_learning_rate(model_args.head_learning_rate)
     prompts = (config_options or {}).get("prompts")
-    check_prompt_names(DEFAULT_PROMPTS if prompts is None else prompts, data_args.query_prompt_name,
-                       data_args.document_prompt_name)
+    prompts = DEFAULT_PROMPTS if prompts is None else prompts
+    check_prompt_names(prompts, data_args.query_prompt_name, data_args.document_prompt_name)
+    warn_of_other_prompts_at_inference(prompts, data_args.query_prompt_name, data_args.document_prompt_name)
     # data and settings first: a bad row or option fails in seconds, not after the backbone has loaded
     train_data = TripletDataset.from_any(data_args.train_file, data_args.max_train_rows)
     eval_data = (TripletDataset.from_any(data_args.eval_file, data_args.max_eval_rows, what="evaluation data")
@@ -155,9 +204,10 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     if eval_data is not None:
         check_batches_contrast(eval_data, training_args.eval_batch_size, training_args.world_size,
                                training_args.dataloader_drop_last, "evaluation", "--per_device_eval_batch_size")
+    check_head_has_parameters(model_args, config_options or {})
     model = build_model(model_args, config_options or {})
     tokenizer, config = model.tokenizer, model.config
-    record = run_record(model, model_args, training_args)
+    record = run_record(model, model_args, training_args, data_args)
     if training_args.resume_from_checkpoint:
         check_resume(training_args.resume_from_checkpoint, record)  # before a step: not a raw restore error
     base = (lora_base(model_args, config, config_options or {}, record["base_weights"], model.backbone.dtype)

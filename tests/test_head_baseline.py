@@ -264,3 +264,29 @@ def test_llm_embed_train_refuses_a_bad_head_rate_before_loading_anything(tmp_pat
     with pytest.raises(ValueError, match="head_learning_rate must be a positive number"):
         main(["--train_file", str(tmp_path / "missing.jsonl"), "--output_dir", str(tmp_path / "out"),
               "--head_learning_rate", "-1"])
+
+
+def test_llm_embed_train_refuses_a_head_rate_for_a_head_without_parameters_before_the_backbone_loads(tmp_path):
+    """``--pooling mean --head_learning_rate`` (LoRA or not) was refused by the optimizer at the first step,
+    after the backbone had loaded (minutes for a 7B model). The head is now built from the config alone: a
+    backbone folder with a config and no weights is enough to refuse it, and a trainable head passes."""
+    import json
+
+    from llm_embed.train import build_parser, check_head_has_parameters, main
+
+    from .conftest import tiny_backbone_config, triplet_rows
+
+    folder = tmp_path / "config-only"
+    tiny_backbone_config("llama").save_pretrained(folder)  # no weights: loading them would fail
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps(row) + "\n" for row in triplet_rows(4)))
+    for more in ([], ["--lora"]):
+        with pytest.raises(ValueError, match=r"--head_learning_rate is set but the mean head has no parameters and "
+                                             r"there is no --output_dim projection"):
+            main(["--backbone", str(folder), "--train_file", str(rows), "--output_dir", str(tmp_path / "out"),
+                  "--pooling", "mean", "--head_learning_rate", "1e-3", "--use_cpu", *more])
+    assert not (tmp_path / "out").exists()
+    model_args, *_ = build_parser().parse_args_into_dataclasses(
+        ["--backbone", str(folder), "--train_file", "x", "--output_dir", "o", "--head_learning_rate", "1e-3"])
+    check_head_has_parameters(model_args, {"pooling": "latent_attention"})
+    check_head_has_parameters(model_args, {"pooling": "mean", "output_dim": 8})

@@ -532,6 +532,10 @@ def test_resume_refuses_another_design_and_keeps_the_checkpoint_cadence(tiny_bac
         resumed("--pooling", "mean", "--attention", "causal")  # not also layer_reduction, which mean never reads
     with pytest.raises(ValueError, match=r"--head_learning_rate not set \(this run: 0.01\)"):
         resumed("--pooling", "mean", "--output_dim", "8", "--head_learning_rate", "1e-2")
+    # the prompts the rows were trained with: another one changes every loss value (was accepted)
+    with pytest.raises(ValueError, match=r"--query_prompt_name query \(this run: none\); --document_prompt_name "
+                                         r"document \(this run: none\)\. Resuming"):
+        resumed("--pooling", "mean", "--query_prompt_name", "none", "--document_prompt_name", "none")
     assert not (tmp_path / "r").exists()
     with pytest.raises(ValueError, match="is not a Trainer checkpoint: .* \\(it holds checkpoint-1, checkpoint-2\\)"):
         main(["--backbone", str(tiny_backbone_dir), "--output_dir", str(tmp_path / "r"), "--max_seq_length", "32",
@@ -722,3 +726,20 @@ def test_sharding_options_outside_a_launcher_are_refused_before_loading(tmp_path
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(ValueError, match=f"{option} runs under a distributed launcher.*torchrun --standalone"):
         main(["--train_file", "x.jsonl", "--output_dir", str(tmp_path), option, value])
+
+
+def test_training_with_another_prompt_than_inference_is_said(caplog):
+    """``--query_prompt_name none`` trained unprompted queries while the saved model's ``encode_query`` kept
+    prepending the default instruction, without a word."""
+    from llm_embed.configuration_llm_embed import DEFAULT_PROMPTS
+    from llm_embed.train import warn_of_other_prompts_at_inference
+
+    with caplog.at_level("WARNING", logger="llm_embed.train"):
+        warn_of_other_prompts_at_inference(DEFAULT_PROMPTS, "query", "document")
+        warn_of_other_prompts_at_inference({"query": "q: "}, "query", None)  # no document prompt either way
+    assert caplog.text == ""
+    with caplog.at_level("WARNING", logger="llm_embed.train"):
+        warn_of_other_prompts_at_inference(DEFAULT_PROMPTS, None, "document")
+    assert "query texts train with the prompt '' (--query_prompt_name none) but the saved model's encode_query " \
+           "prepends 'Instruct: Given a web search query" in caplog.text
+    assert "document" not in caplog.text.split("encode_query")[0]
