@@ -458,6 +458,16 @@ def test_command_missing_data_dir_names_the_absolute_path(tmp_path, monkeypatch,
     assert f"looked at {tmp_path.parent}/no-data-here, relative to the current folder {tmp_path}" in error
 
 
+def test_command_refuses_a_batch_size_below_one_before_loading_the_model(tmp_path, capsys):
+    """``--batch-size 0`` was refused by encode, after the model had loaded."""
+    from llm_embed.evaluation import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path / "no-model"), "--batch-size", "0"])
+    assert exit_.value.code == 2
+    assert "--batch-size must be a positive number of texts, got 0" in capsys.readouterr().err
+
+
 def test_command_refuses_a_meaningless_subset_before_loading_the_model(tmp_path):
     """The same refusal as the Python API, as one line, before the (absent) model is loaded."""
     from .test_cli import assert_one_line_failure, run_script

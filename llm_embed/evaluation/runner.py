@@ -173,6 +173,8 @@ def main(argv: list[str] | None = None) -> list[TaskResult]:
         parser.error(f"the model {stray[-1]!r} was read as a word of --task: put the model before --task "
                      f"(llm-embed-evaluate MODEL --task ...)" if stray else "the following arguments are required: "
                      "model")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be a positive number of texts, got {args.batch_size}")
     try:
         args.limit = parse_task_limit(args.limit)
         specs = parse_task_specs(args.task)
