@@ -6,7 +6,8 @@ Trains the five designs of Tang & Yang (2024) (table below) on the same backbone
 seed and budget, evaluates each on every task, and writes to ``--output-dir``:
 
 - ``runs/design{N}_seed{S}.json``: one run's training log and task results with per-item scores,
-  written as soon as the run is scored (a cut-off study keeps what it finished);
+  written as soon as the run is scored (a cut-off study keeps what it finished; a failing design or
+  Ctrl-C first waits for the scoring already under way and keeps those runs);
 - ``results.json``: everything, plus the paired significance tests and the paper's claims checked;
 - ``results.md``: tables by task category and per task, the tests, the claims' verdicts;
 - ``designs.png``: the designs side by side per category (needs matplotlib).
@@ -41,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import platform
 import time
@@ -173,6 +175,24 @@ def build_model(args, design: int, backbone_path):
     )
 
 
+def runs_on_cpu(args) -> bool:
+    """Whether the study trains and embeds on the CPU: ``--device cpu``, or ``auto`` (the default) on a
+    machine without CUDA. The Trainer is told so (``use_cpu``): without it, ``--bf16`` on such a machine
+    failed in transformers with "You need to assign use_cpu", an option this command does not have."""
+    import torch
+
+    return args.device == "cpu" or not torch.cuda.is_available()
+
+
+def has_trainable_head(model) -> bool:
+    """Whether ``model`` (plain or LoRA-wrapped: :func:`~llm_embed.optimization.is_head_parameter` sees
+    through peft's prefixes) trains a parameter outside the backbone: a trainable pooling head or an
+    ``--output-dim`` projection. Design 1 (last token) without ``--output-dim`` has none."""
+    from .optimization import is_head_parameter
+
+    return any(parameter.requires_grad and is_head_parameter(name) for name, parameter in model.named_parameters())
+
+
 def train_design(args, design: int, seed: int, backbone_path, train_data):
     """Fine-tune one design (LoRA by default, as the paper) and return the plain model plus its log."""
     from transformers import TrainingArguments, set_seed
@@ -190,22 +210,35 @@ def train_design(args, design: int, seed: int, backbone_path, train_data):
         from .lora import apply_lora
 
         model = apply_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout)
+    # --head-learning-rate is the pooling head's rate: a design without one (design 1 without --output-dim)
+    # has nothing it applies to, and set_head_learning_rate would refuse it inside trainer.train(), failing
+    # every default study; that design trains all its parameters at --learning-rate.
+    head_learning_rate = args.head_learning_rate
+    if head_learning_rate is not None and not has_trainable_head(model):
+        logger.info("--head-learning-rate does not apply to design %d (%s): it has no trainable head (no pooling "
+                    "head, no --output-dim projection); it trains at --learning-rate", design, design_name(design))
+        head_learning_rate = None
     run_dir = Path(args.output_dir) / "checkpoints" / f"design{design}_seed{seed}"
     training_args = TrainingArguments(
         output_dir=str(run_dir), per_device_train_batch_size=args.batch_size, learning_rate=args.learning_rate,
         max_steps=args.max_steps, warmup_steps=max(1, round(args.warmup_ratio * args.max_steps)),
         lr_scheduler_type="linear", weight_decay=0.0, seed=seed, data_seed=seed, bf16=args.bf16,
         logging_steps=max(1, args.max_steps // 20), save_strategy="no", report_to=[], remove_unused_columns=False,
-        dataloader_drop_last=True, disable_tqdm=True, use_cpu=args.device == "cpu",
+        dataloader_drop_last=True, disable_tqdm=True, use_cpu=runs_on_cpu(args),
     )
     try:
         trainer = EmbeddingTrainer(model=model, args=training_args, train_dataset=train_data, data_collator=collator,
-                                   processing_class=tokenizer, head_learning_rate=args.head_learning_rate)
+                                   processing_class=tokenizer, head_learning_rate=head_learning_rate)
         start = time.perf_counter()
         trainer.train()
         train_seconds = time.perf_counter() - start
     finally:
         remove_empty_run_folder(run_dir)
+    if trainer.state.global_step == 0:  # check_train_rows refuses the known cause before any training
+        raise ValueError(
+            f"design {design} seed {seed} ran no optimizer step ({len(train_data)} training rows, --batch-size "
+            f"{args.batch_size}, --max-steps {args.max_steps}): its model is untrained, so it is not scored as a "
+            "trained design. Give at least one batch of training rows (lower --batch-size or add rows).")
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     log = {"train_seconds": train_seconds, "losses": losses}
     saved = Path(args.save_models) / f"design{design}_seed{seed}" if args.save_models else None
@@ -290,6 +323,24 @@ def embed_tasks(args, model, tasks) -> tuple[dict, float]:
     return embedded, time.perf_counter() - start
 
 
+def check_train_rows(rows: int, args, train_files: list[str]) -> None:
+    """Refuse training data smaller than one batch, before any design trains. The study drops a short
+    last batch (``dataloader_drop_last``: every step contrasts a full batch), so with fewer rows than
+    ``--batch-size`` every batch was dropped, no step ran, and each design was scored untrained as if
+    trained (losses ``[]``, "final loss nan", exit status 0), as ``llm-embed-train`` refuses too
+    (:func:`llm_embed.train.check_batches_contrast`)."""
+    if rows >= args.batch_size:
+        return
+    source = f"--max-train-rows {args.max_train_rows} of " if args.max_train_rows is not None else ""
+    source += ", ".join(map(str, train_files))
+    fix = (f"give at least {args.batch_size} rows" + (" (raise --max-train-rows)" if args.max_train_rows else "")
+           + (f", or lower --batch-size to {rows} or fewer" if rows >= 2 else ""))
+    raise ValueError(
+        f"the training data has {rows} row{'' if rows == 1 else 's'} ({source}), fewer than one batch of "
+        f"--batch-size {args.batch_size}: the study drops a short last batch, so no training step would run and "
+        f"every design would be scored untrained; {fix}")
+
+
 def run_path(output_dir, design: int, seed: int) -> Path:
     return Path(output_dir) / "runs" / f"design{design}_seed{seed}.json"
 
@@ -301,7 +352,7 @@ def run_study(args) -> dict:
     output_dir = Path(args.output_dir)
     (output_dir / "runs").mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    on_cpu = args.device == "cpu" or not torch.cuda.is_available()
+    on_cpu = runs_on_cpu(args)
     native_bf16 = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)()
     if args.bf16 and on_cpu and not native_bf16:
         logger.warning("--bf16 on a CPU without native bfloat16 (no AVX512-BF16 / AMX): measured about 20 times "
@@ -315,6 +366,7 @@ def run_study(args) -> dict:
         str(Path(args.data_dir) / "nli_triplets" / f"snli_{split}_triplets.jsonl") for split in ("dev", "test")
     ]
     train_data = read_triplets(train_files, args.max_train_rows)
+    check_train_rows(len(train_data), args, train_files)
     tasks = build_study_tasks(task_spec(args))
     arguments, data_files = run_arguments(args), data_file_records(args, train_files)
     check_rerun(output_dir, arguments, data_files)  # before any training: kept runs are not made again
@@ -324,16 +376,39 @@ def run_study(args) -> dict:
                                    initargs=(task_spec(args), args.score_threads))
     pending: list[tuple[dict, dict[str, Future]]] = []
 
+    def write_run(run: dict, futures: dict[str, Future]) -> None:
+        record = {key: value for key, value in run.items() if key != "_scoring_started"}
+        record["results"] = [futures[task.name].result() for task in tasks]
+        record["score_wall_seconds"] = time.perf_counter() - run["_scoring_started"]
+        run_path(output_dir, run["design"], run["seed"]).write_text(json.dumps(record))
+        logger.info("scored design %d seed %d: %s", run["design"], run["seed"],
+                    {r["task"]: round(r["main_score"], 2) for r in record["results"]})
+        pending.remove((run, futures))
+
     def collect(block: bool) -> None:
         for run, futures in list(pending):
-            if not block and not all(f.done() for f in futures.values()):
-                continue
-            run["results"] = [futures[task.name].result() for task in tasks]
-            run["score_wall_seconds"] = time.perf_counter() - run.pop("_scoring_started")
-            run_path(output_dir, run["design"], run["seed"]).write_text(json.dumps(run))
-            logger.info("scored design %d seed %d: %s", run["design"], run["seed"],
-                        {r["task"]: round(r["main_score"], 2) for r in run["results"]})
-            pending.remove((run, futures))
+            if block or all(f.done() for f in futures.values()):
+                write_run(run, futures)
+
+    def keep_scored_runs(error: BaseException) -> None:
+        """On the way out because of ``error`` (a failed design, Ctrl-C): wait for the scoring already
+        submitted and write those runs, which were trained and embedded and used to be lost with the
+        failure (their files were written only at the next collect). A run whose scoring fails too
+        (a worker hit by the same Ctrl-C) is logged, never raised: ``error`` is what the user sees."""
+        for run, futures in list(pending):
+            name = f"design {run['design']} seed {run['seed']}"
+            if not all(f.done() for f in futures.values()):
+                logger.info("stopped by %s: waiting for the scoring of %s to keep its run (Ctrl-C stops waiting)",
+                            type(error).__name__, name)
+            try:
+                failure = next((f.exception() for f in futures.values() if f.exception() is not None), None)
+                if failure is None:
+                    write_run(run, futures)
+            except Exception as other:  # writing the run file failed (disk full, ...)
+                failure = other
+            if failure is not None and failure is not error:  # the scoring that failed the study: raised as is
+                logger.error("%s was trained but not kept: its scoring or run file failed too (%s: %s)", name,
+                             type(failure).__name__, failure)
 
     try:
         for seed in args.seeds:
@@ -360,6 +435,9 @@ def run_study(args) -> dict:
                 pending.append((run, futures))
                 collect(block=False)
         collect(block=True)
+    except BaseException as error:
+        keep_scored_runs(error)
+        raise
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
     environment = describe_environment(args)
@@ -375,7 +453,7 @@ def describe_environment(args) -> dict:
     import torch
     import transformers
 
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else (
+    device = torch.cuda.get_device_name() if not runs_on_cpu(args) else (
         platform.processor() or platform.machine())
     return {"device": device, "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version()}
@@ -412,6 +490,9 @@ OTHER_ARGUMENTS = {
     "no_report": "which reports are written",
     "report_only": "whether to train or only report",
 }
+
+#: The options that size LoRA adapters: refused with ``--no-lora`` (given, not left at their defaults).
+LORA_SIZES = ("lora_r", "lora_alpha", "lora_dropout")
 
 #: How a difference names an argument where its flag is not ``--`` + the name with dashes.
 _FLAGS = {"lora": "--no-lora"}
@@ -809,7 +890,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--head-learning-rate", type=float, default=None,
                         help="learning rate of the pooling head (trained from its initialisation while the backbone "
-                             "is pretrained); None: --learning-rate")
+                             "is pretrained) and of an --output-dim projection; a design without either (design 1, "
+                             "last token) trains at --learning-rate; None: --learning-rate")
     parser.add_argument("--warmup-ratio", type=float, default=0.1)
     parser.add_argument("--no-lora", dest="lora", action="store_false", help="full fine-tuning instead of LoRA")
     parser.add_argument("--lora-r", type=int, default=16)
@@ -835,13 +917,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Options refused below 1 before anything is built: each once failed late (``--eval-batch-size 0``
+#: after a whole design trained, ``--score-workers 0`` with Python's bare "max_workers must be greater
+#: than 0") or was taken as something else (``--max-train-rows 0``: "the files hold no rows").
+AT_LEAST_ONE = ("max_train_rows", "eval_batch_size", "score_workers", "score_threads")
+
+
 def parse_args(argv: list[str] | None = None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.head_learning_rate is not None and not args.head_learning_rate > 0:
-        parser.error(f"--head-learning-rate must be > 0, got {args.head_learning_rate}")
+    for name in ("learning_rate", "head_learning_rate"):
+        value = getattr(args, name)
+        if value is not None and not 0 < value < math.inf:
+            parser.error(f"{_flag(name)} must be a number > 0, got {value}")
+    if not 0 <= args.warmup_ratio <= 1:
+        parser.error(f"--warmup-ratio must be in [0, 1] (the share of --max-steps spent warming up), got "
+                     f"{args.warmup_ratio}")
     if args.max_steps < 1 or args.batch_size < 2:
         parser.error("--max-steps must be >= 1 and --batch-size >= 2 (in-batch negatives need two queries)")
+    for name in AT_LEAST_ONE:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"{_flag(name)} must be >= 1, got {value}")
+    for name, values in (("designs", args.designs), ("seeds", args.seeds)):
+        repeated = sorted({value for value in values if values.count(value) > 1})
+        if repeated:
+            parser.error(f"--{name} names {' '.join(map(str, repeated))} more than once: each (design, seed) is one "
+                         "run, trained once; drop the repeats")
+    sizes = [name for name in LORA_SIZES if name in given_arguments(argv)] if not args.lora else []
+    if sizes:
+        parser.error(f"{' '.join(map(_flag, sizes))} given with --no-lora: these size LoRA adapters, which --no-lora "
+                     "does not train (it fine-tunes every weight); drop them, or drop --no-lora")
     try:
         from .lora import check_lora_sizes
 
