@@ -250,16 +250,17 @@ def test_from_backbone_drops_a_gguf_load_record(tmp_path, tokenizer):
 
 
 def test_the_bundled_cache_drops_the_gguf_load_record_it_was_converted_with(tmp_path):
-    from llm_embed.bundled import smollm2_backbone_path
+    from llm_embed.bundled import TOKENIZER_FORMAT, TOKENIZER_RECORD, smollm2_backbone_path
 
     folder = tmp_path / "SmolLM2-135M-Instruct"
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(b"")  # a converted folder, as far as the check looks
+    (folder / TOKENIZER_RECORD).write_text(json.dumps({"format": TOKENIZER_FORMAT}))  # its tokenizer is current
     (folder / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 576,
                                                     "quantization_config": GGUF_RECORD}))
     assert smollm2_backbone_path(tmp_path) == folder
     assert json.loads((folder / "config.json").read_text()) == {"model_type": "llama", "hidden_size": 576}
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", TOKENIZER_RECORD, "model.safetensors"]
 
 
 def test_a_design_option_given_at_load_is_said_and_named_in_a_refusal(tmp_path, caplog):
