@@ -147,12 +147,22 @@ def has_rows(path: str | os.PathLike, kind: str) -> bool:
         except pyarrow.ArrowInvalid as error:  # pyarrow's message ("Parquet file size is 0 bytes") names no file
             raise ValueError(f"{path} is not a readable Parquet file ({error}); pass a Parquet file written by "
                              "pyarrow or pandas, or the corpus as .jsonl, .csv or .tsv") from error
-    csv.field_size_limit(2**31 - 1)
-    quoting = csv.QUOTE_NONE if kind == "tsv" else csv.QUOTE_MINIMAL
     with open_utf8(path, newline="") as handle:
-        rows = (row for row in csv.reader(handle, delimiter="," if kind == "csv" else "\t", quoting=quoting) if row)
+        rows = (row for row in csv_rows(_csv_reader(handle, "," if kind == "csv" else "\t"), path) if row)
         next(rows, None)  # the header
         return next(rows, None) is not None
+
+
+def check_output_dir(output_dir) -> Path:
+    """The output folder as an absolute path, refused when it is, or lies under, a file (the command
+    checks it before the model loads)."""
+    output_dir = Path(output_dir).absolute()
+    blocking = next((folder for folder in (output_dir, *output_dir.parents)
+                     if folder.exists() and not folder.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(f"output folder {output_dir} (--output-dir): {blocking} is a file, not a folder; pass the "
+                         "path of a folder (it is created if missing), or move the file away")
+    return output_dir
 
 
 def check_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
@@ -191,19 +201,52 @@ def _jsonl_records(path: str) -> Iterator[tuple[Any, str]]:
             yield record, where
 
 
-def _csv_records(path: str, delimiter: str, fields: tuple[str, ...]) -> Iterator[tuple[Any, str]]:
-    """CSV: the csv module's dialect (quoted fields may hold commas and newlines). TSV: no quoting, as
-    in BEIR's and MS MARCO's files (a field holds no tab or newline; a ``"`` is an ordinary character)."""
+def _csv_reader(handle, delimiter: str, reader_class=csv.reader):
+    """CSV: the csv module's dialect (quoted fields may hold commas and newlines), strict: a quote left
+    open, or one inside an unquoted field, is an error. Not strict, the csv module read every line after
+    an unclosed quote into that one field (four rows became one document's text, exit status 0) and
+    dropped a quote in ``"5" screen"``. TSV: no quoting, as in BEIR's and MS MARCO's files (a field
+    holds no tab or newline; a ``"`` is an ordinary character)."""
     csv.field_size_limit(2**31 - 1)  # documents longer than the default 128 KiB per field are still documents
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    return reader_class(handle, delimiter=delimiter, quoting=quoting, strict=True)  # read by csv_rows
+
+
+def csv_rows(reader, path) -> Iterator:
+    """The rows of a strict csv ``reader`` (:func:`_csv_reader`), a malformed one named by its line
+    (``csv.Error`` names none). Also what ``llm-embed-evaluate`` reads its CSV task files with."""
+    rows = iter(reader)
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            raise ValueError(
+                f"{path}:{reader.line_num}: not valid CSV ({error}): a quoted field is left open, or a quote stands "
+                "inside an unquoted field. Quote a field that holds a quote as a whole and double its quotes "
+                "(\"5\"\" screen\"), or write the file as .jsonl") from error
+        yield row
+
+
+def _csv_records(path: str, delimiter: str, fields: tuple[str, ...]) -> Iterator[tuple[Any, str]]:
+    """Rows of a CSV or TSV file (:func:`_csv_reader`) as dicts by the header's columns; a row with more
+    or fewer fields than the header is refused, never cut or padded."""
     with open_utf8(path, newline="") as handle:
-        reader = csv.DictReader(handle, delimiter=delimiter, quoting=quoting)
-        header = reader.fieldnames or []
+        reader = _csv_reader(handle, delimiter, csv.DictReader)
+        try:
+            header = reader.fieldnames or []
+        except csv.Error as error:
+            raise ValueError(f"{path}:1: the header is not valid CSV ({error})") from error
+        repeated = sorted({name for name in header if header.count(name) > 1})
+        if repeated:
+            raise ValueError(f"{path}:1: the header names column {', '.join(map(repr, repeated))} more than once: "
+                             "one of them would be read and the other dropped; rename or remove the repeat")
         for field in fields:
             if field not in header:
                 raise ValueError(f"{path}:1: missing field {field!r}: the header has no such column (its columns: "
                                  f"{', '.join(map(str, header)) or 'none'})")
-        for record in reader:
+        for record in csv_rows(reader, path):
             where = f"{path}:{reader.line_num}"
             if None in record:  # DictReader's restkey: the values past the header's columns
                 count = len(header) + len(record[None])
@@ -212,6 +255,11 @@ def _csv_records(path: str, delimiter: str, fields: tuple[str, ...]) -> Iterator
                        "quoted .csv")
                 raise ValueError(f"{where}: {count} fields, the header has {len(header)}: a delimiter inside a "
                                  f"field split it, and the text would be cut there; {fix}")
+            if any(value is None for value in record.values()):  # DictReader's restval: columns past the row's end
+                count = sum(value is not None for value in record.values())
+                raise ValueError(f"{where}: {count} field{'' if count == 1 else 's'}, the header has {len(header)}: "
+                                 "the row is short (a field left out, or a line break inside an unquoted field); "
+                                 "give every column a value, empty ones included")
             yield record, where
 
 
@@ -316,11 +364,9 @@ def count_rows(inputs: Iterable[str | os.PathLike]) -> int:
 
             total += pq.ParquetFile(path).metadata.num_rows
         else:
-            quoting = csv.QUOTE_NONE if kind == "tsv" else csv.QUOTE_MINIMAL
-            csv.field_size_limit(2**31 - 1)
             with open_utf8(path, newline="") as handle:
-                reader = csv.reader(handle, delimiter="," if kind == "csv" else "\t", quoting=quoting)
-                total += max(sum(1 for row in reader if row) - 1, 0)  # less the header
+                reader = _csv_reader(handle, "," if kind == "csv" else "\t")
+                total += max(sum(1 for row in csv_rows(reader, path) if row) - 1, 0)  # less the header
     return total
 
 
@@ -720,12 +766,7 @@ def encode_corpus(
     # one form for the command and the function, so either resumes a folder the other wrote
     model_path = recorded_location(model_path if model_path is not None else
                                    str(getattr(model, "name_or_path", "") or ""))
-    output_dir = Path(output_dir).absolute()
-    blocking = next((folder for folder in (output_dir, *output_dir.parents)
-                     if folder.exists() and not folder.is_dir()), None)
-    if blocking is not None:
-        raise ValueError(f"output folder {output_dir} (--output-dir): {blocking} is a file, not a folder; pass the "
-                         "path of a folder (it is created if missing), or move the file away")
+    output_dir = check_output_dir(output_dir)
     arguments = dict(format=FORMAT, model=model_path, dtype=model_dtype(model), prompt_name=prompt_name,
                      text_field=text_field, title_field=title_field, id_field=id_field, inputs=inputs,
                      shard_size=shard_size, **compute_arguments(model, batch_size), prompt=prefix,
@@ -783,8 +824,8 @@ def encode_corpus(
                     parts.append(vectors.numpy())
                 except ValueError as error:  # say where: encode numbers the texts of its call only
                     rows = shard[first : first + chunk_texts]
-                    raise ValueError(f"in the rows {rows[0].where} to {rows[-1].where} (text i below is the i-th "
-                                     f"of them): {error}") from error
+                    raise ValueError(f"in the rows {rows[0].where} to {rows[-1].where} (text i below counts from "
+                                     f"0: text 0 is {rows[0].where}): {error}") from error
                 tokens += counts["tokens"]
                 truncated += counts["truncated"]
                 bar.update(len(piece))
@@ -982,6 +1023,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.shard_size < 1 or args.batch_size < 1:
         parser.error("--shard-size and --batch-size must be positive")
     check_inputs(args.inputs)  # an unknown extension, a missing or empty file, pyarrow: before the model loads
+    check_output_dir(args.output_dir)
     rank_and_world_size()
     device = check_device(args.device) if args.device else default_device()
 

@@ -704,3 +704,57 @@ def test_an_output_dir_that_is_a_file_is_named_with_the_fix(loaded_model, tmp_pa
         with pytest.raises(ValueError, match=re.escape(f"output folder {output_dir} (--output-dir): "
                                                        f"{tmp_path / 'afile'} is a file")):
             encode_corpus(loaded_model, corpus, output_dir, text_field="body", id_field="doc_id")
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    # an unclosed quote read every following line into one field: 4 rows became 1 document, exit status 0
+    ('doc_id,body\n1,"first doc\n2,second doc\n3,third doc\n4,fourth doc\n', r"c\.csv:5: not valid CSV"),
+    # a quote inside an unquoted field was dropped: '5 screen" laptop' embedded
+    ('doc_id,body\n1,"5" screen" laptop\n', r"c\.csv:2: not valid CSV"),
+    # a repeated column: the last one was read, the other dropped
+    ("doc_id,body,body\n1,one,two\n", r"c\.csv:1: the header names column 'body' more than once"),
+    # a short row: its missing text was taken for a JSON null ("it is null in this row (its fields: doc_id, body)")
+    ("doc_id,body\n1,one\n2\n", r"c\.csv:3: 1 field, the header has 2: the row is short"),
+])
+def test_malformed_csv_is_refused_by_line_never_read_another_way(tmp_path, content, problem):
+    from llm_embed.corpus import check_inputs, read_documents
+
+    corpus = tmp_path / "c.csv"
+    corpus.write_text(content)
+    with pytest.raises(ValueError, match=problem):
+        check_inputs([corpus])  # the command's check before the model loads reads the first rows
+        list(read_documents([corpus], "body", None, "doc_id"))
+
+
+def test_a_tsv_keeps_its_quotes_as_characters(tmp_path):
+    from llm_embed.corpus import read_documents
+
+    corpus = tmp_path / "c.tsv"
+    corpus.write_text('doc_id\tbody\n1\t"5" screen" laptop\n2\t"open\n')
+    assert [(d.id, d.text) for d in read_documents([corpus], "body", None, "doc_id")] == [
+        ("1", '"5" screen" laptop'), ("2", '"open')]
+
+
+def test_the_command_refuses_an_output_dir_under_a_file_before_the_model_loads(tmp_path, capsys):
+    """The docs said so; the check ran in encode_corpus, after the model (minutes for a 7B one) had loaded."""
+    corpus = write_corpus(tmp_path / "c.jsonl", corpus_rows(2))
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match=r"\(--output-dir\): .*afile is a file"):
+        main(arguments(tmp_path / "no-model-here", [corpus], tmp_path / "afile" / "out"))
+
+
+def test_an_encode_error_names_the_row_it_counts_from(loaded_model, tmp_path):
+    """``text 3`` from encode counts from 0; the message said "the i-th of them", sending the reader one row
+    too early."""
+    from llm_embed.corpus import encode_corpus
+
+    rows = [{"doc_id": f"d{i}", "body": "" if i == 3 else f"text {i}"} for i in range(5)]
+    corpus = write_corpus(tmp_path / "c.jsonl", rows)
+    original = loaded_model.config.append_eos
+    loaded_model.config.append_eos = False
+    try:
+        with pytest.raises(ValueError, match=re.escape(f"(text i below counts from 0: text 0 is {corpus}:1): "
+                                                       "encode(): text 3 '' produced no tokens")):
+            encode_corpus(loaded_model, corpus, tmp_path / "out", text_field="body", id_field="doc_id")
+    finally:
+        loaded_model.config.append_eos = original

@@ -213,6 +213,21 @@ def test_a_tsv_is_read_without_csv_quoting(tmp_path):
     assert read_records(csv_path, {"text": "text", "label": "label"})[0]["text"] == "Stop, he said"
 
 
+def test_a_csv_with_an_unclosed_or_stray_quote_is_refused_by_line(tmp_path):
+    """In a CSV (quoted), an unclosed quote read every later line into one cell: 5 pairs became 2, scored
+    without a word; a quote inside an unquoted field was dropped."""
+    from llm_embed.evaluation.tasks import read_records
+
+    path = tmp_path / "pairs.csv"
+    columns = {"sentence1": "sentence1", "sentence2": "sentence2", "score": "score"}
+    path.write_text('sentence1,sentence2,score\na,b,1\n"open,c,2\nd,e,3\nf,g,4\nh,i,5\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"pairs.csv:6: not valid CSV \(unexpected end of data\)"):
+        read_records(path, columns)
+    path.write_text('sentence1,sentence2,score\na,"5" screen",1\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"pairs.csv:2: not valid CSV .*double its quotes"):
+        read_records(path, columns)
+
+
 def test_a_byte_order_mark_is_skipped_and_other_encodings_are_named(tmp_path):
     """Excel's UTF-8 CSV starts with a BOM, which stuck to the first column's name ("no column
     'sentence1'"); a Latin-1 file gave a bare codec error without the file's name."""

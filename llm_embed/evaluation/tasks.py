@@ -295,18 +295,22 @@ def _read_open_records(path, handle, columns, delimiter, header, quoting, option
             if raw.strip():
                 rows.append(_json_record(path, line, raw, columns, optional, convert))
         return rows
-    reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
+    from ..corpus import csv_rows
+
+    # strict: not strict, an unclosed quote read every later line into one cell (fewer pairs, other scores)
+    reader = csv.reader(handle, delimiter=delimiter, quoting=quoting, strict=True)
+    cells_of = csv_rows(reader, path)
     index: dict[str, int] = {}
     names: list[str] = []
     if header:
-        names = next(reader, [])
+        names = next(cells_of, [])
         if not names:
             raise ValueError(f"{_where(path, 1)}: no header row (the file is empty); a table starts with a row of "
                              f"column names, here {', '.join(map(str, columns.values()))}")
         index = _header_index(path, reader.line_num or 1, names, columns, optional, delimiter)
     else:
         index = {role: int(column) for role, column in columns.items()}
-    for cells in reader:
+    for cells in cells_of:
         if not cells:
             continue
         line = reader.line_num
