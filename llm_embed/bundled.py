@@ -121,6 +121,13 @@ def write_tokenizer(folder: Path, gguf: Path | None = None) -> None:
     (folder / TOKENIZER_RECORD).write_text(json.dumps({"format": TOKENIZER_FORMAT}) + "\n")
 
 
+#: Tokenizer files that an older conversion may have left and :func:`write_tokenizer` does not write:
+#: transformers reads them on load over ``tokenizer.json`` (``special_tokens_map.json`` sets the EOS
+#: and padding tokens, ``added_tokens.json`` adds tokens), so a rebuild removes them.
+OLD_TOKENIZER_FILES = ("special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model",
+                       "chat_template.json")
+
+
 def tokenizer_is_current(folder: Path) -> bool:
     try:
         return json.loads((folder / TOKENIZER_RECORD).read_text()).get("format") == TOKENIZER_FORMAT
@@ -149,6 +156,9 @@ def refresh_tokenizer(target: Path) -> None:
         for file in staging.iterdir():
             if file != record:
                 os.replace(file, target / file.name)
+        for name in OLD_TOKENIZER_FILES:  # read at load time over tokenizer.json (an old EOS, extra tokens)
+            if not (staging / name).exists():
+                (target / name).unlink(missing_ok=True)
         os.replace(record, target / TOKENIZER_RECORD)
     finally:
         if staging.exists():

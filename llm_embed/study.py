@@ -221,7 +221,7 @@ def train_design(args, design: int, seed: int, backbone_path, train_data):
     run_dir = Path(args.output_dir) / "checkpoints" / f"design{design}_seed{seed}"
     training_args = TrainingArguments(
         output_dir=str(run_dir), per_device_train_batch_size=args.batch_size, learning_rate=args.learning_rate,
-        max_steps=args.max_steps, warmup_steps=max(1, round(args.warmup_ratio * args.max_steps)),
+        max_steps=args.max_steps, warmup_steps=warmup_steps(args.warmup_ratio, args.max_steps),
         lr_scheduler_type="linear", weight_decay=0.0, seed=seed, data_seed=seed, bf16=args.bf16,
         logging_steps=max(1, args.max_steps // 20), save_strategy="no", report_to=[], remove_unused_columns=False,
         dataloader_drop_last=True, disable_tqdm=True, use_cpu=runs_on_cpu(args),
@@ -440,13 +440,21 @@ def run_study(args) -> dict:
         raise
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
-    environment = describe_environment(args)
-    environment["study_wall_seconds"] = time.perf_counter() - started
-    (output_dir / "runs" / "environment.json").write_text(json.dumps(environment))
+        # also when a design fails or Ctrl-C stops the study: the runs kept above are reported with
+        # --report-only, which takes the device and software from this file
+        environment = describe_environment(args)
+        environment["study_wall_seconds"] = time.perf_counter() - started
+        (output_dir / "runs" / "environment.json").write_text(json.dumps(environment))
     if args.no_report:
         logger.info("runs written to %s; build the reports with --report-only", output_dir / "runs")
         return {"environment": environment}
     return write_reports(args)
+
+
+def warmup_steps(warmup_ratio: float, max_steps: int) -> int:
+    """The learning-rate warm-up of ``--warmup-ratio``: none for 0, at least one step otherwise (a
+    positive ratio of a short run, e.g. 0.1 of 4 steps, still warms up)."""
+    return 0 if warmup_ratio == 0 else max(1, round(warmup_ratio * max_steps))
 
 
 def describe_environment(args) -> dict:

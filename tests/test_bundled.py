@@ -64,6 +64,10 @@ def old_cache(root):
     (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "CodeLlamaTokenizer",
                                                               "eos_token": "<|im_start|>"}))
     (folder / "tokenizer.json").write_text("{}")
+    # read on load over tokenizer.json: left in place, the rebuilt tokenizer had this EOS and 49153 tokens
+    (folder / "special_tokens_map.json").write_text(json.dumps({"eos_token": "<|im_start|>",
+                                                                "pad_token": "<|im_start|>"}))
+    (folder / "added_tokens.json").write_text(json.dumps({"<fim_prefix>": 49152}))
     return folder
 
 
@@ -75,6 +79,8 @@ def test_a_cache_converted_before_the_record_gets_its_tokenizer_rebuilt(tmp_path
     assert not [path for path in folder.iterdir() if path.name.startswith(".")]  # no staging folder left
     rebuilt = AutoTokenizer.from_pretrained(folder)
     assert type(rebuilt).__name__ == "TokenizersBackend" and rebuilt.eos_token == "<|im_end|>"
+    assert (rebuilt.pad_token, len(rebuilt)) == ("<|im_end|>", 49152)
+    assert not (folder / "special_tokens_map.json").exists() and not (folder / "added_tokens.json").exists()
     assert [rebuilt(text)["input_ids"] for text in TEXTS] == [built(text)["input_ids"] for text in TEXTS]
     stamp = (folder / "tokenizer.json").stat().st_mtime_ns
     smollm2_backbone_path(tmp_path)  # current now: left as it is

@@ -7,6 +7,7 @@ import logging
 from concurrent.futures import Future
 
 import pytest
+import torch
 
 from .test_study import replace_option, small_study_argv, write_study_data
 
@@ -120,6 +121,9 @@ def test_study_keeps_a_scored_run_when_a_later_design_fails(study_folder, tiny_b
     run = json.loads((study_folder / "out" / "runs" / "design1_seed0.json").read_text())
     assert [r["task"] for r in run["results"]] == ["pairs"] and len(run["losses"]) == 1
     assert not (study_folder / "out" / "runs" / "design2_seed0.json").exists()
+    # the kept run's device and software, which --report-only reports: written only on success before
+    environment = json.loads((study_folder / "out" / "runs" / "environment.json").read_text())
+    assert environment["torch"] == torch.__version__ and environment["device"]
 
 
 class StillScoring(Future):
@@ -253,3 +257,31 @@ def test_study_bf16_with_device_auto_runs_on_the_cpu_without_cuda(study_folder, 
     study.main([*small_study_argv(tiny_backbone_dir), "--bf16", "--no-report"])
     run = json.loads((study_folder / "out" / "runs" / "design1_seed0.json").read_text())
     assert run["arguments"]["bf16"] and len(run["losses"]) == 1 and run["results"]
+
+
+# ----------------------------------------------------------------------------- --warmup-ratio
+
+
+@pytest.mark.parametrize("ratio, max_steps, warmup", [("0", "4", 0), ("0.1", "4", 1), ("0.5", "4", 2)])
+def test_warmup_ratio_sets_the_trainers_warmup_steps(study_folder, tiny_backbone_dir, monkeypatch, ratio, max_steps,
+                                                     warmup):
+    """--warmup-ratio 0 (accepted as the edge of [0, 1]) still warmed up for one step: the study asked
+    the Trainer for max(1, ...) steps. 0 is no warm-up now; a positive ratio of a short run still
+    warms up at least one step. The Trainer is stopped as it is built: only its arguments matter."""
+    from llm_embed import optimization, study
+
+    class Built(Exception):
+        pass
+
+    seen = []
+
+    class Recording(optimization.EmbeddingTrainer):
+        def __init__(self, *positional, args, **kwargs):
+            seen.append(args.warmup_steps)
+            raise Built
+
+    monkeypatch.setattr(optimization, "EmbeddingTrainer", Recording)
+    argv = replace_option(small_study_argv(tiny_backbone_dir), "--max-steps", max_steps)
+    with pytest.raises(Built):
+        study.main([*argv, "--warmup-ratio", ratio, "--no-report"])
+    assert seen == [warmup]
