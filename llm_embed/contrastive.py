@@ -6,6 +6,7 @@ Shipped with checkpoints (the model's ``forward`` returns this loss), so it impo
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack, contextmanager
@@ -108,8 +109,9 @@ class InfoNCELoss(nn.Module):
     def __init__(self, temperature: float = 0.05, symmetric: bool = False, gather_across_ranks: bool = True,
                  mask_duplicates: bool = False):
         super().__init__()
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-            raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+        if (isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0
+                or not math.isfinite(temperature)):
+            raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
         self.temperature = float(temperature)
         self.symmetric = symmetric
         self.gather_across_ranks = gather_across_ranks
@@ -327,7 +329,7 @@ def cached_contrastive_loss(
         for kind, (input_ids, attention_mask) in (("query", query_inputs), ("document", document_inputs)):
             for start in range(0, input_ids.shape[0], mini_batch_size):
                 ids = input_ids[start : start + mini_batch_size]
-                mask = attention_mask[start : start + mini_batch_size]
+                mask = None if attention_mask is None else attention_mask[start : start + mini_batch_size]
                 state = RandomState(devices)
                 cached[kind].append(embed(ids, mask))
                 chunks.append((kind, ids, mask, state))

@@ -1,7 +1,8 @@
 """Contrastive training data: rows of (query, positive, hard negatives) -> tokenized model batches.
 
 Rows are dicts with a query (``query`` or ``anchor``), a ``positive`` and hard negatives
-(``negative``: one string, or ``negatives``: a list; none at all is fine). They come from a
+(``negative``: one string, ``negatives``: a list, or ``negative_1`` ... ``negative_n`` as
+sentence-transformers' n-tuples; none at all is fine). They come from a
 list, a JSONL file or a ``datasets`` dataset; :class:`TripletDataset` wraps all three as a plain
 torch dataset. The Trainer must be told to pass rows through untouched with
 ``TrainingArguments(remove_unused_columns=False)``: their fields are not ``forward`` arguments.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -27,7 +29,14 @@ from .encoding import check_prompt_fits, pad_batch, resolve_pad_id, resolve_prom
 from .tokenizer_setup import configure_tokenizer, tokenizer_settings
 
 QUERY_FIELDS = ("query", "anchor")
-ROW_FORMAT = '{"query": ..., "positive": ..., "negative": ...} (or "anchor"; "negatives": [...]; or no negatives)'
+ROW_FORMAT = ('{"query": ..., "positive": ..., "negative": ...} (or "anchor"; "negatives": [...]; "negative_1", '
+              '"negative_2", ...; or no negatives)')
+#: sentence-transformers' n-tuple columns (anchor, positive, negative_1 ... negative_n), as the Hub's
+#: mined hard-negative datasets name them
+NUMBERED_NEGATIVE = re.compile(r"negative_(\d+)")
+#: what other formats call hard negatives (FlagEmbedding's "neg", "hard_negatives", "negative1"):
+#: refused by name rather than left out of training
+OTHER_NEGATIVE_NAME = re.compile(r"(hard_?)?neg(ative)?s?(_?\d+)?")
 
 
 def validate_row(row, index: int, where: str | None = None) -> tuple[str, str, list[str]]:
@@ -46,8 +55,8 @@ def validate_row(row, index: int, where: str | None = None) -> tuple[str, str, l
     missing = (["query (or anchor)"] if query_field is None else []) + ([] if "positive" in row else ["positive"])
     if missing:
         raise ValueError(f"{where} is missing {', '.join(missing)}; it has fields {sorted(row)}")
-    if "negative" in row and "negatives" in row:
-        raise ValueError(f"{where} has both 'negative' and 'negatives'; keep one")
+    if all(name in row for name in QUERY_FIELDS):
+        raise ValueError(f"{where} has both 'query' and 'anchor' (one would be dropped); keep one")
     negatives = _negatives_of(row, where)
     texts = {query_field: row[query_field], "positive": row["positive"]}
     texts.update({f"negative {i}": text for i, text in enumerate(negatives)})
@@ -64,7 +73,24 @@ def validate_row(row, index: int, where: str | None = None) -> tuple[str, str, l
 def _negatives_of(row: dict, where: str) -> list:
     """The row's hard negatives as a list. A null or a non-list is refused rather than read as "no
     negatives": every row of a batch needs the same number, so a silently dropped negative would
-    only fail later, in the middle of training."""
+    only fail later, in the middle of training. ``negative_1`` ... ``negative_n`` are the negatives in
+    their numbers' order; a field that names negatives some other way is refused, not left out."""
+    numbered = sorted((int(match[1]), name) for name in row if (match := NUMBERED_NEGATIVE.fullmatch(str(name))))
+    fields = [name for name in ("negative", "negatives") if name in row] + ([numbered[0][1]] if numbered else [])
+    if len(fields) > 1:
+        shown = ["negative_1 ..." if name.startswith("negative_") else name for name in fields]
+        raise ValueError(f"{where} has hard negatives in {' and '.join(map(repr, shown))}; keep one form")
+    unknown = sorted(name for name in map(str, row) if OTHER_NEGATIVE_NAME.fullmatch(name.lower())
+                     and name not in ("negative", "negatives") and not NUMBERED_NEGATIVE.fullmatch(name))
+    if unknown:
+        raise ValueError(f"{where} has field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}, which "
+                         f"would not be read as hard negatives; rename to {ROW_FORMAT}")
+    if numbered:
+        numbers = [number for number, _ in numbered]
+        if numbers != list(range(1, len(numbers) + 1)):
+            raise ValueError(f"{where}: numbered negatives must be negative_1 ... negative_{len(numbers)} without "
+                             f"gaps, found {', '.join(name for _, name in numbered)}")
+        return [row[name] for _, name in numbered]
     field = "negatives" if "negatives" in row else "negative" if "negative" in row else None
     if field is None:
         return []

@@ -38,6 +38,38 @@ def test_negatives_that_are_not_a_list_are_refused(value, kind):
         TripletDataset(rows)
 
 
+def test_numbered_negatives_are_read_in_order():
+    """sentence-transformers' n-tuple rows (anchor, positive, negative_1 ... negative_n), as the Hub's
+    mined hard-negative datasets name them, were accepted with no negatives at all: training ran on
+    in-batch negatives only and the mined ones were dropped without a word."""
+    rows = [{"anchor": f"a{i}", "positive": f"p{i}", "negative_2": f"second{i}", "negative_10": f"tenth{i}",
+             **{f"negative_{n}": f"n{n}-{i}" for n in (1, *range(3, 10))}} for i in range(2)]
+    data = TripletDataset(rows)
+    assert data[1]["negatives"] == ["n1-1", "second1", *[f"n{n}-1" for n in range(3, 10)], "tenth1"]
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"query": "q", "anchor": "another question", "positive": "p"}, "has both 'query' and 'anchor'"),
+    ({"query": "q", "positive": "p", "negative": "n", "negatives": ["m"]}, "'negative' and 'negatives'; keep one"),
+    ({"query": "q", "positive": "p", "negative": "n", "negative_1": "m"}, "'negative' and 'negative_1 ...'"),
+    ({"query": "q", "positive": "p", "negative_1": "n", "negative_3": "m"}, "without gaps, found negative_1, "
+                                                                            "negative_3"),
+    ({"query": "q", "positive": "p", "neg": ["n"]}, "field 'neg', which would not be read as hard negatives"),
+    ({"query": "q", "positive": "p", "hard_negatives": ["n"], "negative1": "m"},
+     "fields 'hard_negatives', 'negative1', which would not"),
+])
+def test_fields_that_would_be_dropped_are_refused(row, message):
+    """A row with both query and anchor trained on the query and dropped the anchor; hard negatives
+    under another name (FlagEmbedding's "neg", "hard_negatives") were left out of training."""
+    with pytest.raises(ValueError, match=re.escape(f"row 0 {message}") if "has" in message else re.escape(message)):
+        TripletDataset([row])
+
+
+def test_other_fields_are_still_ignored():
+    row = {"query": "q", "positive": "p", "id": 3, "negation": "x", "score": 0.5}
+    assert TripletDataset([row])[0] == {"query": "q", "positive": "p", "negatives": []}
+
+
 def test_negative_counts_differing_anywhere_name_counts_first_lines_and_fix(tmp_path):
     """Rows far apart (never in one batch of a small test) still fail up front, each count with the
     line of its first row, line numbers counted past blank lines."""

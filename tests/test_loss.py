@@ -50,9 +50,11 @@ def test_perfect_separation_gives_near_zero_loss_and_chance_gives_log_n():
     assert math.isclose(float(InfoNCELoss(0.05)(same, same)), math.log(4), rel_tol=1e-5)
 
 
-@pytest.mark.parametrize("temperature", [0, -0.1, True, "0.05"])
+@pytest.mark.parametrize("temperature", [0, -0.1, True, "0.05", float("inf"), float("nan")])
 def test_bad_temperature(temperature):
-    with pytest.raises(ValueError, match="temperature must be a positive number"):
+    """inf was accepted (as the config refuses it): every logit 0, the loss the constant log N with
+    no gradient."""
+    with pytest.raises(ValueError, match="temperature must be a positive finite number"):
         InfoNCELoss(temperature)
 
 
@@ -110,6 +112,17 @@ def test_gradcache_equals_uncached_loss_and_gradients(pooling, scale):
     plain = loss_and_grads(tiny_model("llama", "bidirectional", pooling).train(), batch, scale)
     cached = loss_and_grads(tiny_model("llama", "bidirectional", pooling, loss_mini_batch_size=4).train(),
                             batch, scale)
+    assert_same(plain, cached)
+
+
+def test_gradcache_without_attention_masks_equals_the_plain_loss():
+    """forward documents a missing attention mask as all ones; GradCache sliced it per mini-batch
+    and failed with "'NoneType' object is not subscriptable" where the plain loss worked."""
+    batch = {key: value for key, value in contrastive_batch().items() if "mask" not in key}
+    batch = {key: torch.where(ids == 0, 7, ids) for key, ids in batch.items()}  # no padding: every token real
+    plain = loss_and_grads(tiny_model("llama", "bidirectional", "latent_attention").train(), batch, 1.0)
+    cached = loss_and_grads(tiny_model("llama", "bidirectional", "latent_attention", loss_mini_batch_size=4).train(),
+                            batch, 1.0)
     assert_same(plain, cached)
 
 
