@@ -309,13 +309,73 @@ def build_backbone_config(backbone_config) -> PreTrainedConfig:
     raise TypeError(f"backbone_config must be a dict or a PreTrainedConfig, got {type(backbone_config).__name__}")
 
 
+def unknown_arguments(names, known=None, cutoff: float = 0.8) -> str:
+    """``num_latent (did you mean 'num_latents'?)`` for each name, with the closest of ``known``
+    (default: the config options)."""
+    known = LLM_EMBEDDING_OPTIONS if known is None else known
+
+    def named(name: str) -> str:
+        close = difflib.get_close_matches(name, known, n=1, cutoff=cutoff)
+        return f"{name} (did you mean {close[0]!r}?)" if close else name
+
+    return ", ".join(named(name) for name in names)
+
+
+#: Names other embedding libraries give our options, for the refusal of an unknown one.
+OTHER_LIBRARY_NAMES = {
+    "normalize_embeddings": "normalize",
+    "max_length": "max_seq_length",
+    "max_len": "max_seq_length",
+    "model_max_length": "max_seq_length",
+    "pooling_mode": "pooling",
+    "embedding_dim": "output_dim",
+    "temperature": "loss_temperature",
+    "truncate_dim": "output_dim (a trained projection; to cut vectors, slice embeddings[..., :dim] and "
+                    "L2-normalise them again)",
+    "query_prompt": "prompts={'query': ...}",
+    "document_prompt": "prompts={'document': ...}",
+    "default_prompt": "default_prompt_name",
+}
+
+#: What transformers' PreTrainedConfig itself takes or writes, beyond its fields (read from the running
+#: version in :func:`transformers_config_arguments`): popped or renamed by its ``__init__``.
+TRANSFORMERS_CONFIG_EXTRAS = frozenset({
+    "model_type", "transformers_version", "torch_dtype", "name_or_path", "_name_or_path", "_commit_hash",
+    "attn_implementation", "_attn_implementation", "_attn_implementation_internal", "experts_implementation",
+    "_experts_implementation", "_experts_implementation_internal", "output_attentions", "num_labels", "auto_map",
+    "per_layer_config", "custom_pipelines",
+})
+
+
+def transformers_config_arguments() -> frozenset:
+    """The keyword arguments a plain ``PreTrainedConfig`` of the installed transformers takes."""
+    base = PreTrainedConfig()
+    names = set(inspect.signature(PreTrainedConfig.__init__).parameters) | set(base.__dict__) | set(base.to_dict())
+    return frozenset(names | TRANSFORMERS_CONFIG_EXTRAS)
+
+
 def check_for_misspelled_options(extra_kwargs: dict) -> None:
-    """transformers configs keep unknown keyword arguments as attributes (for old checkpoints); a
-    near-miss of one of our options (``num_latent=8``) would then be ignored without a word."""
+    """transformers configs keep unknown keyword arguments as attributes (for old checkpoints), so an
+    option under another name (``num_latent=8``, sentence-transformers' ``normalize_embeddings=False``)
+    would be stored and ignored: the model computes without it. A config being built is refused any
+    key that is neither an option nor transformers'; a saved config being loaded (maybe written by a
+    newer transformers, or edited) only a near-miss of an option."""
     for key in extra_kwargs:
         close = difflib.get_close_matches(key, LLM_EMBEDDING_OPTIONS, n=1, cutoff=0.8)
         if close:
             raise ValueError(f"LLMEmbeddingConfig got an unknown option {key!r}; did you mean {close[0]!r}?")
+    if _LOADING_SAVED_CONFIG.get():
+        return
+    unknown = [key for key in extra_kwargs if key not in transformers_config_arguments()]
+    if unknown:
+        named = [f"{key} (did you mean {OTHER_LIBRARY_NAMES[key]}?)" if key in OTHER_LIBRARY_NAMES else key
+                 for key in unknown]
+        raise ValueError(
+            f"LLMEmbeddingConfig got unknown option{'s' if len(unknown) > 1 else ''} {', '.join(named)}: neither an "
+            f"llm_embed option nor a transformers config argument, so the model would compute without it. The "
+            f"options are {', '.join(LLM_EMBEDDING_OPTIONS)} (docs/usage.md); set other attributes after building "
+            "the config (config.name = value) if you need them."
+        )
 
 
 class LLMEmbeddingConfig(PreTrainedConfig):
@@ -429,6 +489,8 @@ class LLMEmbeddingConfig(PreTrainedConfig):
 
     def __setattr__(self, name: str, value) -> None:
         option = OPTIONS_BY_NAME.get(RENAMED_OPTIONS.get(name, name))
+        if option is not None and option.name == "pooling_layers" and isinstance(value, tuple):
+            value = list(value)  # as the constructor stores it (and as the built model compares it)
         if option is not None:
             option.check(name, value)  # the error names the option as the caller spelled it
             if "backbone_config" in self.__dict__:
@@ -476,6 +538,14 @@ class LLMEmbeddingConfig(PreTrainedConfig):
             return super().from_dict({**config_dict, **missing}, **kwargs)
         finally:
             _LOADING_SAVED_CONFIG.reset(loading)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' save, after :meth:`validate_design`: ``prompts`` and ``backbone_config`` can be
+        edited in place after the config checked them (a default prompt popped, a prompt that is not a
+        string, fewer backbone positions than ``max_seq_length``), and the saved config would then fail
+        to load."""
+        self.validate_design()
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def to_diff_dict(self) -> dict:
         """What ``save_pretrained`` writes: transformers' values that differ from the defaults, plus

@@ -103,6 +103,13 @@ def resolve_prompt(prompts: dict[str, str], default_prompt_name: str | None, pro
     name = prompt_name if prompt_name is not None else default_prompt_name
     if name is None:
         return ""
+    if prompt_name is None and name not in prompts:
+        # config.prompts is a plain dict that can be edited in place after the config validated it: the
+        # default prompt gone would embed every text unprompted (and the model would not save)
+        raise ValueError(
+            f"encode(): config.default_prompt_name is {name!r} but config.prompts has no {name!r} (its prompts are "
+            f"{sorted(prompts)}); add it back, or set config.default_prompt_name = None to embed without a prompt"
+        )
     if name in PROMPT_SIDES and name not in prompts:
         # sentence-transformers gives every model a "query" and a "document" prompt, empty unless saved,
         # so that prompt_name="query" works on any model; a model without one embeds queries as they are

@@ -101,6 +101,19 @@ def check_local_path(name_or_path) -> None:
         )
 
 
+#: push_model_to_hub's arguments that save_pretrained(..., push_to_hub=True) passes on to it.
+PUSH_ARGUMENTS = ("repo_id", "commit_message", "commit_description", "private", "token", "revision", "create_pr",
+                  "license", "evaluation_results", "tags")
+
+
+def check_safe_serialization(value) -> None:
+    if value is not True:
+        raise ValueError(
+            f"llm_embed saves weights as safetensors only; safe_serialization={value!r} (pytorch_model.bin) is not "
+            "supported: drop the argument."
+        )
+
+
 def push_model_to_hub(
     model,
     repo_id: str,
@@ -124,11 +137,7 @@ def push_model_to_hub(
     ``safe_serialization`` is accepted for transformers' signature; only safetensors are written."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
-    if safe_serialization is not True:
-        raise ValueError(
-            "llm_embed saves weights as safetensors only; safe_serialization=False (pytorch_model.bin) is not "
-            "supported: drop the argument."
-        )
+    check_safe_serialization(safe_serialization)
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     if revision is not None and not create_pr:
@@ -171,4 +180,4 @@ def push_model_to_hub(
         )
 
 
-__all__ = ["check_local_path", "has_saved_file", "push_model_to_hub", "saved_config_file"]
+__all__ = ["check_local_path", "check_safe_serialization", "has_saved_file", "push_model_to_hub", "saved_config_file"]

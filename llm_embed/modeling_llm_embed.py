@@ -30,7 +30,16 @@ from transformers.utils import ModelOutput
 
 from .atomic_save import check_save_target, save_atomically
 from .bidirectional import check_causal_support, make_bidirectional
-from .configuration_llm_embed import BUILD_OPTIONS, LLMEmbeddingConfig, check_head_options, is_gguf_load_record
+from .configuration_llm_embed import (
+    BUILD_OPTIONS,
+    LLM_EMBEDDING_OPTIONS,
+    RENAMED_OPTIONS,
+    LLMEmbeddingConfig,
+    check_for_misspelled_options,
+    check_head_options,
+    is_gguf_load_record,
+    unknown_arguments,
+)
 from .contrastive import (
     InfoNCELoss,
     all_reduce_gradients,
@@ -41,7 +50,15 @@ from .contrastive import (
     text_keys,
 )
 from .encoding import EncodeMixin, training_pass
-from .hub import check_local_path, expand_home, has_saved_file, push_model_to_hub, saved_config_file
+from .hub import (
+    PUSH_ARGUMENTS,
+    check_local_path,
+    check_safe_serialization,
+    expand_home,
+    has_saved_file,
+    push_model_to_hub,
+    saved_config_file,
+)
 from .layer_states import LayerStateCollector, find_decoder_layers
 from .model_card import has_user_model_card, write_model_card
 from .packed_attention import SDPA_WITH_FLEX  # noqa: F401  (see below)
@@ -75,19 +92,6 @@ class LLMEmbeddingOutput(ModelOutput):
 
     loss: torch.FloatTensor | None = None
     embeddings: torch.FloatTensor | None = None
-
-
-def unknown_arguments(arguments: dict) -> str:
-    """``num_latent (did you mean 'num_latents'?)``, for each name, with the closest config option."""
-    import difflib
-
-    from .configuration_llm_embed import LLM_EMBEDDING_OPTIONS
-
-    def named(name: str) -> str:
-        close = difflib.get_close_matches(name, LLM_EMBEDDING_OPTIONS, n=1, cutoff=0.8)
-        return f"{name} (did you mean {close[0]!r}?)" if close else name
-
-    return ", ".join(named(name) for name in arguments)
 
 
 def check_has_config(name_or_path, hub_kwargs: dict, model_type: str) -> None:
@@ -534,10 +538,24 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
         # Name every argument, so that is_main_process, push_to_hub ... count however they were passed.
         signature = inspect.signature(super().save_pretrained)
         kwargs = dict(signature.bind(save_directory, *args, **kwargs).arguments)
+        extra = {}  # what transformers' **kwargs took: only push_to_hub reads it there, anything else is ignored
         for name, parameter in signature.parameters.items():
             if parameter.kind is inspect.Parameter.VAR_KEYWORD:
-                kwargs.update(kwargs.pop(name, {}))
+                extra = kwargs.pop(name, {})
         del kwargs[next(iter(signature.parameters))]  # save_directory
+        check_safe_serialization(extra.pop("safe_serialization", kwargs.pop("safe_serialization", True)))
+        if "save_function" in extra:  # a named parameter before transformers 5.x dropped it; see below
+            kwargs["save_function"] = extra.pop("save_function")
+        pushed = {key: extra.pop(key) for key in PUSH_ARGUMENTS if key in extra} if kwargs.get("push_to_hub") else {}
+        if extra:  # a misspelled argument (varient=, max_shard_sise=) would save with the default without a word
+            for_push = [key for key in PUSH_ARGUMENTS if key in extra]
+            if for_push:
+                raise TypeError(f"save_pretrained() got {', '.join(for_push)} without push_to_hub=True: "
+                                f"{'they are' if len(for_push) > 1 else 'it is'} only read for the push")
+            known = [*(name for name, parameter in signature.parameters.items()
+                       if parameter.kind is not inspect.Parameter.VAR_KEYWORD), *PUSH_ARGUMENTS]
+            raise TypeError(f"save_pretrained() got unknown arguments {unknown_arguments(sorted(extra), known)}")
+        kwargs.update(pushed)
         if not kwargs.get("is_main_process", True):
             # Other ranks write nothing: the main rank's save is atomic, and a rank writing weights into
             # the same folder would race it (transformers 5.2 still writes the shards from every rank;
@@ -551,8 +569,7 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
         self.check_built_design()
         self.config.validate_design()
         push_to_hub = kwargs.pop("push_to_hub", False)
-        hub_kwargs = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "private", "token", "create_pr")
-                      if key in kwargs}
+        hub_kwargs = {key: kwargs.pop(key) for key in PUSH_ARGUMENTS if key in kwargs}
         target = check_save_target(save_directory)
         write_card = not has_user_model_card(target)
         tokenizer = None if self._tokenizer is None else self.tokenizer  # configured for the current config
@@ -619,6 +636,8 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
         }
         # before the backbone loads; unlike the config's own check, this one sees an explicit layer_reduction
         check_head_options({"pooling": pooling, **config_kwargs})
+        check_for_misspelled_options({key: value for key, value in config_kwargs.items()
+                                      if key not in LLM_EMBEDDING_OPTIONS and key not in RENAMED_OPTIONS})
         name_or_path = expand_home(name_or_path)
         check_local_path(name_or_path)  # a moved or mistyped decoder folder: named, not looked up on the Hub
         if gguf_file is not None:

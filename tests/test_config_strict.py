@@ -230,3 +230,73 @@ def test_options_for_head_keeps_what_each_head_reads():
     assert options_for_head("latent_attention", {**options, "pooling_residual": True}) == {
         "num_latents": 4, "layer_reduction": "mean", "max_seq_length": 32, "pooling_residual": True}
     assert options_for_head("multi_layer", options) == options
+
+
+@pytest.mark.parametrize("kwargs, hint", [
+    ({"normalize_embeddings": False}, "normalize_embeddings (did you mean normalize?)"),  # sentence-transformers'
+    ({"max_len": 16}, "max_len (did you mean max_seq_length?)"),
+    ({"pooling_mode": "mean"}, "pooling_mode (did you mean pooling?)"),
+    ({"query_prompt": "q: "}, "query_prompt (did you mean prompts={'query': ...}?)"),
+    ({"foo": 1, "bar": 2}, "options foo, bar: neither"),
+])
+def test_an_option_under_another_name_is_refused(kwargs, hint, tmp_path):
+    """These were kept as dead attributes, written into config.json, and ignored: from_backbone(...,
+    normalize_embeddings=False) returned unit vectors. Refused when a config is built, and by
+    from_backbone before the backbone loads (here a folder that does not exist)."""
+    with pytest.raises(ValueError, match=re.escape(hint)):
+        LLMEmbeddingConfig(backbone_config=tiny_backbone_config("llama"), pooling="mean", **kwargs)
+    with pytest.raises(ValueError, match=re.escape(hint)):
+        LLMEmbeddingModel.from_backbone(tmp_path / "missing", "bidirectional", "mean", **kwargs)
+
+
+def test_transformers_config_arguments_and_a_saved_configs_keys_are_accepted(tmp_path):
+    """What stays accepted: transformers' own config arguments, a config rebuilt from its to_dict(),
+    and a saved config.json with a key this version does not know (written by a newer transformers,
+    or added by hand), which loads as before."""
+    config = LLMEmbeddingConfig(backbone_config=tiny_backbone_config("llama"), pooling="mean",
+                                output_hidden_states=True, torch_dtype="float32", attn_implementation="sdpa")
+    assert config.output_hidden_states
+    model = tiny_model("llama", "bidirectional", "mean")
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert "auto_map" in saved
+    rebuilt = LLMEmbeddingConfig(**{key: value for key, value in saved.items() if key != "model_type"})
+    assert rebuilt.to_dict() == model.config.to_dict() | {"auto_map": saved["auto_map"]}
+    assert LLMEmbeddingConfig(**model.config.to_dict()).to_dict() == model.config.to_dict()
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "a_newer_transformers_key": 1}))
+    ids = torch.tensor([[5, 6, 7, 8]])
+    assert torch.equal(AutoModel.from_pretrained(tmp_path)(input_ids=ids).embeddings, model(input_ids=ids).embeddings)
+
+
+def test_a_config_edited_in_place_is_refused_by_its_own_save(tmp_path):
+    """config.save_pretrained wrote configs that AutoConfig then refused to load: prompts and the
+    backbone config are edited in place, past the checks of assignment. It validates first, as the
+    model's save does."""
+    from transformers import AutoConfig
+
+    config = LLMEmbeddingConfig(backbone_config=tiny_backbone_config("llama"), pooling="mean",
+                                default_prompt_name="query")
+    config.prompts.pop("query")
+    with pytest.raises(ValueError, match="default_prompt_name='query' is not in prompts"):
+        config.save_pretrained(tmp_path / "a")
+    config.prompts["query"] = 5
+    with pytest.raises(ValueError, match="prompts must be a dict of name -> prefix string"):
+        config.save_pretrained(tmp_path / "b")
+    config.prompts["query"] = "q: "
+    config.backbone_config.max_position_embeddings = 10
+    with pytest.raises(ValueError, match="max_seq_length=512 exceeds the backbone's max_position_embeddings=10"):
+        config.save_pretrained(tmp_path / "c")
+    assert not any((tmp_path / name).exists() for name in "abc")
+    config.backbone_config.max_position_embeddings = 512
+    config.save_pretrained(tmp_path / "d")
+    assert AutoConfig.from_pretrained(tmp_path / "d").prompts["query"] == "q: "
+
+
+def test_pooling_layers_assigned_as_a_tuple_are_the_same_layers(tmp_path):
+    """The constructor stores a tuple as a list; assignment kept the tuple, and encode and save then
+    refused the model: "config.pooling_layers is (1, 2) but the model was built with [1, 2]"."""
+    model = tiny_model("llama", "bidirectional", "multi_layer", pooling_layers=[1, 2])
+    model.config.pooling_layers = (1, 2)
+    assert model.config.pooling_layers == [1, 2]
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["pooling_layers"] == [1, 2]

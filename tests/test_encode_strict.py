@@ -136,6 +136,19 @@ def test_prompt_set_to_none_is_a_clear_error(model):
         model.encode("a")
 
 
+def test_a_default_prompt_removed_from_prompts_is_a_clear_error(model):
+    """With default_prompt_name="query" and "query" popped from config.prompts (a plain dict, edited
+    after the config checked it), encode embedded every text unprompted, while save_pretrained refused
+    the same config. The rule that a missing "query" / "document" means no prompt is for a prompt_name
+    the caller passes (sentence-transformers'), not for the model's own default."""
+    model.config.default_prompt_name = "query"
+    model.config.prompts.pop("query")
+    with pytest.raises(ValueError, match=r"default_prompt_name is 'query' but config\.prompts has no 'query'.*"
+                                         r"default_prompt_name = None"):
+        model.encode(["a"])
+    assert model.encode(["a"], prompt_name="query").shape[0] == 1  # named by the caller: no prompt, as before
+
+
 def test_lone_surrogate_is_located(model):
     with pytest.raises(ValueError, match=r"text 1, character 3 is a lone surrogate '\\ud800'") as info:
         model.encode(["fine", "abc\ud800def", "also fine"])

@@ -291,3 +291,22 @@ def test_a_misspelled_option_at_load_is_named_with_the_closest_option(tmp_path):
         AutoModel.from_pretrained(tmp_path, num_latent=8)
     with pytest.raises(TypeError, match=r"unknown arguments colour: neither LLMEmbeddingConfig options"):
         LLMEmbeddingModel.from_pretrained(tmp_path, colour="red")
+
+
+def test_save_pretrained_refuses_arguments_it_would_ignore(tmp_path):
+    """transformers' save_pretrained(**kwargs) takes anything and reads it only for push_to_hub, so a
+    misspelled argument saved with the default (varient="v1" wrote an unvariant model.safetensors) and
+    safe_serialization=False saved safetensors, which push_to_hub refused. Nothing is written."""
+    model = tiny_model("llama", "bidirectional", "mean")
+    with pytest.raises(TypeError, match=r"unknown arguments varient \(did you mean 'variant'\?\)"):
+        model.save_pretrained(tmp_path / "m", varient="v1")
+    with pytest.raises(TypeError, match=r"unknown arguments max_shard_sise \(did you mean 'max_shard_size'\?\)"):
+        model.save_pretrained(tmp_path / "m", max_shard_sise="100KB")
+    with pytest.raises(TypeError, match=r"got commit_message without push_to_hub=True: it is only read for the "
+                                        r"push"):
+        model.save_pretrained(tmp_path / "m", commit_message="first")
+    with pytest.raises(ValueError, match="safetensors only; safe_serialization=False"):
+        model.save_pretrained(tmp_path / "m", safe_serialization=False)
+    assert not (tmp_path / "m").exists()
+    model.save_pretrained(tmp_path / "m", safe_serialization=True, variant="v1")
+    assert (tmp_path / "m" / "model.v1.safetensors").is_file()
