@@ -200,6 +200,39 @@ def test_repeated_ids_and_scores_that_are_not_numbers_are_refused(tmp_path):
             parse_task_spec([f"sts:{pairs}"]).build()
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl"])
+def test_an_empty_label_is_refused_by_line(tmp_path, suffix):
+    """An empty label cell was read as a class named "": with 4 real topics, k-means clustered into 5
+    and the classifier learned and was scored on a "" class. The two-file clustering form refused it
+    already; a table (one-file clustering, classification) refuses it too, naming the line."""
+    rows = [("a cat", "pets"), ("a dog", "pets"), ("stocks fell", ""), ("rates rose", "money")]
+    table = write(tmp_path / f"heads{suffix}", ["text", "category"], rows)  # Banking77's column names
+    line = 3 if suffix == ".jsonl" else 4  # a table's header is line 1
+    message = rf"heads{suffix}:{line}: label '' \(column 'category'\) is not a label: it is empty"
+    with pytest.raises(ValueError, match=message):
+        ClusteringTask("own", table, None, 2)
+    with pytest.raises(ValueError, match=message):
+        ClassificationTask("own", table, table)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_tied_documents_rank_as_pytrec_eval_ranks_them(tmp_path, reverse):
+    """The same text under two ids ties exactly; topk ordered such ties arbitrarily (the relevant copy
+    second in about half the queries), where BEIR's pytrec_eval ranks a tie by document id, descending.
+    Here q0's relevant copy is "a" (its duplicate "b" ranks first: nDCG@10 1/log2(3)) and q1's is "b"
+    (first: 1.0), whatever the order of the corpus file."""
+    docs = [("a", "", "the same text"), ("b", "", "the same text"), ("c", "", "something else")]
+    corpus = write(tmp_path / "docs.csv", ["_id", "title", "text"], docs[::-1] if reverse else docs)
+    queries = write(tmp_path / "queries.csv", ["_id", "text"], [("q0", "x"), ("q1", "y")])
+    qrels = write(tmp_path / "qrels.tsv", ["query-id", "corpus-id", "score"], [("q0", "a", 1), ("q1", "b", 1)])
+    task = RetrievalTask("ties", corpus, queries, qrels)
+    vector = {"a": [1.0, 0.0], "b": [1.0, 0.0], "c": [0.0, 1.0]}
+    result = task.score({"corpus": np.array([vector[doc] for doc in task.corpus_ids]),
+                         "queries": np.array([[1.0, 0.1], [1.0, 0.1]])})
+    assert dict(zip(result.per_item["query_ids"], result.per_item["ndcg_at_10"])) == pytest.approx(
+        {"q0": 1 / np.log2(3), "q1": 1.0})
+
+
 def test_a_tsv_is_read_without_csv_quoting(tmp_path):
     """A TSV text opening with an unclosed quote swallowed the next lines, and quotes were dropped."""
     from llm_embed.evaluation.tasks import read_records

@@ -158,8 +158,9 @@ def main(argv: list[str] | None = None) -> list[TaskResult]:
                              "(kinds, files and keys below)")
     parser.add_argument("--limit", nargs="+", default=None,
                         help="seeded random subsets for a quick run: one number for every task (SciFact's corpus and "
-                             "Banking77's training set at ten times it), key=number pairs (only the keys named), or a "
-                             f"number then key=number pairs; keys: {', '.join(LIMIT_KEYS)} (default: whole test sets)")
+                             "Banking77's training set at ten times it; the corpus cap keeps the first N documents "
+                             "and every relevant one), key=number pairs (only the keys named), or a number then "
+                             f"key=number pairs; keys: {', '.join(LIMIT_KEYS)} (default: whole test sets)")
     parser.add_argument("--backbone", default=None,
                         help=f"for a LoRA artifact: the decoder its adapters were trained on (default: the one its "
                              f"{LORA_BASE_FILE} names)")

@@ -70,7 +70,8 @@ KINDS: dict[str, Kind] = {
                            example="classification:train.csv,test.csv label=intent"),
     "retrieval": Kind(files=(("CORPUS", "QUERIES", "QRELS"),), columns=dict(RETRIEVAL_COLUMNS),
                       settings={"limit": "seeded random subset of N queries",
-                                "corpus_limit": "at most N documents besides the relevant ones",
+                                "corpus_limit": "the first N documents of the corpus file, then only those "
+                                                "relevant to a kept query",
                                 "query_prompt": "prompt name of the queries (default: the model's query prompt, or "
                                                 "none if it has none; none for no prompt)",
                                 "document_prompt": "prompt name of the documents (default: the model's document "

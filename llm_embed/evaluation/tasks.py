@@ -221,6 +221,14 @@ def file_format(path, delimiter: str | None) -> str | None:
                      "line), or pass the delimiter of a table with a header (e.g. delimiter=tab)")
 
 
+def label_text(text: str) -> str:
+    """A label as written, refusing an empty one: it would be read as a class named ``""`` (a class
+    more for k-means, one more for the classifier to learn and be scored on)."""
+    if not text.strip():
+        raise ValueError(text)
+    return text
+
+
 def finite_float(text: str) -> float:
     """``float(text)``, refusing ``nan`` and ``inf``: a gold score that is not a number would make
     the task's correlation ``nan`` (and the results file invalid JSON) instead of an error."""
@@ -388,8 +396,9 @@ def _convert(path, line: int, role: str, column, value: str, convert: Mapping[st
     try:
         return convert[role](value)
     except ValueError:
-        kind = "a whole number" if convert[role] is int else "a finite number" if convert[role] is finite_float \
-            else "a number"
+        kinds = {int: "a whole number", finite_float: "a finite number",
+                 label_text: "a label: it is empty, and every text needs one (fill it in or remove the row)"}
+        kind = kinds.get(convert[role], "a number")
         raise ValueError(f"{_where(path, line)}: {role} {value!r} (column {column!r}) is not {kind}") from None
 
 
@@ -595,10 +604,16 @@ class RetrievalTask(EvaluationTask):
         queries = torch.nn.functional.normalize(queries, dim=-1)
         ndcg, recall = [], []
         k = min(top_k, len(self.corpus_ids))
+        # pytrec_eval's (trec_eval's) ranking: score descending, a tie by document id descending. topk
+        # orders exact ties (the same text under two ids) arbitrarily, so a duplicate of the relevant
+        # document could rank above it in about half the queries
+        order = sorted(range(len(self.corpus_ids)), key=self.corpus_ids.__getitem__, reverse=True)
+        corpus, corpus_ids = corpus[order], [self.corpus_ids[i] for i in order]
         for start in range(0, len(self.query_ids), 256):
-            top = (queries[start:start + 256] @ corpus.T).topk(k, dim=1).indices
+            scores = queries[start:start + 256] @ corpus.T
+            top = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
             for offset, row in enumerate(top.tolist()):
-                ranked = [self.corpus_ids[i] for i in row]
+                ranked = [corpus_ids[i] for i in row]
                 relevant = self.qrels[self.query_ids[start + offset]]
                 ndcg.append(ndcg_at_k(ranked, relevant, 10))
                 recall.append(recall_at_k(ranked, relevant, 100))
@@ -619,7 +634,8 @@ def read_labelled_csv(path, limit: int | None = None, seed: int = 0, all_labels:
     text,category; ``columns`` renames the roles ``text`` and ``label``. ``limit`` keeps a seeded
     random subset (the files are sorted by label); ``all_labels``, if given, receives the labels of
     the whole file."""
-    records = read_records(path, {**LABELLED_COLUMNS, **(columns or {})}, delimiter=delimiter)
+    records = read_records(path, {**LABELLED_COLUMNS, **(columns or {})}, delimiter=delimiter,
+                           convert={"label": label_text})
     rows = [(row["text"], row["label"]) for row in records]
     if all_labels is not None:
         all_labels.update(label for _, label in rows)
