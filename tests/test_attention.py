@@ -58,6 +58,30 @@ def test_sliding_window_layers_are_bidirectional_within_the_window(arch):
     assert not torch.allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.parametrize("arch", ["mistral", "gemma3"])
+def test_sliding_window_layers_keep_their_window_on_both_sides(arch):
+    """What docs/usage.md says of bidirectional sliding-window layers: the window is kept, on both
+    sides. On the first (sliding) layer, token 0 sees token 4 of a window of 4, and not token 5."""
+    from llm_embed.layer_states import find_decoder_layers
+
+    model = tiny_model(arch, "bidirectional", attn_implementation="sdpa")
+    assert model.config.backbone_config.sliding_window == 4
+    first_layer = find_decoder_layers(model.backbone, model.config.backbone_num_layers)[0]
+    states = []
+    first_layer.register_forward_hook(
+        lambda module, args, out: states.append(out[0] if isinstance(out, tuple) else out))
+    ids = torch.randint(5, 1000, (1, 10), generator=torch.Generator().manual_seed(1))
+    moved = {}
+    for position in (4, 5, 9):
+        changed = ids.clone()
+        changed[0, position] += 7
+        states.clear()
+        with torch.no_grad():
+            model.backbone(input_ids=ids), model.backbone(input_ids=changed)
+        moved[position] = float((states[0][0, 0] - states[1][0, 0]).abs().max())
+    assert moved[4] > 1e-4 and moved[5] == 0 and moved[9] == 0, moved
+
+
 def test_causal_mode_leaves_the_backbone_untouched():
     torch.manual_seed(0)
     config = LLMEmbeddingConfig(backbone_config=tiny_backbone_config("llama"), attention="causal", pooling="mean")
