@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import inspect
 import json
 from collections.abc import Callable
@@ -347,8 +348,10 @@ TRANSFORMERS_CONFIG_EXTRAS = frozenset({
 })
 
 
+@functools.cache
 def transformers_config_arguments() -> frozenset:
-    """The keyword arguments a plain ``PreTrainedConfig`` of the installed transformers takes."""
+    """The keyword arguments a plain ``PreTrainedConfig`` of the installed transformers takes (read
+    once: it builds a config)."""
     base = PreTrainedConfig()
     names = set(inspect.signature(PreTrainedConfig.__init__).parameters) | set(base.__dict__) | set(base.to_dict())
     return frozenset(names | TRANSFORMERS_CONFIG_EXTRAS)

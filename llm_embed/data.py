@@ -80,8 +80,9 @@ def _negatives_of(row: dict, where: str) -> list:
     if len(fields) > 1:
         shown = ["negative_1 ..." if name.startswith("negative_") else name for name in fields]
         raise ValueError(f"{where} has hard negatives in {' and '.join(map(repr, shown))}; keep one form")
-    unknown = sorted(name for name in map(str, row) if OTHER_NEGATIVE_NAME.fullmatch(name.lower())
-                     and name not in ("negative", "negatives") and not NUMBERED_NEGATIVE.fullmatch(name))
+    read = {"negative", "negatives", *(name for _, name in numbered)}
+    unknown = sorted(name for name in map(str, row)
+                     if name not in read and OTHER_NEGATIVE_NAME.fullmatch(name.lower()))
     if unknown:
         raise ValueError(f"{where} has field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}, which "
                          f"would not be read as hard negatives; rename to {ROW_FORMAT}")

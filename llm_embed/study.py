@@ -390,6 +390,11 @@ def run_study(args) -> dict:
             if block or all(f.done() for f in futures.values()):
                 write_run(run, futures)
 
+    def write_environment() -> dict:
+        environment = {**describe_environment(args), "study_wall_seconds": time.perf_counter() - started}
+        (output_dir / "runs" / "environment.json").write_text(json.dumps(environment))
+        return environment
+
     def keep_scored_runs(error: BaseException) -> None:
         """On the way out because of ``error`` (a failed design, Ctrl-C): wait for the scoring already
         submitted and write those runs, which were trained and embedded and used to be lost with the
@@ -437,14 +442,16 @@ def run_study(args) -> dict:
         collect(block=True)
     except BaseException as error:
         keep_scored_runs(error)
+        # the kept runs are reported with --report-only, which takes the device and software from this
+        # file; a failure to write it is logged, never raised: ``error`` is what the user sees
+        try:
+            write_environment()
+        except Exception as other:
+            logger.error("runs/environment.json was not written (%s: %s)", type(other).__name__, other)
         raise
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
-        # also when a design fails or Ctrl-C stops the study: the runs kept above are reported with
-        # --report-only, which takes the device and software from this file
-        environment = describe_environment(args)
-        environment["study_wall_seconds"] = time.perf_counter() - started
-        (output_dir / "runs" / "environment.json").write_text(json.dumps(environment))
+    environment = write_environment()
     if args.no_report:
         logger.info("runs written to %s; build the reports with --report-only", output_dir / "runs")
         return {"environment": environment}
