@@ -236,7 +236,8 @@ class LayerStateCollector:
                           else self.reduce(caught, attention_mask.to(caught.device)))
             vectors.append(caught.to(last_hidden_state.device))
         state.caught.clear()
-        return torch.stack(vectors, dim=1)
+        # A prepared reduction returns its accumulation dtype (pooling.LayerReduction): one cast for all layers.
+        return torch.stack(vectors, dim=1).to(last_hidden_state.dtype)
 
 
 __all__ = ["LayerStateCollector", "find_decoder_layers", "hooks_run_inside_checkpoint"]

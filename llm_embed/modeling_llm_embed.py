@@ -305,6 +305,11 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
             token_states = unpack(token_states)
         layer_states = collector.stack(call_state, token_states, attention_mask) if collector is not None else None
         embeddings = self.pooler(token_states, attention_mask, layer_states)
+        if embeddings.shape != token_states.shape[:1] + token_states.shape[2:]:
+            raise ValueError(  # a head registered from user code that returns another shape
+                f"the pooling head {self.config.pooling!r} returned shape {tuple(embeddings.shape)} for "
+                f"{token_states.shape[0]} texts; a head returns (batch, {self.config.backbone_hidden_size}) "
+                f"(the backbone's hidden size, which output_dim projects from)")
         if self.projection is not None:
             embeddings = self.projection(embeddings)
         return embeddings

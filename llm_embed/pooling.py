@@ -55,9 +55,18 @@ POOLING_HEADS: dict[str, type[PoolingHead]] = {}
 
 
 def register_pooling_head(name: str):
-    """Class decorator: make a head available as ``LLMEmbeddingConfig(pooling=name)``."""
+    """Class decorator: make a head available as ``LLMEmbeddingConfig(pooling=name)``. Misuse is
+    refused here rather than later, where it would read as an unknown pooling name."""
+    if isinstance(name, type):
+        raise TypeError(f"register_pooling_head takes the head's name: write @register_pooling_head(\"my_head\") "
+                        f"above class {name.__name__}, not @register_pooling_head")
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"a pooling head's name must be a non-empty string, not {name!r}")
 
     def wrap(cls: type[PoolingHead]) -> type[PoolingHead]:
+        if not (isinstance(cls, type) and issubclass(cls, PoolingHead)):
+            raise TypeError(f"register_pooling_head({name!r}) decorates a subclass of llm_embed.PoolingHead, "
+                            f"not {cls!r}: the model calls its init_weights, reads_options and card_rows")
         if name in POOLING_HEADS:
             raise ValueError(f"a pooling head named {name!r} is already registered ({POOLING_HEADS[name].__name__})")
         cls.name = name
@@ -82,21 +91,33 @@ def last_token(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tens
     return states[rows, last_token_index(attention_mask)]
 
 
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a reduction over tokens sums in: float32 at least. A float16 sum of a few hundred
+    states overflows (|h| ~ 700 over 472 tokens is past 65504) although their mean fits, and
+    bfloat16 counts tokens wrongly past 256; the result is cast back to the states' dtype."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def masked_mean(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B, T, H) -> (B, H): mean over real tokens. ``where`` rather than a product, so that a
-    non-finite state at a padded position (fully masked query rows) cannot leak in."""
+    """(B, T, H) -> (B, H): mean over real tokens, summed in :func:`accumulation_dtype`. ``where``
+    rather than a product, so that a non-finite state at a padded position (fully masked query rows)
+    cannot leak in."""
     mask = attention_mask.bool().unsqueeze(-1)
-    summed = torch.where(mask, states, 0).sum(dim=1)
-    return summed / mask.sum(dim=1).to(states.dtype)
+    summed = torch.where(mask, states, 0).sum(dim=1, dtype=accumulation_dtype(states.dtype))
+    return (summed / mask.sum(dim=1)).to(states.dtype)
 
 
 def position_weighted_mean(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """(B, T, H) -> (B, H): SGPT's weighted mean, weight i for the i-th real token (counted from
-    the first real token, so left padding does not shift the weights)."""
+    the first real token, so left padding does not shift the weights). The weights are i / n (n the
+    text's real tokens: at most 1, so no product overflows) and the sums are in
+    :func:`accumulation_dtype` (the plain weights 1 + ... + n pass float16's 65504 at n = 362)."""
     mask = attention_mask.bool()
-    weights = (mask.cumsum(dim=-1) * mask).to(states.dtype).unsqueeze(-1)
-    summed = torch.where(mask.unsqueeze(-1), states * weights, 0).sum(dim=1)
-    return summed / weights.sum(dim=1)
+    accumulate = accumulation_dtype(states.dtype)
+    positions = mask.cumsum(dim=-1) * mask
+    weights = (positions / mask.sum(dim=-1, keepdim=True).clamp(min=1)).to(states.dtype).unsqueeze(-1)
+    summed = torch.where(mask.unsqueeze(-1), states * weights, 0).sum(dim=1, dtype=accumulate)
+    return (summed / weights.sum(dim=1, dtype=accumulate)).to(states.dtype)
 
 
 class LayerReduction:
@@ -106,29 +127,31 @@ class LayerReduction:
     layer costs one kernel (last token: one gather) or three (mean: ``where``, ``sum``, divide) instead
     of the six small kernels of :func:`last_token` / :func:`masked_mean` per layer, which dominate the
     multi_layer head's cost on short batches. The results are the same operations on the same values,
-    so they equal those functions exactly. Called directly, it prepares and reduces one tensor."""
+    so they equal those functions exactly once cast to the states' dtype: a prepared function may
+    return its :func:`accumulation_dtype` (the collector casts the stacked layers once, not each layer).
+    Called directly, it prepares and reduces one tensor and returns the states' dtype."""
 
     def prepare(self, attention_mask: torch.Tensor):
-        """A function ``(B, T, H) -> (B, H)`` for this mask."""
+        """A function ``(B, T, H) -> (B, H)`` for this mask (in the states' or the accumulation dtype)."""
         raise NotImplementedError
 
     def __call__(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.prepare(attention_mask)(states)
+        return self.prepare(attention_mask)(states).to(states.dtype)
 
 
 class MeanReduction(LayerReduction):
-    """:func:`masked_mean`, prepared once per pass."""
+    """:func:`masked_mean`, prepared once per pass (returned in float32 for float16 / bfloat16 states)."""
 
     def prepare(self, attention_mask):
         valid = attention_mask.bool().unsqueeze(-1)
         count = valid.sum(dim=1)
-        per_dtype: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]] = {}  # (zero, count) in the states' dtype
+        per_dtype: dict[torch.dtype, tuple[torch.Tensor, torch.dtype]] = {}  # (zero, accumulation dtype)
 
         def reduce(states: torch.Tensor) -> torch.Tensor:
             if states.dtype not in per_dtype:
-                per_dtype[states.dtype] = (states.new_zeros(()), count.to(states.dtype))
-            zero, typed_count = per_dtype[states.dtype]
-            return torch.where(valid, states, zero).sum(dim=1) / typed_count
+                per_dtype[states.dtype] = (states.new_zeros(()), accumulation_dtype(states.dtype))
+            zero, accumulate = per_dtype[states.dtype]
+            return torch.where(valid, states, zero).sum(dim=1, dtype=accumulate) / count  # cast by the caller
 
         return reduce
 

@@ -224,7 +224,7 @@ def test_prepared_layer_reduction_equals_the_function_and_runs_fewer_ops(name, s
         ours = reduce(states)
     with _OpCounter() as plain:
         expected = function(states, mask)
-    assert torch.equal(ours, expected)
+    assert torch.equal(ours.to(states.dtype), expected)  # the collector casts the stacked layers once
     assert prepared.ops <= {"mean": 3, "last_token": 1}[name] < plain.ops, (prepared.ops, plain.ops)
 
 

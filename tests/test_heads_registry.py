@@ -265,6 +265,38 @@ def test_a_registered_head_brings_its_own_init_and_card_rows(monkeypatch):
         register_pooling_head("scaled_mean_test")(ScaledMean)
 
 
+def test_registering_a_head_wrongly_is_refused_at_the_decorator():
+    """Each misuse used to register nothing (or a head the config then failed on with an
+    AttributeError), found only later as "pooling must be one of ..."."""
+
+    class FirstToken(PoolingHead):
+        def forward(self, token_states, attention_mask, layer_states=None):
+            return token_states[:, 0]
+
+    with pytest.raises(TypeError, match=r'@register_pooling_head\("my_head"\)'):
+        register_pooling_head(FirstToken)  # the decorator without its name
+    with pytest.raises(TypeError, match="non-empty string"):
+        register_pooling_head(3)
+    with pytest.raises(TypeError, match="subclass of llm_embed.PoolingHead"):
+        register_pooling_head("plain_module_test")(nn.Linear)
+    assert not {"plain_module_test", 3} & set(POOLING_HEADS)
+
+
+def test_a_head_returning_another_width_is_refused(monkeypatch):
+    """A user head returning (B, 5) from a backbone of width 32 gave vectors of 5 while the config's
+    embedding_dim said 32 (and a projection would fail with a bare matmul error)."""
+
+    class Narrow(PoolingHead):
+        def forward(self, token_states, attention_mask, layer_states=None):
+            return token_states[:, 0, :5]
+
+    monkeypatch.setitem(POOLING_HEADS, "narrow_test", Narrow)
+    monkeypatch.setattr(Narrow, "name", "narrow_test")
+    model = tiny_model("llama", "causal", "narrow_test")
+    with pytest.raises(ValueError, match=r"returned shape \(1, 5\) for 1 texts; a head returns \(batch, 32\)"):
+        model(input_ids=torch.tensor([[5, 6, 7]]))
+
+
 # ----------------------------------------------------------------------------- decoder layers
 
 

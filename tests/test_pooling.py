@@ -72,6 +72,43 @@ def test_reductions_by_hand():
     assert torch.isfinite(position_weighted_mean(states, right)).all()
 
 
+def test_reductions_do_not_overflow_in_float16():
+    """A float16 mean whose value fits is finite: the sums run in float32 (a sum of 400 states of 200,
+    and the weights 1 + ... + n past n = 361, overflowed 65504 and gave inf / NaN / zero vectors)."""
+    from llm_embed.pooling import MeanReduction
+
+    mask = torch.ones(2, 400)
+    mask[1, :150] = 0  # left padding: 250 real tokens
+    states = (200 + torch.randn(2, 400, 4)).half()
+    wide = states.float()
+    assert torch.allclose(masked_mean(states, mask).float(), masked_mean(wide, mask), rtol=1e-3)
+    assert torch.equal(MeanReduction()(states, mask), masked_mean(states, mask))
+    weighted = position_weighted_mean(states, mask)
+    assert weighted.dtype == torch.float16
+    assert torch.allclose(weighted.float(), position_weighted_mean(wide, mask), rtol=1e-3)
+
+
+def test_float16_weighted_mean_model_embeds_long_texts():
+    """A float16 weighted_mean model agrees with float32 on a 400-token text (its weights summed to
+    80200 in float16: inf, so every vector was zero or NaN)."""
+    model = tiny_model("llama", "bidirectional", "weighted_mean")
+    rows = random_rows([400, 30], seed=5)
+    wide = embed(model, rows, "right")
+    narrow = embed(model.half(), rows, "right").float()
+    cosine = torch.nn.functional.cosine_similarity(wide, narrow, dim=-1)
+    assert (cosine > 0.999).all(), cosine
+
+
+def test_float16_multi_layer_model_with_large_states_is_finite():
+    """Layer outputs of ~200 per dimension over 400 tokens (real decoders' middle layers reach
+    several hundred) summed past 65504 in each layer's float16 mean: the model returned NaN."""
+    model = tiny_model("llama", "bidirectional", "multi_layer").half()
+    with torch.no_grad():
+        model.backbone.get_input_embeddings().weight.add_(200)
+    narrow = embed(model, random_rows([400, 30], seed=5), "right")
+    assert torch.isfinite(narrow).all()
+
+
 def test_no_constant_leak_from_latents():
     """Embeddings of two texts are not dominated by a shared constant: with the residual from the
     input-independent latents (reference code) all embeddings would share latents.mean(0)."""
