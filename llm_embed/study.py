@@ -874,7 +874,14 @@ STUDY_TASK_EXAMPLE = """:
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in the options' help, the epilog (the ``--task`` syntax) as written."""
+    """Defaults in the options' help, the epilog (the ``--task`` syntax) as written. No default is added
+    to a flag (``--no-lora``'s stored default True read as "full fine-tuning by default") or to a help
+    that already says its default."""
+
+    def _get_help_string(self, action):
+        if action.nargs == 0 or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -884,13 +891,17 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog=task_spec_help(STUDY_TASK_EXAMPLE, "--task-limit"),
                                      formatter_class=HelpFormatter)
     parser.add_argument("--backbone", default=None, help="decoder folder or Hub id (default: bundled SmolLM2-135M)")
-    parser.add_argument("--data-dir", default="../shared/data")
+    parser.add_argument("--data-dir", default="../shared/data",
+                        help="the evaluation and training data (layout of shared/data)")
     parser.add_argument("--train-files", nargs="+", default=None,
                         help="triplet JSONL files (default: SNLI dev + test triplets under --data-dir)")
-    parser.add_argument("--max-train-rows", type=int, default=None)
-    parser.add_argument("--output-dir", default="study_out")
-    parser.add_argument("--designs", type=int, nargs="+", default=list(DESIGNS), choices=list(DESIGNS))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--max-train-rows", type=int, default=None,
+                        help="train on the first N rows of the training files (default: all)")
+    parser.add_argument("--output-dir", default="study_out",
+                        help="where runs/ (one file per design and seed) and the reports are written")
+    parser.add_argument("--designs", type=int, nargs="+", default=list(DESIGNS), choices=list(DESIGNS),
+                        help="the paper's designs to train (docs/evaluation.md)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per design and seed")
     parser.add_argument("--tasks", nargs="+", default=None, choices=list(TASK_NAMES),
                         help="built-in tasks (files under --data-dir); None: all five, or none with --task")
     parser.add_argument("--task", action="append", nargs="+", default=None, metavar=("KIND:FILES", "KEY=VALUE"),
@@ -898,24 +909,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--task-limit", nargs="+", default=None,
                         help="seeded random subsets for quick or CPU-sized runs: one number for every task, or "
                              f"key=number with keys {', '.join(LIMIT_KEYS)}")
-    parser.add_argument("--max-steps", type=int, default=50)
+    parser.add_argument("--max-steps", type=int, default=50, help="training steps per run")
     parser.add_argument("--batch-size", type=int, default=256,
                         help="queries per step (each with a positive and a negative; "
                              "the others are in-batch negatives)")
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--learning-rate", type=float, default=1e-4,
+                        help="peak learning rate (LoRA adapters, or every weight with --no-lora)")
     parser.add_argument("--head-learning-rate", type=float, default=None,
                         help="learning rate of the pooling head (trained from its initialisation while the backbone "
                              "is pretrained) and of an --output-dim projection; a design without either (design 1, "
                              "last token) trains at --learning-rate; None: --learning-rate")
-    parser.add_argument("--warmup-ratio", type=float, default=0.1)
-    parser.add_argument("--no-lora", dest="lora", action="store_false", help="full fine-tuning instead of LoRA")
-    parser.add_argument("--lora-r", type=int, default=16)
-    parser.add_argument("--lora-alpha", type=int, default=32)
-    parser.add_argument("--lora-dropout", type=float, default=0.1)
-    parser.add_argument("--attn-implementation", default=None)
+    parser.add_argument("--warmup-ratio", type=float, default=0.1,
+                        help="share of --max-steps spent warming up (0: none)")
+    parser.add_argument("--no-lora", dest="lora", action="store_false", help="full fine-tuning instead of LoRA (the default trains LoRA adapters and the head)")
+    parser.add_argument("--lora-r", type=int, default=16, help="LoRA rank")
+    parser.add_argument("--lora-alpha", type=int, default=32, help="LoRA scaling alpha")
+    parser.add_argument("--lora-dropout", type=float, default=0.1, help="dropout on the LoRA inputs")
+    parser.add_argument("--attn-implementation", default=None,
+                        help="the backbone's attention (eager, sdpa, flex_attention; default: transformers' choice)")
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed-precision training and bf16 embedding")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu"], help="cpu forces the CPU")
-    parser.add_argument("--eval-batch-size", type=int, default=64)
+    parser.add_argument("--eval-batch-size", type=int, default=64, help="texts per encode batch when scoring")
     parser.add_argument("--score-workers", type=int, default=4, help="CPU processes that score while the GPU trains")
     parser.add_argument("--score-threads", type=int, default=2, help="BLAS/OpenMP threads per scoring process")
     parser.add_argument("--save-models", default=None, metavar="DIR",

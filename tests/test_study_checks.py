@@ -58,6 +58,27 @@ def test_study_accepts_the_edges_of_the_ranges():
     assert not parse_args(["--no-lora"]).lora  # LoRA sizes left at their defaults are no refusal
 
 
+def test_study_help_shows_each_default_and_none_for_flags():
+    """``--help`` showed ``--no-lora ... (default: True)`` (the stored ``lora`` value: read as full
+    fine-tuning by default) and no default at all for options without a help text."""
+    import re
+
+    from llm_embed.study import build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    assert re.search(r"--no-lora full fine-tuning instead of LoRA \(the default trains LoRA adapters and the head\) "
+                     r"--lora-r", text)
+    parser = build_parser()
+    shown = {action.dest: parser.formatter_class("llm-embed-study")._get_help_string(action) % vars(action)
+             for action in parser._actions}
+    for name, default in (("max_steps", "50"), ("output_dir", "study_out"), ("lora_r", "16"),
+                          ("warmup_ratio", "0.1"), ("eval_batch_size", "64"), ("learning_rate", "0.0001")):
+        assert shown[name].endswith(f"(default: {default})"), shown[name]
+        assert shown[name] in text
+    assert "(default: bundled SmolLM2-135M) (default: None)" not in text
+    assert "(default: False)" not in text  # flags (--bf16, --no-plot, ...) have no default to show
+
+
 # ----------------------------------------------------------------------------- too little training data
 
 
