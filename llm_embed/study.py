@@ -921,7 +921,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "last token) trains at --learning-rate; None: --learning-rate")
     parser.add_argument("--warmup-ratio", type=float, default=0.1,
                         help="share of --max-steps spent warming up (0: none)")
-    parser.add_argument("--no-lora", dest="lora", action="store_false", help="full fine-tuning instead of LoRA (the default trains LoRA adapters and the head)")
+    parser.add_argument("--no-lora", dest="lora", action="store_false",
+                        help="full fine-tuning instead of LoRA (the default trains LoRA adapters and the head)")
     parser.add_argument("--lora-r", type=int, default=16, help="LoRA rank")
     parser.add_argument("--lora-alpha", type=int, default=32, help="LoRA scaling alpha")
     parser.add_argument("--lora-dropout", type=float, default=0.1, help="dropout on the LoRA inputs")
