@@ -66,7 +66,7 @@ from .packing import PackedBatch
 from .pooling import LAYER_REDUCTIONS, POOLING_HEADS, PoolingHead
 from .sentence_transformers_files import (
     SENTENCE_TRANSFORMERS_MODULE,
-    truncation_saved_for_sentence_transformers,
+    saved_sentence_transformers_settings,
     write_sentence_transformers_files,
 )
 from .tokenizer_setup import configure_tokenizer, load_saved_tokenizer, tokenizer_settings
@@ -188,6 +188,8 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
             nn.Linear(config.backbone_hidden_size, config.output_dim) if config.output_dim is not None else None
         )
         self._layer_collector = None
+        # truncate_dim / similarity_fn_name of the folder's config_sentence_transformers.json (from_pretrained)
+        self.saved_sentence_transformers_settings: dict = {}
         if self.pooler.needs_layer_states:
             layers = find_decoder_layers(self.backbone, config.backbone_num_layers)
             self._layer_collector = LayerStateCollector(
@@ -517,7 +519,10 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
         if has_saved_file(pretrained_model_name_or_path, "tokenizer_config.json", hub_kwargs):
             model.tokenizer = load_saved_tokenizer(pretrained_model_name_or_path, hub_kwargs,
                                                    backbone_config=model.config.backbone_config)
-        truncate_dim = truncation_saved_for_sentence_transformers(pretrained_model_name_or_path)
+        # What st.save wrote beyond the config (truncate_dim, similarity_fn_name): written again by save_pretrained.
+        settings = saved_sentence_transformers_settings(pretrained_model_name_or_path)
+        model.saved_sentence_transformers_settings = settings
+        truncate_dim = settings.get("truncate_dim")
         if truncate_dim is not None and truncate_dim < model.config.embedding_dim:
             logger.warning(
                 "%s/config_sentence_transformers.json sets truncate_dim=%d (a SentenceTransformer saved with it): "

@@ -10,6 +10,10 @@ configured). ``task_prompts`` overrides them with literal prefixes, keyed as mte
 ``model_prompts``, first match wins: ``"<task name>-<query|document>"``, ``"<task name>"``,
 ``"<task type>-<query|document>"``, ``"<task type>"``, ``"query"`` / ``"document"``. A key that is
 none of these (a misspelt task name) is refused when the encoder is built, not ignored.
+
+mteb's ``encode_kwargs`` (``mteb.evaluate(..., encode_kwargs=...)``) reach ``encode``: ``batch_size``,
+``show_progress_bar`` and ``precision`` (the vectors quantized as sentence-transformers' ``encode``
+quantizes them, as mteb's own SentenceTransformer wrapper does); any other key is refused, not ignored.
 """
 
 from __future__ import annotations
@@ -25,6 +29,11 @@ import numpy as np
 import torch
 
 from .encoding import PROMPT_SIDES, resolve_prompt, side_prompt_name
+
+# The keys of mteb's ``EncodeKwargs`` (mteb.types), which mteb passes on to ``encode``; mteb.evaluate
+# sets ``batch_size`` (32) itself when the caller's encode_kwargs have none.
+ENCODE_KWARGS = ("batch_size", "show_progress_bar", "precision")
+DEFAULT_BATCH_SIZE = 32
 
 
 def require_mteb():
@@ -57,8 +66,27 @@ def check_task_prompts(task_prompts: dict[str, str] | None) -> dict[str, str]:
     return prompts
 
 
+def quantize(embeddings: np.ndarray, precision: str | None) -> np.ndarray:
+    """``embeddings`` at mteb's ``precision`` (``"int8"``, ``"uint8"``, ``"binary"``, ``"ubinary"``), quantized
+    by sentence-transformers' ``quantize_embeddings``, as mteb's SentenceTransformer wrapper has
+    ``SentenceTransformer.encode`` do it (int8 ranges from the call's own vectors); None or ``"float32"``
+    leaves them as they are."""
+    if precision is None or precision == "float32" or not len(embeddings):
+        return embeddings
+    try:
+        from sentence_transformers import quantize_embeddings
+    except ImportError as err:
+        raise ImportError(f"encode_kwargs precision={precision!r} quantizes with sentence-transformers: pip install "
+                          "'llm-embed[sentence-transformers]' (or pip install sentence-transformers)") from err
+    return quantize_embeddings(embeddings, precision=precision)
+
+
 class MTEBEncoder:
-    """Wraps an :class:`~llm_embed.LLMEmbeddingModel` (or a path / Hub id to load) for mteb."""
+    """Wraps an :class:`~llm_embed.LLMEmbeddingModel` (or a path / Hub id to load) for mteb.
+
+    ``batch_size``: given here, it wins over mteb's ``encode_kwargs["batch_size"]``, which
+    ``mteb.evaluate`` always sets (32 when the caller gives none), so that the value asked for here is
+    not silently replaced; left None, mteb's value is used (32 where mteb gives none)."""
 
     def __init__(
         self,
@@ -66,7 +94,7 @@ class MTEBEncoder:
         revision: str | None = None,
         *,
         device: str | None = None,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         task_prompts: dict[str, str] | None = None,
         symmetric_prompt_name: str | None = None,
         **load_kwargs: Any,
@@ -109,15 +137,24 @@ class MTEBEncoder:
     def encode(
         self, inputs, *, task_metadata, hf_split: str, hf_subset: str, prompt_type=None, **kwargs
     ) -> np.ndarray:
+        """The model's embeddings of mteb's batches. ``kwargs`` are mteb's ``encode_kwargs``
+        (:data:`ENCODE_KWARGS`); a key outside them is refused: it would change nothing here, while
+        mteb files the scores as if it had."""
+        unknown = sorted(set(kwargs) - set(ENCODE_KWARGS))
+        if unknown:
+            raise TypeError(f"MTEBEncoder.encode got encode_kwargs {unknown} it does not support: it takes "
+                            f"{', '.join(ENCODE_KWARGS)}; leave the others out of "
+                            "mteb.evaluate(..., encode_kwargs=...)")
         texts = [text for batch in inputs for text in batch["text"]]
-        batch_size = kwargs.get("batch_size", self.batch_size)
-        return self.model.encode(
+        batch_size = self.batch_size if self.batch_size is not None else kwargs.get("batch_size", DEFAULT_BATCH_SIZE)
+        embeddings = self.model.encode(
             texts,
             prompt=self.prompt_for(task_metadata, prompt_type),
             batch_size=batch_size,
             convert_to_numpy=True,
             show_progress_bar=kwargs.get("show_progress_bar", False),
         )
+        return quantize(embeddings, kwargs.get("precision"))
 
     @staticmethod
     def _as_tensor(x) -> torch.Tensor:

@@ -16,6 +16,7 @@ import json
 import os
 
 SENTENCE_TRANSFORMERS_MODULE = "sentence_transformers_llm_embed"
+MODULES = [{"idx": 0, "name": "0", "path": "", "type": f"{SENTENCE_TRANSFORMERS_MODULE}.LLMEmbeddingSTModule"}]
 
 
 def sentence_transformers_settings(config) -> dict:
@@ -25,27 +26,39 @@ def sentence_transformers_settings(config) -> dict:
             "default_prompt_name": config.default_prompt_name, "similarity_fn_name": "cosine"}
 
 
-def truncation_saved_for_sentence_transformers(folder) -> int | None:
-    """The ``truncate_dim`` a local folder's ``config_sentence_transformers.json`` sets (what
-    ``SentenceTransformer(..., truncate_dim=...).save`` writes), or None: sentence-transformers then returns
-    shorter vectors from the folder than ``LLMEmbeddingModel.encode`` does, which loading should say."""
-    path = os.path.join(folder, "config_sentence_transformers.json")
+def saved_sentence_transformers_settings(folder) -> dict:
+    """What a local folder's ``config_sentence_transformers.json`` sets beyond the model's config:
+    ``truncate_dim`` and ``similarity_fn_name`` (what ``SentenceTransformer(..., truncate_dim=...)`` with
+    ``st.similarity_fn_name = "dot"`` saves), each where it holds a value of its type; empty for a
+    folder without that file (a Hub id included)."""
+    path = os.path.join(folder, "config_sentence_transformers.json") if folder else ""
     if not os.path.isfile(path):
-        return None
+        return {}
     with open(path, encoding="utf-8") as handle:
-        value = json.load(handle).get("truncate_dim")
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+        settings = json.load(handle)
+    kept = {}
+    truncate_dim = settings.get("truncate_dim")
+    if isinstance(truncate_dim, int) and not isinstance(truncate_dim, bool):
+        kept["truncate_dim"] = truncate_dim
+    if isinstance(settings.get("similarity_fn_name"), str):
+        kept["similarity_fn_name"] = settings["similarity_fn_name"]
+    return kept
 
 
 def write_sentence_transformers_files(model, folder) -> None:
     """Write the sentence-transformers files for ``model`` into ``folder`` (the settings from
     ``model.config``: its prompts and default prompt; cosine similarity, as the embeddings are
-    compared)."""
+    compared).
+
+    ``truncate_dim`` and ``similarity_fn_name`` are not the model's config: ``st.save`` writes them, and
+    ``LLMEmbeddingModel.from_pretrained`` keeps what the folder it loads has
+    (``model.saved_sentence_transformers_settings``, from :func:`saved_sentence_transformers_settings`),
+    so that ``AutoModel.from_pretrained(p).save_pretrained(q)`` does not drop them."""
     with open(os.path.join(folder, SENTENCE_TRANSFORMERS_MODULE + ".py"), "w", encoding="utf-8") as handle:
         handle.write(MODULE_SOURCE)
-    modules = [{"idx": 0, "name": "0", "path": "", "type": f"{SENTENCE_TRANSFORMERS_MODULE}.LLMEmbeddingSTModule"}]
     settings = sentence_transformers_settings(model.config)
-    for name, content in (("modules.json", modules), ("config_sentence_transformers.json", settings)):
+    settings.update(model.saved_sentence_transformers_settings)
+    for name, content in (("modules.json", MODULES), ("config_sentence_transformers.json", settings)):
         with open(os.path.join(folder, name), "w", encoding="utf-8") as handle:
             json.dump(content, handle, indent=2)
 
@@ -229,7 +242,10 @@ class LLMEmbeddingSTModule(InputModule):
         """The model, loaded with ``LLMEmbeddingModel.from_pretrained``. ``model_kwargs`` and
         ``config_kwargs`` both reach it (config overrides such as ``max_seq_length``, load options such
         as ``dtype``); ``processor_kwargs`` and backends other than torch are refused, not ignored: the
-        tokenizer is the model's configured one, and the model runs in PyTorch only."""
+        tokenizer is the model's configured one, and the model runs in PyTorch only. So are ``prompts``
+        and ``default_prompt_name`` there: sentence-transformers prompts from its own settings
+        (``config_sentence_transformers.json``, or ``SentenceTransformer(..., prompts=...)``), so the
+        config's would not change what ``st.encode`` does, and ``st.save`` would write the others back."""
         if backend != "torch":
             raise ValueError(
                 f"SentenceTransformer(..., backend={backend!r}) is not supported for this model: it runs in PyTorch "
@@ -249,6 +265,14 @@ class LLMEmbeddingSTModule(InputModule):
                     "config_kwargs; pass it once."
                 )
             load_kwargs[key] = value
+        prompt_settings = {key: load_kwargs[key] for key in ("prompts", "default_prompt_name") if key in load_kwargs}
+        if prompt_settings:
+            arguments = ", ".join(f"{key}={value!r}" for key, value in prompt_settings.items())
+            raise ValueError(
+                f"SentenceTransformer(...) got {', '.join(prompt_settings)} in config_kwargs / model_kwargs: "
+                "sentence-transformers takes its prompts from config_sentence_transformers.json, not from the model's "
+                f"config, so they would not reach st.encode; pass them as SentenceTransformer(..., {arguments})."
+            )
         if subfolder:
             load_kwargs["subfolder"] = subfolder
         model = LLMEmbeddingModel.from_pretrained(
@@ -262,5 +286,5 @@ __all__ = ["Features", "LLMEmbeddingSTModule"]
 '''
 
 
-__all__ = ["MODULE_SOURCE", "SENTENCE_TRANSFORMERS_MODULE", "sentence_transformers_settings",
-           "write_sentence_transformers_files"]
+__all__ = ["MODULE_SOURCE", "SENTENCE_TRANSFORMERS_MODULE", "saved_sentence_transformers_settings",
+           "sentence_transformers_settings", "write_sentence_transformers_files"]

@@ -176,7 +176,10 @@ class LLMEmbeddingSTModule(InputModule):
         """The model, loaded with ``LLMEmbeddingModel.from_pretrained``. ``model_kwargs`` and
         ``config_kwargs`` both reach it (config overrides such as ``max_seq_length``, load options such
         as ``dtype``); ``processor_kwargs`` and backends other than torch are refused, not ignored: the
-        tokenizer is the model's configured one, and the model runs in PyTorch only."""
+        tokenizer is the model's configured one, and the model runs in PyTorch only. So are ``prompts``
+        and ``default_prompt_name`` there: sentence-transformers prompts from its own settings
+        (``config_sentence_transformers.json``, or ``SentenceTransformer(..., prompts=...)``), so the
+        config's would not change what ``st.encode`` does, and ``st.save`` would write the others back."""
         if backend != "torch":
             raise ValueError(
                 f"SentenceTransformer(..., backend={backend!r}) is not supported for this model: it runs in PyTorch "
@@ -196,6 +199,14 @@ class LLMEmbeddingSTModule(InputModule):
                     "config_kwargs; pass it once."
                 )
             load_kwargs[key] = value
+        prompt_settings = {key: load_kwargs[key] for key in ("prompts", "default_prompt_name") if key in load_kwargs}
+        if prompt_settings:
+            arguments = ", ".join(f"{key}={value!r}" for key, value in prompt_settings.items())
+            raise ValueError(
+                f"SentenceTransformer(...) got {', '.join(prompt_settings)} in config_kwargs / model_kwargs: "
+                "sentence-transformers takes its prompts from config_sentence_transformers.json, not from the model's "
+                f"config, so they would not reach st.encode; pass them as SentenceTransformer(..., {arguments})."
+            )
         if subfolder:
             load_kwargs["subfolder"] = subfolder
         model = LLMEmbeddingModel.from_pretrained(

@@ -186,3 +186,78 @@ def test_a_plain_decoder_folder_is_refused_by_name(tiny_backbone_dir):
 
     with pytest.raises(ValueError, match="holds a plain llama model"):
         MTEBEncoder(str(tiny_backbone_dir))
+
+
+def test_encode_kwargs_precision_quantizes_and_unknown_keys_are_refused(encoder, monkeypatch):
+    """mteb passes its encode_kwargs (batch_size, show_progress_bar, precision) to encode: precision
+    quantizes as sentence-transformers' encode does (it used to be dropped, and mteb filed float32
+    scores as binary ones); a key encode would not use is refused, not ignored."""
+    import sys
+
+    from mteb._create_dataloaders import _create_dataloader_from_texts
+    from sentence_transformers import quantize_embeddings
+
+    task = mteb.get_task("STSBenchmark").metadata
+    texts = ["what is a cell?", "cells are the unit of life", "x"]
+    model = encoder.model
+
+    def encode(**kwargs):
+        loader = _create_dataloader_from_texts(texts, batch_size=2)
+        return encoder.encode(loader, task_metadata=task, hf_split="test", hf_subset="default", **kwargs)
+
+    floats = model.encode(texts)
+    for precision in ("binary", "ubinary", "int8", "uint8"):
+        quantized = encode(batch_size=2, show_progress_bar=False, precision=precision)
+        expected = quantize_embeddings(floats, precision=precision)
+        assert quantized.dtype == expected.dtype and quantized.shape == expected.shape, precision
+        np.testing.assert_array_equal(quantized, expected)
+    for precision in ("float32", None):
+        np.testing.assert_allclose(encode(precision=precision), floats, atol=1e-6)
+    with pytest.raises(TypeError, match=r"encode_kwargs \['convert_to_tensor'\] it does not support: it takes "
+                                        r"batch_size, show_progress_bar, precision"):
+        encode(batch_size=2, convert_to_tensor=True)
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # not installed
+    with pytest.raises(ImportError, match=r"precision='binary' quantizes with sentence-transformers: pip install "
+                                          r"'llm-embed\[sentence-transformers\]'"):
+        encode(precision="binary")
+    np.testing.assert_allclose(encode(precision="float32"), floats, atol=1e-6)  # needs no sentence-transformers
+
+
+def test_mteb_evaluate_honours_batch_size_and_precision(tokenizer):
+    """Under mteb.evaluate, which always sets encode_kwargs["batch_size"] (32 when none is given),
+    MTEBEncoder(batch_size=...) used to be ignored; now the constructor's value wins, else mteb's.
+    A precision in encode_kwargs changes the scores mteb files."""
+    from datasets import Dataset, DatasetDict
+
+    from llm_embed.mteb_encoder import MTEBEncoder
+
+    rows = stsb_test(20)
+    model = tiny_model("llama", "bidirectional", "mean")
+    model.tokenizer = tokenizer
+    batch_sizes = []
+    encode = model.encode
+
+    def spy(*args, **kwargs):
+        batch_sizes.append(kwargs["batch_size"])
+        return encode(*args, **kwargs)
+
+    model.encode = spy
+
+    def evaluate(encoder, **kwargs):
+        task = mteb.get_task("STSBenchmark")
+        task.dataset = DatasetDict({"test": Dataset.from_dict({
+            "sentence1": [r[0] for r in rows], "sentence2": [r[1] for r in rows], "score": [r[2] for r in rows]})})
+        task.data_loaded = True
+        batch_sizes.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = mteb.evaluate(encoder, [task], cache=None, show_progress_bar=False, **kwargs)
+        return result.task_results[0].scores["test"][0]["cosine_spearman"], set(batch_sizes)
+
+    floats, sizes = evaluate(MTEBEncoder(model, batch_size=4))
+    assert sizes == {4}
+    assert evaluate(MTEBEncoder(model, batch_size=4), encode_kwargs={"batch_size": 8}) == (floats, {4})
+    assert evaluate(MTEBEncoder(model), encode_kwargs={"batch_size": 8}) == (floats, {8})
+    assert evaluate(MTEBEncoder(model)) == (floats, {32})  # mteb's own default
+    binary, sizes = evaluate(MTEBEncoder(model, batch_size=4), encode_kwargs={"precision": "binary"})
+    assert sizes == {4} and binary != floats

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 from transformers import AutoModel
 
+from llm_embed.model_card import MARKER
+
 from .conftest import run_without_llm_embed, tiny_model, triplet_rows
 
 sentence_transformers = pytest.importorskip("sentence_transformers")
@@ -82,6 +84,13 @@ def test_sentence_transformers_trainer_with_mnrl(saved, tmp_path):
     st.save(str(tmp_path / "trained"))
     reloaded = AutoModel.from_pretrained(tmp_path / "trained")
     np.testing.assert_allclose(reloaded.encode(TEXTS), st.encode(TEXTS), atol=1e-6)
+    # after training, st.save writes sentence-transformers' own card, without llm_embed's marker: a save
+    # into the same folder keeps it as the user's; a new folder gets llm_embed's (docs/sharing.md)
+    assert MARKER not in (tmp_path / "trained" / "README.md").read_text()
+    reloaded.save_pretrained(tmp_path / "trained")
+    assert MARKER not in (tmp_path / "trained" / "README.md").read_text()
+    reloaded.save_pretrained(tmp_path / "card")
+    assert MARKER in (tmp_path / "card" / "README.md").read_text()
 
 
 def _features(st, rows):
@@ -105,6 +114,8 @@ def test_st_save_keeps_sentence_transformers_settings(saved, tmp_path, caplog):
     st.similarity_fn_name = "dot"
     st.max_seq_length = 8
     st.save(str(tmp_path / "st"))
+    # untrained, sentence-transformers writes back the card it loaded: llm_embed's (docs/sharing.md)
+    assert (tmp_path / "st" / "README.md").read_text() == (folder / "README.md").read_text()
     again = SentenceTransformer(str(tmp_path / "st"), trust_remote_code=True)
     assert again.prompts == st.prompts and again.default_prompt_name == "clustering"
     assert (again.similarity_fn_name, again.truncate_dim, again.max_seq_length) == ("dot", 8, 8)
@@ -240,6 +251,76 @@ def test_load_arguments_are_applied_or_refused(saved):
     with pytest.raises(ValueError, match="'max_seq_length' is 16 in model_kwargs and 8 in config_kwargs"):
         SentenceTransformer(str(folder), trust_remote_code=True, model_kwargs={"max_seq_length": 16},
                             config_kwargs={"max_seq_length": 8})
+
+
+def test_prompts_in_load_arguments_are_refused(saved):
+    """sentence-transformers prompts from config_sentence_transformers.json: prompts given as config
+    overrides changed the model's config and nothing st.encode did (and st.save wrote the others back)."""
+    from sentence_transformers import SentenceTransformer
+
+    model, folder = saved
+    prompts = {"query": "Completely different: ", "document": ""}
+    for where in ("config_kwargs", "model_kwargs"):
+        with pytest.raises(ValueError, match=r"got prompts, default_prompt_name in config_kwargs / model_kwargs: .* "
+                                             r"pass them as SentenceTransformer\(\.\.\., prompts=\{'query': "
+                                             r"'Completely different: ', 'document': ''\}, default_prompt_name="
+                                             r"'query'\)"):
+            SentenceTransformer(str(folder), trust_remote_code=True,
+                                **{where: {"prompts": prompts, "default_prompt_name": "query"}})
+        with pytest.raises(ValueError, match="got default_prompt_name in"):
+            SentenceTransformer(str(folder), trust_remote_code=True, **{where: {"default_prompt_name": None}})
+    st = SentenceTransformer(str(folder), trust_remote_code=True, prompts=prompts, default_prompt_name="query")
+    np.testing.assert_allclose(st.encode_query(TEXTS), model.encode(TEXTS, prompt=prompts["query"]), atol=1e-6)
+    np.testing.assert_allclose(st.encode(TEXTS), st.encode_query(TEXTS), atol=1e-6)
+
+
+def test_a_resave_keeps_the_sentence_transformers_settings(saved, tiny_backbone_dir, tmp_path):
+    """AutoModel.from_pretrained(p).save_pretrained(q) of a folder st.save wrote with truncate_dim and
+    similarity_fn_name dropped both from q (sentence-transformers then returned 32-dimensional vectors
+    compared by cosine). They are kept as the model was loaded with them; the model's own prompts are the
+    config's, and a backbone folder's sentence-transformers settings are not taken."""
+    import shutil
+
+    from sentence_transformers import SentenceTransformer
+
+    from llm_embed import LLMEmbeddingModel
+
+    _, folder = saved
+    st = SentenceTransformer(str(folder), trust_remote_code=True, truncate_dim=8)
+    st.similarity_fn_name = "dot"
+    st.save(str(tmp_path / "p"))
+    model = AutoModel.from_pretrained(tmp_path / "p")
+    model.save_pretrained(tmp_path / "q")
+    settings = json.loads((tmp_path / "q" / "config_sentence_transformers.json").read_text())
+    assert (settings["truncate_dim"], settings["similarity_fn_name"]) == (8, "dot")
+    again = SentenceTransformer(str(tmp_path / "q"), trust_remote_code=True)
+    assert (again.truncate_dim, again.similarity_fn_name) == (8, "dot")
+    np.testing.assert_allclose(again.encode(TEXTS), st.encode(TEXTS), atol=1e-6)
+    model.save_pretrained(tmp_path / "p")  # into the folder it was loaded from
+    assert json.loads((tmp_path / "p" / "config_sentence_transformers.json").read_text()) == settings
+    # st.save of a SentenceTransformer loaded from p with other settings: its own settings, not the model's
+    st = SentenceTransformer(str(tmp_path / "p"), trust_remote_code=True)
+    st.truncate_dim, st.similarity_fn_name = None, "euclidean"
+    st.save(str(tmp_path / "s"))
+    settings = json.loads((tmp_path / "s" / "config_sentence_transformers.json").read_text())
+    assert settings.get("truncate_dim") is None and settings["similarity_fn_name"] == "euclidean"
+    model.config.prompts = {"query": "Q: ", "document": ""}  # changed on the model: the config's prompts
+    model.save_pretrained(tmp_path / "r")
+    settings = json.loads((tmp_path / "r" / "config_sentence_transformers.json").read_text())
+    assert settings["prompts"] == {"query": "Q: ", "document": ""}
+    assert (settings["truncate_dim"], settings["similarity_fn_name"]) == (8, "dot")  # as loaded
+    # a backbone that is a sentence-transformers model of its own: its settings are not the built model's
+    backbone = tmp_path / "backbone"
+    shutil.copytree(tiny_backbone_dir, backbone)
+    (backbone / "modules.json").write_text(json.dumps([{"idx": 0, "name": "0", "path": "",
+                                                        "type": "sentence_transformers.models.Transformer"}]))
+    (backbone / "config_sentence_transformers.json").write_text(json.dumps({"truncate_dim": 4,
+                                                                            "similarity_fn_name": "dot"}))
+    built = LLMEmbeddingModel.from_backbone(str(backbone), pooling="mean")
+    assert built.config.name_or_path == str(backbone)
+    built.save_pretrained(tmp_path / "built")
+    settings = json.loads((tmp_path / "built" / "config_sentence_transformers.json").read_text())
+    assert "truncate_dim" not in settings and settings["similarity_fn_name"] == "cosine"
 
 
 def test_token_embeddings_are_refused_clearly(saved):
