@@ -18,7 +18,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .configuration_llm_embed import BUILD_OPTIONS, options_for_head
+from .configuration_llm_embed import BUILD_OPTIONS, OPTIONS, options_for_head
 from .hub import check_local_path, recorded_location
 from .layer_states import find_decoder_layers
 
@@ -29,6 +29,12 @@ logger = logging.getLogger(__name__)
 #: ``llm-embed-evaluate`` rebuilds them onto and :func:`load_lora` checks a base against
 LORA_BASE_FILE = "llm_embed_base.json"
 
+#: the config options besides :data:`BUILD_OPTIONS` that change what encode returns (read at every
+#: encode, so a base built without the recorded value gives other vectors than the trained model):
+#: every design option but the padding side (results do not depend on it) and the initial scale of the
+#: head's weights (the adapters' saved head replaces them)
+ENCODE_OPTIONS = tuple(option.name for option in OPTIONS if option.group == "design"
+                       and option.name not in BUILD_OPTIONS + ("padding_side", "initializer_range"))
 
 
 def base_description(backbone, attention: str, pooling: str, attn_implementation: str | None, config: dict,
@@ -144,7 +150,8 @@ def load_lora(model, adapter_path: str, is_trainable: bool = False, **hub_kwargs
     """Put adapters (and the trained head) saved by ``peft_model.save_pretrained`` or pushed by
     ``peft_model.push_to_hub`` (a folder or a Hub repo id; ``hub_kwargs`` such as ``revision``,
     ``cache_dir``, ``token``) on a base model built the same way as for training
-    (``LLMEmbeddingModel.from_backbone`` with the same design)."""
+    (``LLMEmbeddingModel.from_backbone`` with the same design and the same options that change what
+    encode returns, such as ``max_seq_length``: :func:`check_saved_design`)."""
     peft = require_peft()
     folder = adapter_folder(adapter_path, hub_kwargs)
     base = saved_base(folder)
@@ -184,18 +191,27 @@ def check_saved_design(model, base: dict, adapter_path) -> None:
     """Refuse adapters whose :data:`LORA_BASE_FILE` (``base``, read from the files of ``adapter_path``)
     records another design than ``model``'s: the attention mode (and a head option without weights,
     such as ``layer_reduction``) leaves no trace in the weights that :func:`check_saved_head_fits`
-    compares."""
+    compares; nor do the options :data:`ENCODE_OPTIONS` (``--max_seq_length 32`` trained, a base at
+    the default 512: a long text's vector 0.43 off in cosine from the merged model's)."""
     # only the options the head reads: older studies recorded every design's head options for every design
-    saved = {"attention": base.get("attention"), "pooling": base.get("pooling"),
-             **options_for_head(base.get("pooling"), base.get("config", {}))}
+    keywords = {"attention": base.get("attention"), "pooling": base.get("pooling"),
+                **options_for_head(base.get("pooling"), base.get("config", {}))}
     config = model.config
-    differences = [f"{name}={saved[name]!r} there, {getattr(config, name)!r} in the model" for name in BUILD_OPTIONS
-                   if name in saved and json.dumps(saved[name]) != json.dumps(getattr(config, name))]
-    if differences:
+    differing = [name for name in BUILD_OPTIONS + ENCODE_OPTIONS
+                 if name in keywords and json.loads(json.dumps(keywords[name])) != json.loads(json.dumps(
+                     getattr(config, name)))]
+    if differing:
+        differences = "; ".join(f"{name}={keywords[name]!r} there, {getattr(config, name)!r} in the model"
+                                for name in differing)
+        build = ", ".join(f"{name}={value!r}" for name, value in keywords.items())
+        encode = [name for name in differing if name in ENCODE_OPTIONS]
+        changed = (f" To encode with another {' / '.join(encode)} on purpose, load with the recorded value and set "
+                   f"it on the model's config afterwards (model.config.{encode[0]} = ...)." if encode else "")
         raise ValueError(
-            f"the adapters in {adapter_path} were trained on another design ({'; '.join(differences)}, as its "
-            f"{LORA_BASE_FILE} records). Build the base with that design (LLMEmbeddingModel.from_backbone(decoder, "
-            "attention=..., pooling=..., ...)), or evaluate the folder with llm-embed-evaluate, which rebuilds it."
+            f"the adapters in {adapter_path} were trained on another design ({differences}, as its "
+            f"{LORA_BASE_FILE} records): the vectors would not be the trained model's. Build the base as they "
+            f"were trained (LLMEmbeddingModel.from_backbone(decoder, {build})), or evaluate the folder with "
+            f"llm-embed-evaluate, which rebuilds it.{changed}"
         )
 
 

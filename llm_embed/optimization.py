@@ -88,9 +88,12 @@ class EmbeddingTrainer(Trainer):
     """``transformers.Trainer`` with ``head_learning_rate``: the optimizer it builds from its
     arguments gets the head's parameter groups (:func:`set_head_learning_rate`). And a checkpoint it
     loads back (``resume_from_checkpoint``, ``load_best_model_at_end``) gets every weight
-    (:meth:`_issue_warnings_after_load`). Everything else is the plain ``Trainer``."""
+    (:meth:`_issue_warnings_after_load`). And ``checkpoint_files`` (name -> JSON content, such as
+    ``llm-embed-train``'s run record) are written into every checkpoint (:meth:`save_model`).
+    Everything else is the plain ``Trainer``."""
 
-    def __init__(self, *args, head_learning_rate: float | None = None, **kwargs):
+    def __init__(self, *args, head_learning_rate: float | None = None,
+                 checkpoint_files: dict[str, dict] | None = None, **kwargs):
         check_head_learning_rate(head_learning_rate)
         given = inspect.signature(Trainer.__init__).bind_partial(self, *args, **kwargs).arguments
         if head_learning_rate is not None and (given.get("optimizers") or (None, None))[1] is not None:
@@ -103,6 +106,8 @@ class EmbeddingTrainer(Trainer):
                 "your scheduler and drop head_learning_rate"
             )
         self.head_learning_rate = head_learning_rate
+        self.checkpoint_files = dict(checkpoint_files or {})
+        self._saving_checkpoint = False
         self._regrouped_optimizer = None  # the optimizer that got the head's groups (weakly: not kept alive)
         super().__init__(*args, **kwargs)
 
@@ -119,6 +124,24 @@ class EmbeddingTrainer(Trainer):
             return super()._load_best_model()
         finally:
             self._checkpoint_loading = None
+
+    def _save_checkpoint(self, model, trial):
+        self._saving_checkpoint = True
+        try:
+            return super()._save_checkpoint(model, trial)
+        finally:
+            self._saving_checkpoint = False
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Inside a checkpoint save, ``checkpoint_files`` are written right after the model: ``_save_checkpoint``
+        (transformers 5.2 to 5.24) saves the model first and deletes older checkpoints (``save_total_limit``)
+        last, and a callback's ``on_save`` comes after that. Records written there were missing from the
+        only checkpoint left when the run stopped in between, and a resume of it went unchecked."""
+        super().save_model(output_dir, _internal_call=_internal_call)
+        if self._saving_checkpoint and self.checkpoint_files and self.args.should_save:
+            from .resume import write_run_files
+
+            write_run_files(output_dir if output_dir is not None else self.args.output_dir, self.checkpoint_files)
 
     def _issue_warnings_after_load(self, load_result) -> None:
         """The ``Trainer`` reads a checkpoint's weights file into the model as raw keys, non-strict, and

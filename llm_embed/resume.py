@@ -6,13 +6,17 @@ head, LoRA or not, another ``--head_learning_rate``: other parameter groups), or
 the attention mode leaves no trace in the weights, so a bidirectional checkpoint resumed with
 ``--attention causal`` trains on as causal without a word. So every checkpoint gets
 :data:`RUN_FILE`, the options that shape the model, the loss and the optimizer, and its run's save
-cadence; :func:`check_resume` compares it with the new run before a step is taken. Checkpoints
+cadence; :func:`check_resume` compares it with the new run before a step is taken.
+:class:`~llm_embed.optimization.EmbeddingTrainer` writes it (:func:`write_run_files`) right after
+the checkpoint's model, before the Trainer deletes older checkpoints (``save_total_limit``): a
+callback's ``on_save`` runs after that deletion, so an interrupt there left the only checkpoint
+without its record, and a resume of it went unchecked. Checkpoints
 written before :data:`RUN_FILE` existed are checked on what they hold: ``config.json``'s design (full
 fine-tuning) or ``adapter_config.json``'s sizes (LoRA).
 
 The command line forces ``--save_strategy no`` when no save option is given (only the final model
 is saved); a resumed run would then write no checkpoint at all. :func:`saved_cadence` gives it the
-cadence of the run it continues instead.
+cadence (and ``save_total_limit``) of the run it continues instead.
 """
 
 from __future__ import annotations
@@ -22,8 +26,7 @@ import logging
 import os
 from pathlib import Path
 
-from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from .configuration_llm_embed import OPTIONS, LLMEmbeddingConfig
 from .hub import recorded_location
@@ -56,8 +59,9 @@ def as_json(value):
 
 def run_record(model, model_args, training_args, data_args=None) -> dict:
     """What a checkpoint of this run records: the design (``model.config``), LoRA and the head's
-    learning rate from ``model_args``, the save cadence from ``training_args``, the prompts its queries
-    and documents were trained with (``data_args``: which prompt applies changes every loss value);
+    learning rate from ``model_args``, the save cadence and ``save_total_limit`` from ``training_args``,
+    the prompts its queries and documents were trained with (``data_args``: which prompt applies
+    changes every loss value);
     under LoRA also a fingerprint of the backbone's weights (the frozen base the adapters sit on, which
     the checkpoint does not hold). ``model``: before LoRA is applied."""
     config = model.config
@@ -78,6 +82,7 @@ def run_record(model, model_args, training_args, data_args=None) -> dict:
         "base_backbone": model_args.backbone,
         "save_strategy": getattr(strategy, "value", strategy),
         "save_steps": training_args.save_steps,
+        "save_total_limit": training_args.save_total_limit,
     })
 
 
@@ -182,36 +187,53 @@ def check_resume(checkpoint, record: dict) -> None:
         )
 
 
-def saved_cadence(checkpoint) -> tuple[str, float] | None:
-    """``(save_strategy, save_steps)`` of the run that wrote ``checkpoint``: its :data:`RUN_FILE`, or
-    for an older checkpoint the ``save_steps`` of its ``trainer_state.json``, by steps. None when
-    ``checkpoint`` is not a folder (the Trainer names it) or the run saved no cadence."""
+def saved_cadence(checkpoint) -> dict | None:
+    """The save options of the run that wrote ``checkpoint``: ``save_strategy`` and ``save_steps``, and
+    ``save_total_limit`` when it set one, from its :data:`RUN_FILE` (which holds the limit since
+    2026-11-30); for an older checkpoint the ``save_steps`` of its ``trainer_state.json``, by steps.
+    None when ``checkpoint`` is not a folder (the Trainer names it) or the run saved no cadence."""
     folder = Path(checkpoint)
     if (folder / RUN_FILE).is_file():
         record = read_json(folder / RUN_FILE)
-        return record["save_strategy"], record["save_steps"]
+        options = {"save_strategy": record["save_strategy"], "save_steps": record["save_steps"]}
+        if record.get("save_total_limit") is not None:
+            options["save_total_limit"] = record["save_total_limit"]
+        return options
     if (folder / "trainer_state.json").is_file():
         steps = read_json(folder / "trainer_state.json").get("save_steps")
-        return ("steps", steps) if steps else None
+        return {"save_strategy": "steps", "save_steps": steps} if steps else None
     return None
 
 
-class RunRecordCallback(TrainerCallback):
-    """Writes :data:`RUN_FILE` (and, for LoRA, ``extra_files``: the base description that
-    ``llm-embed-evaluate`` rebuilds adapters onto) into every checkpoint, on the main process, once the
-    Trainer has saved it."""
+def resolve_checkpoint(resume_from_checkpoint, output_dir) -> str | None:
+    """``resume_from_checkpoint`` as a folder, or None for no resume: ``True`` (the Trainer's own spelling,
+    what an arguments file's ``true`` gives) is the last ``checkpoint-N`` in ``output_dir``, as
+    ``Trainer.train`` finds it (``get_last_checkpoint``); ``False`` is no resume. The folder is needed
+    before training starts: :func:`check_resume` compares it, :func:`saved_cadence` reads it."""
+    if resume_from_checkpoint is False:
+        return None
+    if resume_from_checkpoint is not True:
+        return resume_from_checkpoint
+    if output_dir is None:
+        raise ValueError("resume_from_checkpoint true resumes from the last checkpoint in output_dir, which is not "
+                         "given: add output_dir, or pass the checkpoint's folder")
+    last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    if last is None:
+        raise ValueError(f"resume_from_checkpoint true resumes from the last {PREFIX_CHECKPOINT_DIR}-N folder in "
+                         f"output_dir {output_dir}, and there is none: pass the checkpoint's folder, or leave out "
+                         "resume_from_checkpoint to start a new run")
+    return last
 
-    def __init__(self, record: dict, extra_files: dict[str, dict] | None = None):
-        self.files = {RUN_FILE: record, **(extra_files or {})}
 
-    def on_save(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero:
-            return
-        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        for name, content in self.files.items():
-            staging = folder / f".{name}.tmp"
-            staging.write_text(json.dumps(content, indent=1), encoding="utf-8")
-            os.replace(staging, folder / name)
+def write_run_files(folder, files: dict[str, dict]) -> None:
+    """Write ``files`` (:data:`RUN_FILE` and, for LoRA, the base description that ``llm-embed-evaluate``
+    rebuilds adapters onto) into the checkpoint ``folder``, each file whole or not at all."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)  # a sharded FSDP model is saved after this, with the optimizer
+    for name, content in files.items():
+        staging = folder / f".{name}.tmp"
+        staging.write_text(json.dumps(content, indent=1), encoding="utf-8")
+        os.replace(staging, folder / name)
 
 
-__all__ = ["RUN_FILE", "RunRecordCallback", "check_resume", "run_record", "saved_cadence"]
+__all__ = ["RUN_FILE", "check_resume", "resolve_checkpoint", "run_record", "saved_cadence", "write_run_files"]

@@ -29,7 +29,7 @@ from .data import ContrastiveDataCollator, TripletDataset, check_prompt_names
 from .lora import LORA_BASE_FILE, check_lora_sizes
 from .modeling_llm_embed import LLMEmbeddingModel
 from .optimization import EmbeddingTrainer, check_head_learning_rate
-from .resume import RunRecordCallback, check_resume, run_record, saved_cadence
+from .resume import RUN_FILE, check_resume, resolve_checkpoint, run_record, saved_cadence
 
 logger = logging.getLogger(__name__)
 
@@ -208,6 +208,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     model = build_model(model_args, config_options or {})
     tokenizer, config = model.tokenizer, model.config
     record = run_record(model, model_args, training_args, data_args)
+    # True: the last checkpoint in output_dir, found now, as the Trainer would, to be checked before a step
+    training_args.resume_from_checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint,
+                                                              training_args.output_dir)
     if training_args.resume_from_checkpoint:
         check_resume(training_args.resume_from_checkpoint, record)  # before a step: not a raw restore error
     base = (lora_base(model_args, config, config_options or {}, record["base_weights"], model.backbone.dtype)
@@ -229,7 +232,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
         eval_dataset=eval_data,
         data_collator=collator,
         processing_class=tokenizer,
-        callbacks=[RunRecordCallback(record, {LORA_BASE_FILE: base} if base else None)],
+        checkpoint_files={RUN_FILE: record, **({LORA_BASE_FILE: base} if base else {})},
     )
     check_engine_applied(trainer, training_args)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -370,6 +373,7 @@ def outside_zero3_init():
 
 
 SAVE_OPTIONS = ("--save_strategy", "--save_steps")
+SAVE_LIMIT = "--save_total_limit"
 
 
 def gives_option(args: list[str], options: tuple[str, ...], shortest: int) -> bool:
@@ -391,18 +395,28 @@ def gives_save_option(args: list[str]) -> bool:
     return gives_option(args, SAVE_OPTIONS, len("--save_st"))
 
 
-def save_options(resume_from_checkpoint: str | None, given: bool) -> dict:
+def gives_save_limit(args: list[str]) -> bool:
+    """Whether the command line sets ``--save_total_limit`` (in any spelling, ``--save_t`` at shortest)."""
+    return gives_option(args, (SAVE_LIMIT,), len("--save_t"))
+
+
+def save_options(resume_from_checkpoint: str | None, given: bool, limit_given: bool = False) -> dict:
     """The save options to add to what the user gave: none when a save option was given; else the
-    cadence of the run a resumed run continues (:func:`~llm_embed.resume.saved_cadence`), so that it
-    goes on writing checkpoints; else ``save_strategy no`` (only the final model is saved)."""
+    cadence of the run a resumed run continues (:func:`~llm_embed.resume.saved_cadence`), with its
+    ``save_total_limit`` unless ``limit_given``, so that it goes on writing (and deleting) checkpoints
+    as that run did; else ``save_strategy no`` (only the final model is saved)."""
     if given:
         return {}
-    cadence = saved_cadence(resume_from_checkpoint) if resume_from_checkpoint else None
-    if cadence is None or cadence[0] == "no":
+    saved = saved_cadence(resume_from_checkpoint) if resume_from_checkpoint else None
+    if saved is None or saved["save_strategy"] == "no":
         return {"save_strategy": "no"}
-    logger.warning("resuming from %s: checkpoints every %s %s, as the run that wrote it (pass --save_strategy no "
-                   "for none)", resume_from_checkpoint, cadence[1] if cadence[0] == "steps" else "", cadence[0])
-    return {"save_strategy": cadence[0], "save_steps": cadence[1]}
+    if limit_given:
+        saved.pop("save_total_limit", None)
+    strategy, limit = saved["save_strategy"], saved.get("save_total_limit")
+    logger.warning("resuming from %s: checkpoints every %s %s%s, as the run that wrote it (pass --save_strategy no "
+                   "for none)", resume_from_checkpoint, saved["save_steps"] if strategy == "steps" else "", strategy,
+                   f", keeping the last {limit} (--save_total_limit)" if limit is not None else "")
+    return saved
 
 
 LORA_OPTIONS = ("lora_r", "lora_alpha", "lora_dropout")
@@ -440,14 +454,17 @@ def main(argv: list[str] | None = None) -> str:
         values = coerce_values(read_arguments_file(args[0]), args[0])
         config_options = {option.name: values.pop(option.name) for option in OPTIONS if option.name in values}
         given = any(key in values for key in ("save_strategy", "save_steps"))
-        values.update(save_options(values.get("resume_from_checkpoint"), given))
+        if "resume_from_checkpoint" in values:  # true (the Trainer's "last checkpoint") names its folder here
+            values["resume_from_checkpoint"] = resolve_checkpoint(values["resume_from_checkpoint"],
+                                                                  values.get("output_dir"))
+        values.update(save_options(values.get("resume_from_checkpoint"), given, "save_total_limit" in values))
         check_load_best(values.get("load_best_model_at_end", False), values.get("save_strategy") != "no")
         model_args, data_args, training_args = parser.parse_dict(values)
         given_args: dict | list[str] = values
     else:
         given = gives_save_option(args)
         known = parser.parse_known_args(args)[0]  # argparse alone: no TrainingArguments checks yet
-        added = save_options(known.resume_from_checkpoint, given)
+        added = save_options(known.resume_from_checkpoint, given, gives_save_limit(args))
         check_load_best(known.load_best_model_at_end, added.get("save_strategy") != "no")
         args += [word for key, value in added.items() for word in (f"--{key}", str(value))]
         model_args, data_args, training_args, *rest, unknown = parser.parse_args_into_dataclasses(

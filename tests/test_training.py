@@ -591,7 +591,8 @@ def test_resume_of_a_lora_run_and_its_adapters_record_their_design(tiny_backbone
         main(train_args(tiny_backbone_dir, tmp_path / "r", "--train_file", data, "--per_device_train_batch_size", "2",
                         "--max_steps", "3", "--pooling", "latent_attention", "--resume_from_checkpoint",
                         str(checkpoint)))
-    causal = LLMEmbeddingModel.from_backbone(tiny_backbone_dir, attention="causal", pooling="latent_attention")
+    causal = LLMEmbeddingModel.from_backbone(tiny_backbone_dir, attention="causal", pooling="latent_attention",
+                                             max_seq_length=32)
     with pytest.raises(ValueError, match="trained on another design \\(attention='bidirectional' there, 'causal'"):
         load_lora(causal, str(adapter))
     texts = ["what about the cat?", "a text on the moon"]
@@ -600,14 +601,15 @@ def test_resume_of_a_lora_run_and_its_adapters_record_their_design(tiny_backbone
     # on another decoder of the same shapes the adapters loaded and gave other vectors (0.68 off), silently
     assert json.loads((adapter / LORA_BASE_FILE).read_text())["base_weights"]["dtype"] == "float32"
     with pytest.raises(ValueError, match="trained on other base weights than this model's backbone"):
-        load_lora(LLMEmbeddingModel.from_backbone(other, pooling="latent_attention"), str(adapter))
+        load_lora(LLMEmbeddingModel.from_backbone(other, pooling="latent_attention", max_seq_length=32), str(adapter))
     with pytest.raises(ValueError, match="trained on other base weights"):
         load_model(adapter, backbone=str(other))
     moved = tmp_path / "moved-decoder"  # the same weights elsewhere, and in another dtype: accepted
     shutil.copytree(tiny_backbone_dir, moved)
     np.testing.assert_allclose(load_model(adapter, backbone=str(moved)).encode(texts),
                                load_model(adapter).encode(texts), atol=1e-6)
-    bf16 = LLMEmbeddingModel.from_backbone(tiny_backbone_dir, pooling="latent_attention", dtype=torch.bfloat16)
+    bf16 = LLMEmbeddingModel.from_backbone(tiny_backbone_dir, pooling="latent_attention", max_seq_length=32,
+                                           dtype=torch.bfloat16)
     assert load_lora(bf16, str(adapter)) is not None
     with pytest.raises(OSError, match="holds LoRA adapters .*load_lora.*llm-embed-evaluate"):  # said: from_backbone
         LLMEmbeddingModel.from_pretrained(adapter)
