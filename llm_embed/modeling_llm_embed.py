@@ -128,6 +128,23 @@ def check_has_config(name_or_path, hub_kwargs: dict, model_type: str) -> None:
         )
 
 
+def check_not_an_embedding_model(name_or_path, hub_kwargs: dict) -> None:
+    """Refuse a local folder of a saved llm_embed model given to ``from_backbone`` before it loads: it is
+    no decoder to build on (refused later as "not a decoder LM", with a hint for encoders)."""
+    path = os.path.join(os.fspath(name_or_path), hub_kwargs.get("subfolder") or "", "config.json")
+    if "gguf_file" in hub_kwargs or not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as handle:
+        try:
+            saved_type = json.load(handle).get("model_type")
+        except json.JSONDecodeError as error:
+            raise ValueError(f"the config.json of {name_or_path} ({path}) is not valid JSON: {error}") from error
+    if saved_type == LLMEmbeddingConfig.model_type:
+        raise ValueError(
+            f"{name_or_path} holds a saved llm_embed model, not a decoder to build one on: load it with "
+            f"AutoModel.from_pretrained({os.fspath(name_or_path)!r}) (or LLMEmbeddingModel.from_pretrained).")
+
+
 class LLMEmbeddingPreTrainedModel(PreTrainedModel):
     config_class = LLMEmbeddingConfig
     # The attribute holding the decoder: ``model.base_model`` is the backbone, as for transformers' heads.
@@ -639,6 +656,14 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
         hub_kwargs = {key: config_kwargs.pop(key) for key in _HUB_KWARGS if key in config_kwargs}
         if gguf_file is not None:
             hub_kwargs["gguf_file"] = gguf_file
+        if "torch_dtype" in config_kwargs:  # transformers 4's name, which AutoModel.from_pretrained still takes
+            if dtype is not None:
+                raise TypeError("from_backbone got dtype and torch_dtype: pass dtype only (torch_dtype is its "
+                                "old name)")
+            dtype = config_kwargs.pop("torch_dtype")
+        if "output_loading_info" in (backbone_kwargs or {}):
+            raise TypeError("backbone_kwargs output_loading_info: from_backbone reads the backbone's loading info "
+                            "itself and refuses missing or mismatched weights; leave it out")
         load_kwargs = {
             key: value
             for key, value in dict(dtype=dtype, attn_implementation=attn_implementation, device_map=device_map).items()
@@ -650,11 +675,16 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
                                       if key not in LLM_EMBEDDING_OPTIONS and key not in RENAMED_OPTIONS})
         name_or_path = expand_home(name_or_path)
         check_local_path(name_or_path)  # a moved or mistyped decoder folder: named, not looked up on the Hub
+        check_not_an_embedding_model(name_or_path, hub_kwargs)
         if gguf_file is not None:
-            backbone = load_gguf_backbone(name_or_path, **hub_kwargs, **load_kwargs, **(backbone_kwargs or {}))
+            backbone, info = load_gguf_backbone(name_or_path, **hub_kwargs, **load_kwargs, **(backbone_kwargs or {}),
+                                                output_loading_info=True)
         else:
-            backbone = AutoModel.from_pretrained(name_or_path, **hub_kwargs, **load_kwargs, **(backbone_kwargs or {}))
+            backbone, info = AutoModel.from_pretrained(name_or_path, **hub_kwargs, **load_kwargs,
+                                                       **(backbone_kwargs or {}), output_loading_info=True)
             drop_gguf_quantizer(backbone, name_or_path)  # a folder converted from a GGUF that kept the record
+        check_backbone_loaded(info, name_or_path, ignore_mismatched=bool((backbone_kwargs or {}).get(
+            "ignore_mismatched_sizes")))
         backbone_config = backbone.config.to_dict()
         config = LLMEmbeddingConfig(backbone_config=backbone_config, attention=attention, pooling=pooling,
                                     **config_kwargs)
@@ -668,13 +698,51 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
             tokenizer = AutoTokenizer.from_pretrained(name_or_path, **hub_kwargs)
             if gguf_file is not None:
                 check_gguf_tokenizer(tokenizer, backbone.config, gguf_file)
+        elif isinstance(tokenizer, (str, os.PathLike)):  # a folder or Hub id, as transformers' pipelines take it
+            tokenizer = AutoTokenizer.from_pretrained(expand_home(tokenizer), **{
+                key: value for key, value in hub_kwargs.items() if key not in ("gguf_file", "subfolder")})
+        check_tokenizer_fits(tokenizer, backbone)
         model.tokenizer = tokenizer
         # both: transformers reads the config's, peft the model's (adapter_config.json's base_model_name_or_path)
         model.config.name_or_path = model.name_or_path = str(name_or_path)
         return model
 
 
-def load_gguf_backbone(name_or_path, gguf_file: str, **kwargs) -> PreTrainedModel:
+def check_backbone_loaded(info: dict, source, ignore_mismatched: bool = False) -> None:
+    """Refuse a backbone whose checkpoint lacks weights it needs (``missing_keys``) or holds them in other
+    shapes (``mismatched_keys``): transformers fills those with random values and only prints a load
+    report, so every vector would come from a partly random decoder (a checkpoint saved under another
+    prefix, ``base_model.model.``..., loads with every weight random). Unexpected keys (an LM head the
+    bare decoder does not have) are normal. ``ignore_mismatched_sizes=True`` in ``backbone_kwargs`` asks
+    for mismatched weights to be initialised: allowed, as in transformers."""
+    problems = {key: sorted(str(item[0]) if isinstance(item, tuple) else str(item) for item in info.get(key) or [])
+                for key in ("missing_keys", "mismatched_keys") if not (ignore_mismatched and key == "mismatched_keys")}
+    problems = {key: value for key, value in problems.items() if value}
+    if problems:
+        details = "; ".join(f"{len(names)} {key.replace('_', ' ')} ({', '.join(names[:4])}"
+                            f"{', ...' if len(names) > 4 else ''})" for key, names in problems.items())
+        raise ValueError(
+            f"the backbone {source} loaded with {details}: transformers would initialise them randomly. The "
+            "checkpoint is incomplete, saved under other weight names (a wrapper's prefix such as base_model.model.), "
+            "or of another architecture than its config.json; load it with AutoModel.from_pretrained to see "
+            "transformers' load report, and fix or re-save the checkpoint.")
+
+
+def check_tokenizer_fits(tokenizer, backbone: PreTrainedModel) -> None:
+    """Refuse a tokenizer with more tokens than the backbone's embedding matrix has rows (tokens added
+    to it, or another model's tokenizer): ``encode`` would fail on the first such id with a bare
+    ``IndexError`` (a device-side assert on CUDA)."""
+    embeddings = backbone.get_input_embeddings()
+    rows = getattr(embeddings, "num_embeddings", None)  # the module's size, also when ZeRO-3 partitions the weight
+    if rows is not None and len(tokenizer) > rows:
+        raise ValueError(
+            f"the tokenizer has {len(tokenizer)} tokens and the backbone's embedding matrix {rows} rows: ids from "
+            f"{rows} on have no embedding. Use the backbone's own tokenizer, or grow the matrix first "
+            "(model.backbone.resize_token_embeddings(len(tokenizer)) on the built model, then assign "
+            "model.tokenizer = tokenizer; the new rows start untrained).")
+
+
+def load_gguf_backbone(name_or_path, gguf_file: str, **kwargs):
     """A decoder read from a GGUF file, as plain float weights that train and save. Newer transformers
     keep a GGUF's quantized weights packed where a matmul kernel is installed (``GgufConfig``): asked
     not to here. The quantizer it still attaches (and the ``quantization_config`` it records) would
@@ -683,9 +751,10 @@ def load_gguf_backbone(name_or_path, gguf_file: str, **kwargs) -> PreTrainedMode
 
     if hasattr(transformers, "GgufConfig") and "quantization_config" not in kwargs:
         kwargs["quantization_config"] = transformers.GgufConfig(dequantize=True)
-    backbone = AutoModel.from_pretrained(name_or_path, gguf_file=gguf_file, **kwargs)
+    loaded = AutoModel.from_pretrained(name_or_path, gguf_file=gguf_file, **kwargs)
+    backbone = loaded[0] if kwargs.get("output_loading_info") else loaded
     drop_gguf_quantizer(backbone, gguf_file, read_from_gguf=True)
-    return backbone
+    return loaded
 
 
 def check_gguf_tokenizer(tokenizer, backbone_config, gguf_file) -> None:

@@ -310,3 +310,59 @@ def test_save_pretrained_refuses_arguments_it_would_ignore(tmp_path):
     assert not (tmp_path / "m").exists()
     model.save_pretrained(tmp_path / "m", safe_serialization=True, variant="v1")
     assert (tmp_path / "m" / "model.v1.safetensors").is_file()
+
+
+def _decoder_folder(folder, tokenizer, arch="llama"):
+    from transformers import AutoModelForCausalLM
+
+    from .conftest import tiny_backbone_config
+
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(tiny_backbone_config(arch)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_from_backbone_refuses_a_checkpoint_with_missing_weights(tmp_path, tokenizer):
+    """transformers fills a missing or renamed weight randomly and only prints a load report: a
+    checkpoint whose keys carry a wrapper's prefix loaded with every decoder weight random."""
+    folder = _decoder_folder(tmp_path / "decoder", tokenizer)
+    weights = load_file(folder / "model.safetensors")
+    LLMEmbeddingModel.from_backbone(folder, attention="causal", pooling="mean")  # complete (an LM head beside): loads
+    del weights["model.layers.1.mlp.down_proj.weight"]
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"1 missing keys \(layers\.1\.mlp\.down_proj\.weight\).*randomly"):
+        LLMEmbeddingModel.from_backbone(folder, attention="causal", pooling="mean")
+    save_file({"base_model.model." + key: value for key, value in weights.items()}, folder / "model.safetensors",
+              metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"missing keys .*prefix such as base_model\.model\."):
+        LLMEmbeddingModel.from_backbone(folder, attention="causal", pooling="mean")
+    with pytest.raises(TypeError, match="output_loading_info"):
+        LLMEmbeddingModel.from_backbone(folder, pooling="mean", backbone_kwargs={"output_loading_info": True})
+
+
+def test_from_backbone_on_a_saved_embedding_model_points_to_from_pretrained(tmp_path):
+    """It was refused after loading as "not a decoder LM", with a hint for encoders such as BERT."""
+    tiny_model("llama", "causal", "mean").save_pretrained(tmp_path / "embedder")
+    with pytest.raises(ValueError, match=r"holds a saved llm_embed model.*AutoModel\.from_pretrained"):
+        LLMEmbeddingModel.from_backbone(tmp_path / "embedder", pooling="mean")
+
+
+def test_from_backbone_takes_torch_dtype_and_a_tokenizer_path_and_refuses_a_tokenizer_too_large(tmp_path, tokenizer):
+    """torch_dtype= (transformers 4's name) was stored as a config value while the weights stayed float32;
+    tokenizer="folder" failed with "'str' object has no attribute 'pad_token'"; a tokenizer with more ids
+    than embedding rows built, then encode failed with a bare IndexError."""
+    folder = _decoder_folder(tmp_path / "decoder", tokenizer)
+    model = LLMEmbeddingModel.from_backbone(folder, attention="causal", pooling="mean", torch_dtype=torch.bfloat16,
+                                            tokenizer=str(folder))
+    assert {parameter.dtype for parameter in model.parameters()} == {torch.bfloat16}
+    assert model.tokenizer("a b")["input_ids"] == tokenizer("a b")["input_ids"] + [tokenizer.eos_token_id]
+    with pytest.raises(TypeError, match="dtype and torch_dtype"):
+        LLMEmbeddingModel.from_backbone(folder, pooling="mean", dtype=torch.float32, torch_dtype=torch.bfloat16)
+    from transformers import AutoTokenizer
+
+    grown = AutoTokenizer.from_pretrained(folder)
+    grown.add_tokens(["<new-token>"])
+    with pytest.raises(ValueError, match=rf"{len(grown)} tokens and the backbone's embedding matrix {len(tokenizer)} "
+                                         r"rows.*resize_token_embeddings"):
+        LLMEmbeddingModel.from_backbone(folder, pooling="mean", tokenizer=grown)
