@@ -514,11 +514,7 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
         overrides = ", ".join(f"{name}={getattr(model.config, name)!r} (saved: {getattr(saved, name)!r})"
                               for name in (BUILD_OPTIONS if saved is not None else ())
                               if getattr(model.config, name) != getattr(saved, name))
-        problems = {
-            key: sorted(str(item[0]) if isinstance(item, tuple) else str(item) for item in info.get(key) or [])
-            for key in ("missing_keys", "unexpected_keys", "mismatched_keys")
-        }
-        problems = {key: value for key, value in problems.items() if value}
+        problems = loading_problems(info, ("missing_keys", "unexpected_keys", "mismatched_keys"))
         if problems:
             details = "; ".join(f"{key}: {value[:8]}{' ...' if len(value) > 8 else ''}"
                                 for key, value in problems.items())
@@ -708,6 +704,14 @@ class LLMEmbeddingModel(EncodeMixin, LLMEmbeddingPreTrainedModel):
         return model
 
 
+def loading_problems(info: dict, keys: tuple[str, ...]) -> dict[str, list[str]]:
+    """The weight names under ``keys`` of transformers' loading info that hold any (a mismatched key is a
+    ``(name, saved shape, model shape)`` tuple), sorted."""
+    problems = {key: sorted(str(item[0]) if isinstance(item, tuple) else str(item) for item in info.get(key) or [])
+                for key in keys}
+    return {key: names for key, names in problems.items() if names}
+
+
 def check_backbone_loaded(info: dict, source, ignore_mismatched: bool = False) -> None:
     """Refuse a backbone whose checkpoint lacks weights it needs (``missing_keys``) or holds them in other
     shapes (``mismatched_keys``): transformers fills those with random values and only prints a load
@@ -715,9 +719,7 @@ def check_backbone_loaded(info: dict, source, ignore_mismatched: bool = False) -
     prefix, ``base_model.model.``..., loads with every weight random). Unexpected keys (an LM head the
     bare decoder does not have) are normal. ``ignore_mismatched_sizes=True`` in ``backbone_kwargs`` asks
     for mismatched weights to be initialised: allowed, as in transformers."""
-    problems = {key: sorted(str(item[0]) if isinstance(item, tuple) else str(item) for item in info.get(key) or [])
-                for key in ("missing_keys", "mismatched_keys") if not (ignore_mismatched and key == "mismatched_keys")}
-    problems = {key: value for key, value in problems.items() if value}
+    problems = loading_problems(info, ("missing_keys",) if ignore_mismatched else ("missing_keys", "mismatched_keys"))
     if problems:
         details = "; ".join(f"{len(names)} {key.replace('_', ' ')} ({', '.join(names[:4])}"
                             f"{', ...' if len(names) > 4 else ''})" for key, names in problems.items())
