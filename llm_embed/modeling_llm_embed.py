@@ -94,6 +94,16 @@ class LLMEmbeddingOutput(ModelOutput):
     embeddings: torch.FloatTensor | None = None
 
 
+def saved_model_type(path, name_or_path) -> str | None:
+    """The ``model_type`` of the ``config.json`` at ``path`` (of ``name_or_path``); a file that is not JSON
+    is an error naming it."""
+    with open(path, encoding="utf-8") as handle:
+        try:
+            return json.load(handle).get("model_type")
+        except json.JSONDecodeError as error:
+            raise ValueError(f"the config.json of {name_or_path} ({path}) is not valid JSON: {error}") from error
+
+
 def check_has_config(name_or_path, hub_kwargs: dict, model_type: str) -> None:
     """Refuse a folder (or repo) without ``config.json`` at once: without it transformers would build
     the model from a default config (a randomly initialised Llama-7B) before failing. A config of
@@ -115,11 +125,7 @@ def check_has_config(name_or_path, hub_kwargs: dict, model_type: str) -> None:
             "model.save_pretrained(folder)); to build a new embedding model on a decoder's weights use "
             "LLMEmbeddingModel.from_backbone(path)."
         )
-    with open(path, encoding="utf-8") as handle:
-        try:
-            saved_type = json.load(handle).get("model_type")
-        except json.JSONDecodeError as error:
-            raise ValueError(f"the {CONFIG_NAME} of {name_or_path} ({path}) is not valid JSON: {error}") from error
+    saved_type = saved_model_type(path, name_or_path)
     if saved_type is not None and saved_type != model_type:
         raise ValueError(
             f"{name_or_path} holds a plain {saved_type} model (its {CONFIG_NAME} has model_type {saved_type!r}, "
@@ -134,12 +140,7 @@ def check_not_an_embedding_model(name_or_path, hub_kwargs: dict) -> None:
     path = os.path.join(os.fspath(name_or_path), hub_kwargs.get("subfolder") or "", "config.json")
     if "gguf_file" in hub_kwargs or not os.path.isfile(path):
         return
-    with open(path, encoding="utf-8") as handle:
-        try:
-            saved_type = json.load(handle).get("model_type")
-        except json.JSONDecodeError as error:
-            raise ValueError(f"the config.json of {name_or_path} ({path}) is not valid JSON: {error}") from error
-    if saved_type == LLMEmbeddingConfig.model_type:
+    if saved_model_type(path, name_or_path) == LLMEmbeddingConfig.model_type:
         raise ValueError(
             f"{name_or_path} holds a saved llm_embed model, not a decoder to build one on: load it with "
             f"AutoModel.from_pretrained({os.fspath(name_or_path)!r}) (or LLMEmbeddingModel.from_pretrained).")
